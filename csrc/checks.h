@@ -1,0 +1,81 @@
+// Argument checks shared by every device's kernel: one place says what the op accepts.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace mnv2_fused {
+
+struct BlockShape {
+  int64_t n, cin, h, w;      // input
+  int64_t hidden, cout;      // hidden width (cin * t), output channels
+  int64_t oh, ow;            // output spatial size
+  int64_t stride;
+  bool expand, residual;
+};
+
+// Output size of a 3x3 convolution with padding 1.
+inline int64_t conv3x3_out(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
+
+inline void check_weight(const at::Tensor& t, const at::Tensor& x, const char* name,
+                         at::IntArrayRef shape) {
+  TORCH_CHECK_VALUE(t.sizes() == shape, "mnv2_fused.inverted_residual: ", name, " must have shape ",
+                    shape, ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "mnv2_fused.inverted_residual: ", name,
+                   " has dtype ", t.scalar_type(), " but x has dtype ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), "mnv2_fused.inverted_residual: ", name, " is on ",
+              t.device(), " but x is on ", x.device());
+}
+
+inline BlockShape check_block(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
+                              const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
+                              const at::Tensor& b_dw, const at::Tensor& w_proj,
+                              const at::Tensor& b_proj, int64_t stride, bool residual) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "mnv2_fused.inverted_residual: x must be 4-D (N, C, H, W), got ",
+                    x.dim(), "-D");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
+                   "mnv2_fused.inverted_residual: x must be a floating-point tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2,
+                    "mnv2_fused.inverted_residual: stride must be 1 or 2, got ", stride);
+  TORCH_CHECK_VALUE(w_expand.has_value() == b_expand.has_value(),
+                    "mnv2_fused.inverted_residual: w_expand and b_expand must both be given or both be None");
+  BlockShape s;
+  s.n = x.size(0);
+  s.cin = x.size(1);
+  s.h = x.size(2);
+  s.w = x.size(3);
+  TORCH_CHECK_VALUE(s.h > 0 && s.w > 0, "mnv2_fused.inverted_residual: H and W must be positive, got ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(w_dw.dim() == 3, "mnv2_fused.inverted_residual: w_dw must be (hidden, 3, 3), got ",
+                    w_dw.sizes());
+  s.hidden = w_dw.size(0);
+  TORCH_CHECK_VALUE(w_proj.dim() == 2, "mnv2_fused.inverted_residual: w_proj must be (Cout, hidden), got ",
+                    w_proj.sizes());
+  s.cout = w_proj.size(0);
+  s.expand = w_expand.has_value();
+  if (s.expand) {
+    check_weight(*w_expand, x, "w_expand", {s.hidden, s.cin});
+    check_weight(*b_expand, x, "b_expand", {s.hidden});
+  } else {
+    TORCH_CHECK_VALUE(s.hidden == s.cin, "mnv2_fused.inverted_residual: without an expand layer the depthwise "
+                      "width must equal the input channels (", s.cin, "), got ", s.hidden);
+  }
+  check_weight(w_dw, x, "w_dw", {s.hidden, 3, 3});
+  check_weight(b_dw, x, "b_dw", {s.hidden});
+  check_weight(w_proj, x, "w_proj", {s.cout, s.hidden});
+  check_weight(b_proj, x, "b_proj", {s.cout});
+  s.stride = stride;
+  s.residual = residual;
+  TORCH_CHECK_VALUE(!residual || (stride == 1 && s.cin == s.cout),
+                    "mnv2_fused.inverted_residual: a residual block needs stride 1 and Cin == Cout, got stride ",
+                    stride, ", Cin ", s.cin, ", Cout ", s.cout);
+  s.oh = conv3x3_out(s.h, stride);
+  s.ow = conv3x3_out(s.w, stride);
+  return s;
+}
+
+// The output keeps the input's memory format (channels_last in, channels_last out).
+inline at::Tensor empty_output(const at::Tensor& x, const BlockShape& s) {
+  return at::empty({s.n, s.cout, s.oh, s.ow}, x.options().memory_format(x.suggest_memory_format()));
+}
+
+}  // namespace mnv2_fused
