@@ -73,9 +73,25 @@ inline BlockShape check_block(const at::Tensor& x, const std::optional<at::Tenso
   return s;
 }
 
-// The output keeps the input's memory format (channels_last in, channels_last out).
+// The output keeps the input's memory format: channels_last when x is channels_last-contiguous
+// (and not also plain contiguous), else NCHW. mnv2_fused/reference.py:output_memory_format mirrors it.
+inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
+  return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous() ? at::MemoryFormat::ChannelsLast
+                                                                              : at::MemoryFormat::Contiguous;
+}
+
 inline at::Tensor empty_output(const at::Tensor& x, const BlockShape& s) {
-  return at::empty({s.n, s.cout, s.oh, s.ow}, x.options().memory_format(x.suggest_memory_format()));
+  return at::empty({s.n, s.cout, s.oh, s.ow}, x.options().memory_format(output_memory_format(x)));
+}
+
+inline void check_out(const at::Tensor& out, const at::Tensor& x, const BlockShape& s) {
+  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef({s.n, s.cout, s.oh, s.ow}),
+                    "mnv2_fused.inverted_residual_out: out must have shape ", at::IntArrayRef({s.n, s.cout, s.oh, s.ow}),
+                    ", got ", out.sizes());
+  TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), "mnv2_fused.inverted_residual_out: out has dtype ",
+                   out.scalar_type(), " but x has dtype ", x.scalar_type());
+  TORCH_CHECK(out.device() == x.device(), "mnv2_fused.inverted_residual_out: out is on ", out.device(),
+              " but x is on ", x.device());
 }
 
 }  // namespace mnv2_fused

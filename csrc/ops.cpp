@@ -19,4 +19,8 @@ TORCH_LIBRARY(mnv2_fused, m) {
   m.def(
       "inverted_residual(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw, "
       "Tensor w_proj, Tensor b_proj, int stride, bool residual) -> Tensor");
+  // The same, writing into a preallocated `out` of the output's shape (any strides).
+  m.def(
+      "inverted_residual_out(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw, "
+      "Tensor w_proj, Tensor b_proj, int stride, bool residual, Tensor(a!) out) -> ()");
 }

@@ -1,6 +1,7 @@
 // CPU kernel of mnv2_fused::inverted_residual: cuts the call into tiles (bands of output rows of
 // one image), runs them in parallel, and picks the tile code for this CPU's instruction set.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -42,16 +43,17 @@ TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads) {
   return make_plan(a, rows, chunk);
 }
 
-at::Tensor inverted_residual_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
-                                 const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
-                                 const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
-                                 int64_t stride, bool residual) {
-  const BlockShape s = check_block(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
+void check_cpu_dtype(const at::Tensor& x) {
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat,
                    "mnv2_fused.inverted_residual: the CPU kernel supports float32 only, got ", x.scalar_type(),
                    " (use backend='reference' for other dtypes)");
-  at::Tensor y = empty_output(x, s);
-  if (y.numel() == 0) return y;
+}
+
+// Writes the block's output into y (any strides; y must not overlap x).
+void run_cpu(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
+             const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+             const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
+  if (y.numel() == 0) return;
 
   // Weights are small; make them contiguous (a no-op for the module's cached, folded weights).
   at::Tensor we, be;
@@ -98,12 +100,38 @@ at::Tensor inverted_residual_cpu(const at::Tensor& x, const std::optional<at::Te
         tile_fn(a, plan, t / tiles_per_image, (t % tiles_per_image) * plan.rows_out, slab);
     }
   });
+}
+
+at::Tensor inverted_residual_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
+                                 const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
+                                 const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
+                                 int64_t stride, bool residual) {
+  const BlockShape s = check_block(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
+  check_cpu_dtype(x);
+  at::Tensor y = empty_output(x, s);
+  run_cpu(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, y);
   return y;
+}
+
+void inverted_residual_out_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
+                               const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
+                               const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
+                               int64_t stride, bool residual, at::Tensor out) {
+  const BlockShape s = check_block(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
+  check_cpu_dtype(x);
+  check_out(out, x, s);
+  // Tiles read x while others write out: the two must not share memory.
+  at::assert_no_internal_overlap(out);
+  at::assert_no_overlap(out, x);
+  run_cpu(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, out);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) { m.impl("inverted_residual", &inverted_residual_cpu); }
+TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) {
+  m.impl("inverted_residual", &inverted_residual_cpu);
+  m.impl("inverted_residual_out", &inverted_residual_out_cpu);
+}
 
 }  // namespace cpu
 }  // namespace mnv2_fused

@@ -1,0 +1,75 @@
+"""The unfused block in plain PyTorch: BN folding, and the oracle every kernel is tested against."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FoldedWeights(NamedTuple):
+    """A block's weights with inference-mode BatchNorm folded into the convolutions.
+
+    w_expand (hidden, Cin) and b_expand (hidden) are None for an expand_ratio == 1 block;
+    w_dw is (hidden, 3, 3); w_proj is (Cout, hidden).
+    """
+
+    w_expand: Optional[torch.Tensor]
+    b_expand: Optional[torch.Tensor]
+    w_dw: torch.Tensor
+    b_dw: torch.Tensor
+    w_proj: torch.Tensor
+    b_proj: torch.Tensor
+
+
+def fold_bn(conv_weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """scale = gamma / sqrt(var + eps); w' = w * scale; b' = beta - mean * scale (computed in fp32 or wider)."""
+    dtype = torch.promote_types(conv_weight.dtype, torch.float32)
+    var = bn.running_var.to(dtype)
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.to(dtype)
+    shift = -bn.running_mean.to(dtype) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.to(dtype)
+    w = conv_weight.to(dtype) * scale.reshape(-1, *([1] * (conv_weight.dim() - 1)))
+    return w.to(conv_weight.dtype), shift.to(conv_weight.dtype)
+
+
+def fold_block(conv: nn.Sequential) -> FoldedWeights:
+    """Fold the `conv` Sequential of a torchvision-layout InvertedResidual (with or without expand)."""
+    if len(conv) == 4:
+        expand, dw, proj, bn = conv[0], conv[1], conv[2], conv[3]
+        w_e, b_e = fold_bn(expand[0].weight, expand[1])
+        w_e = w_e.flatten(1)
+    else:
+        dw, proj, bn = conv[0], conv[1], conv[2]
+        w_e = b_e = None
+    w_d, b_d = fold_bn(dw[0].weight, dw[1])
+    w_p, b_p = fold_bn(proj.weight, bn)
+    parts = [w_e, b_e, w_d.reshape(-1, 3, 3), b_d, w_p.flatten(1), b_p]
+    return FoldedWeights(*[None if p is None else p.detach().contiguous() for p in parts])
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when x is channels_last-contiguous (and not also NCHW-contiguous), else NCHW."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _relu6(t: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(t, 0.0, 6.0)  # keeps NaN, as nn.ReLU6 does
+
+
+def inverted_residual_reference(x: torch.Tensor, w: FoldedWeights, stride: int, residual: bool) -> torch.Tensor:
+    """The block from folded weights with F.conv2d; the output keeps x's memory format."""
+    h = x
+    if w.w_expand is not None:
+        h = _relu6(F.conv2d(h, w.w_expand[:, :, None, None], w.b_expand))
+    h = _relu6(F.conv2d(h, w.w_dw[:, None], w.b_dw, stride=stride, padding=1, groups=w.w_dw.shape[0]))
+    y = F.conv2d(h, w.w_proj[:, :, None, None], w.b_proj)
+    if residual:
+        y = y + x
+    return y.contiguous(memory_format=output_memory_format(x))
