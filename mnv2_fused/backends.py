@@ -12,9 +12,19 @@ from . import _extension
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
 
+def _query_kernels() -> dict[str, bool]:
+    if not _extension.extension_loaded():
+        return {"CPU": False, "CUDA": False}
+    return {key: torch._C._dispatch_has_kernel_for_dispatch_key("mnv2_fused::inverted_residual", key)
+            for key in ("CPU", "CUDA")}
+
+
+# Looked up once at import: the answer cannot change, and torch.compile cannot trace the query.
+_KERNELS = _query_kernels()
+
+
 def _has_kernel(dispatch_key: str) -> bool:
-    return _extension.extension_loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "mnv2_fused::inverted_residual", dispatch_key)
+    return _KERNELS[dispatch_key]
 
 
 def triton_interpreter_enabled() -> bool:
