@@ -1,0 +1,35 @@
+"""Latency and peak-memory measurement shared by the command line and the benchmarks."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def peak_cpu_bytes(fn: Callable[[], object]) -> int:
+    """Most bytes allocated during fn() and live at once on the CPU: every allocation and free that
+    torch.profiler records, replayed in time order. Tensors that exist before the call (inputs,
+    weights) are not counted; anything fn allocates is, workspaces included."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    held = peak = 0
+    for _, delta in sorted(events):
+        held += delta
+        peak = max(peak, held)
+    return peak
+
+
+def median_ms(fn: Callable[[], object], warmup: int = 3, repeat: int = 20) -> float:
+    """Median wall time of fn() in milliseconds, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
