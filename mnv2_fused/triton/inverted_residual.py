@@ -1,0 +1,157 @@
+"""Triton kernel for the fused inverted-residual block, registered as mnv2_fused::inverted_residual_triton.
+
+Each program owns BLOCK_P output pixels of one image (flattened over rows and columns) and
+BLOCK_CO output channels, and walks the hidden channels in chunks of BLOCK_H:
+
+    for each hidden chunk:
+        for each of the 9 depthwise taps:
+            e = ReLU6(x[shifted pixels] @ W_expand[:, chunk] + b)   (tl.dot over Cin chunks)
+            d += e * w_dw[chunk, tap]
+        d = ReLU6(d + b_dw)
+        acc += d @ W_proj[chunk, :]                               (tl.dot, fp32 accumulate)
+    y = acc + b_proj (+ x)
+
+Halo pixels are *recomputed*, not staged: a Triton block cannot index a neighbour's row of a
+register tile, so the expand of each tap's shifted pixels is computed afresh. That costs up to
+9x the expand FLOPs at stride 1 (each input pixel is expanded once per output pixel that reads
+it) and about 2.25x at stride 2 (9 taps over 4 input pixels per output). The expand is
+Cin*hidden of the block's hidden*(Cin*s^2 + 9 + Cout) MACs per output pixel, so the whole block
+costs about 4-5x its eager FLOPs at stride 1; the hidden tensor still never reaches global
+memory. The CUDA kernel (csrc/cuda) stages the halo in shared memory instead.
+
+Addressing is NHWC-agnostic: every tensor access goes through the input's and output's strides
+(NCHW, channels_last or any view), with 64-bit offsets. fp32 dots use input_precision="ieee" so
+results match a non-TF32 reference; fp16/bf16 accumulate in fp32.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..backends import triton_interpreter_enabled
+from ..reference import FoldedWeights, output_memory_format
+
+
+@triton.jit
+def _relu6(v):
+    # Comparisons with NaN are false, so NaN passes through as in torch.clamp.
+    return tl.where(v < 0.0, 0.0, tl.where(v > 6.0, 6.0, v))
+
+
+@triton.jit
+def _inverted_residual_kernel(
+    x_ptr, we_ptr, be_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr,
+    sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+    CIN, HID, COUT, H, W, OH, OW,
+    STRIDE: tl.constexpr, HAS_EXPAND: tl.constexpr, RESIDUAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_CO: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    pid_co = tl.program_id(2)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < OH * OW
+    oy = offs_p // OW
+    ox = offs_p % OW
+    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co_mask = offs_co < COUT
+    x_n = x_ptr + n * sxn
+    acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+
+    for h0 in range(0, HID, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        h_mask = offs_h < HID
+        dacc = tl.zeros([BLOCK_P, BLOCK_H], dtype=tl.float32)
+        for tap in tl.static_range(9):
+            iy = oy * STRIDE - 1 + tap // 3
+            ix = ox * STRIDE - 1 + tap % 3
+            valid = p_mask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            pix = x_n + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw
+            if HAS_EXPAND:
+                e = tl.zeros([BLOCK_P, BLOCK_H], dtype=tl.float32)
+                for c0 in range(0, CIN, BLOCK_CI):
+                    offs_c = c0 + tl.arange(0, BLOCK_CI)
+                    c_mask = offs_c < CIN
+                    xt = tl.load(pix[:, None] + offs_c[None, :].to(tl.int64) * sxc,
+                                 mask=valid[:, None] & c_mask[None, :], other=0.0)
+                    wt = tl.load(we_ptr + offs_h[None, :] * CIN + offs_c[:, None],
+                                 mask=c_mask[:, None] & h_mask[None, :], other=0.0)
+                    e = tl.dot(xt, wt, acc=e, input_precision=DOT_PRECISION)
+                be = tl.load(be_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)
+                # Padding pixels are zeros of the *expanded* tensor, not ReLU6(bias).
+                e = tl.where(valid[:, None], _relu6(e + be[None, :]), 0.0)
+            else:
+                e = tl.load(pix[:, None] + offs_h[None, :].to(tl.int64) * sxc,
+                            mask=valid[:, None] & h_mask[None, :], other=0.0).to(tl.float32)
+            wd = tl.load(wd_ptr + offs_h * 9 + tap, mask=h_mask, other=0.0).to(tl.float32)
+            dacc += e * wd[None, :]
+        bd = tl.load(bd_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)
+        d = _relu6(dacc + bd[None, :])
+        wp = tl.load(wp_ptr + offs_co[None, :] * HID + offs_h[:, None],
+                     mask=h_mask[:, None] & co_mask[None, :], other=0.0)
+        acc = tl.dot(d.to(wp.dtype), wp, acc=acc, input_precision=DOT_PRECISION)
+
+    acc += tl.load(bp_ptr + offs_co, mask=co_mask, other=0.0).to(tl.float32)[None, :]
+    out_mask = p_mask[:, None] & co_mask[None, :]
+    if RESIDUAL:
+        res = tl.load(x_n + offs_co[None, :].to(tl.int64) * sxc + oy[:, None].to(tl.int64) * sxh
+                      + ox[:, None].to(tl.int64) * sxw, mask=out_mask, other=0.0)
+        acc += res.to(tl.float32)
+    y_off = (n * syn + offs_co[None, :].to(tl.int64) * syc + oy[:, None].to(tl.int64) * syh
+             + ox[:, None].to(tl.int64) * syw)
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+# A small autotune space of tile shapes for GPUs; the interpreter uses one fixed shape.
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK_P": bp, "BLOCK_H": bh}, num_warps=nw, num_stages=2)
+    for bp, bh, nw in [(32, 32, 4), (64, 32, 4), (64, 16, 4), (128, 32, 8), (32, 64, 4)]
+]
+_autotuned_kernel = triton.autotune(configs=_GPU_CONFIGS, key=["CIN", "HID", "COUT", "OH", "OW", "STRIDE"])(
+    _inverted_residual_kernel)
+
+
+def _pow2_at_least_16(v: int, cap: int) -> int:
+    return max(16, min(cap, triton.next_power_of_2(max(1, v))))
+
+
+@triton_op("mnv2_fused::inverted_residual_triton", mutates_args=())
+def inverted_residual_triton_op(x: torch.Tensor, w_expand: Optional[torch.Tensor], b_expand: Optional[torch.Tensor],
+                                w_dw: torch.Tensor, b_dw: torch.Tensor, w_proj: torch.Tensor, b_proj: torch.Tensor,
+                                stride: int, residual: bool) -> torch.Tensor:
+    n, cin, h, w = x.shape
+    hidden, cout = w_dw.shape[0], w_proj.shape[0]
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    y = torch.empty((n, cout, oh, ow), device=x.device, dtype=x.dtype).contiguous(
+        memory_format=output_memory_format(x))
+    if y.numel() == 0:
+        return y
+    has_expand = w_expand is not None
+    we = w_expand.contiguous() if has_expand else w_dw  # placeholder pointer, never read
+    be = b_expand.contiguous() if has_expand else b_dw
+    block_co = _pow2_at_least_16(cout, 256 if x.is_cuda else 512)
+    common = dict(STRIDE=stride, HAS_EXPAND=has_expand, RESIDUAL=residual,
+                  DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+                  BLOCK_CI=_pow2_at_least_16(cin, 64), BLOCK_CO=block_co)
+    args = (x, we, be, w_dw.contiguous(), b_dw.contiguous(), w_proj.contiguous(), b_proj.contiguous(), y,
+            *x.stride(), *y.stride(), cin, hidden, cout, h, w, oh, ow)
+
+    def grid(meta):
+        return (triton.cdiv(oh * ow, meta["BLOCK_P"]), n, triton.cdiv(cout, meta["BLOCK_CO"]))
+
+    if x.is_cuda:
+        wrap_triton(_autotuned_kernel)[grid](*args, **common)
+    else:  # Triton's interpreter
+        wrap_triton(_inverted_residual_kernel)[grid](*args, **common, BLOCK_P=32, BLOCK_H=32)
+    return y
+
+
+def inverted_residual_triton(x: torch.Tensor, weights: FoldedWeights, stride: int, residual: bool) -> torch.Tensor:
+    if x.device.type == "cpu" and not triton_interpreter_enabled():
+        raise RuntimeError("mnv2_fused: the Triton back end needs a GPU, or Triton's interpreter "
+                           "(TRITON_INTERPRET=1 set before triton is imported) for CPU tensors")
+    return inverted_residual_triton_op(x, *weights, stride, residual)
