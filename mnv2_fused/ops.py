@@ -21,6 +21,8 @@ if _extension.extension_loaded():
         torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
         torch._check(stride in (1, 2), lambda: f"stride must be 1 or 2, got {stride}")
         torch._check(w_dw.shape[0] == w_proj.shape[1], lambda: "w_dw and w_proj disagree on the hidden width")
+        for name, t in (("w_expand", w_expand), ("w_dw", w_dw), ("w_proj", w_proj)):
+            torch._check(t is None or t.device == x.device, lambda: f"{name} is on {t.device} but x is on {x.device}")
         out = x.new_empty(output_shape(x.shape, w_proj.shape[0], stride))
         return out.contiguous(memory_format=output_memory_format(x))
 

@@ -59,5 +59,5 @@ def make_input(shape, layout="nchw", dtype=torch.float32, seed=0):
         n, c, h, w = shape
         wide = torch.randn(n, c, h, 2 * w, generator=g).to(dtype)
         x = wide[..., ::2]
-        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+        assert x.numel() == 0 or w == 1 or not x.is_contiguous()
     return x
