@@ -1,0 +1,59 @@
+"""Turn a saved pytest-benchmark run into a comparison table (and optionally a PNG chart).
+
+    python benchmarks/summarize.py benchmarks/results/cpu.json [--plot chart.png] [--peak-gflops 150]
+"""
+import argparse
+import json
+from collections import defaultdict
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("json_file")
+    p.add_argument("--plot", default=None, help="write a chart of fused speed-ups to this PNG")
+    p.add_argument("--peak-gflops", type=float, default=150.0, help="machine fp32 GEMM peak for the fraction column")
+    args = p.parse_args()
+    data = json.load(open(args.json_file))
+    groups = defaultdict(dict)
+    for b in data["benchmarks"]:
+        provider = b["params"]["provider"]
+        groups[b["group"]][provider] = b
+    providers = ["fused", "eager_nchw", "eager_channels_last", "onnxruntime", "compile"]
+    header = f"{'configuration':<48}" + "".join(f"{p[:12]:>13}" for p in providers) + f"{'fused/ORT':>10}{'GFLOP/s':>9}{'of peak':>8}{'fused MiB':>10}{'eager MiB':>10}"
+    print(header)
+    rows = []
+    for group, entries in groups.items():
+        med = {p: entries[p]["stats"]["median"] * 1e3 for p in providers if p in entries}
+        line = f"{group:<48}" + "".join(f"{med[p]:>12.3f}m" if p in med else f"{'-':>13}" for p in providers)
+        fused = entries.get("fused")
+        ratio = med["onnxruntime"] / med["fused"] if "fused" in med and "onnxruntime" in med else float("nan")
+        gflops = fused["extra_info"].get("gflops", float("nan")) if fused else float("nan")
+        fmem = fused["extra_info"].get("peak_bytes") if fused else None
+        emem = entries.get("eager_nchw", {}).get("extra_info", {}).get("peak_bytes")
+        line += f"{ratio:>9.2f}x{gflops:>9.1f}{gflops / args.peak_gflops:>8.0%}"
+        line += f"{fmem / 2**20 if fmem is not None else float('nan'):>10.2f}{emem / 2**20 if emem is not None else float('nan'):>10.2f}"
+        print(line)
+        rows.append((group, med))
+    print("\nmedian latency in ms; fused/ORT > 1 means the fused kernel is faster than ONNX Runtime.")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = [g for g, m in rows if "fused" in m]
+        fig, ax = plt.subplots(figsize=(10, max(3, 0.3 * len(names))))
+        for i, prov in enumerate(["eager_nchw", "onnxruntime", "compile"]):
+            vals = [m.get(prov, float("nan")) / m["fused"] for g, m in rows if "fused" in m]
+            ax.barh([j + 0.25 * i for j in range(len(names))], vals, height=0.25, label=f"{prov} / fused")
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=7)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xlabel("latency relative to fused (>1: fused is faster)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""CPU latency and memory: fused vs torchvision eager (NCHW and channels_last) vs ONNX Runtime vs
+torch.compile, per Table-2 block at 224x224 input resolution and for the whole mobilenet_v2.
+
+    pytest benchmarks/  --benchmark-only --benchmark-json=benchmarks/results/cpu.json
+    python benchmarks/summarize.py benchmarks/results/cpu.json [--plot chart.png]
+
+One group per configuration; peak CPU memory (bytes allocated during one call) and GFLOP/s are
+in each entry's extra_info. Compare providers as ratios within one run.
+"""
+import copy
+
+import pytest
+import torch
+import torchvision
+
+from mnv2_fused import convert
+from mnv2_fused.measure import peak_cpu_bytes
+from mnv2_fused.onnx_runtime import ort_runner
+from helpers import make_block, randomize_bn, table2_blocks
+
+BATCHES = [1, 8]
+PROVIDERS = ["fused", "eager_nchw", "eager_channels_last", "onnxruntime", "compile"]
+BLOCKS = table2_blocks()
+
+
+def block_flops(cin, cout, stride, t, res, batch):
+    hidden, out_res = cin * t, (res - 1) // stride + 1
+    expand = res * res * cin * hidden if t != 1 else 0
+    return 2 * batch * (expand + out_res * out_res * hidden * (9 + cout))
+
+
+def make_runner(provider, model, x):
+    if provider == "fused":
+        fused = convert(copy.deepcopy(model))
+        xc = x.contiguous(memory_format=torch.channels_last)
+        return lambda: fused(xc)
+    if provider == "eager_nchw":
+        return lambda: model(x)
+    if provider == "eager_channels_last":
+        m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        return lambda: m(xc)
+    if provider == "onnxruntime":
+        run = ort_runner(model, x, torch.get_num_threads())
+        if run is None:
+            pytest.skip("onnxruntime not installed")
+        return run
+    if provider == "compile":
+        compiled = torch.compile(copy.deepcopy(model))
+        return lambda: compiled(x)
+    raise ValueError(provider)
+
+
+def run_benchmark(benchmark, provider, model, x, flops):
+    with torch.no_grad():
+        fn = make_runner(provider, model, x)
+        fn()
+        benchmark.extra_info["peak_bytes"] = peak_cpu_bytes(fn) if provider != "onnxruntime" else None
+        benchmark.extra_info["flops"] = flops
+        benchmark.pedantic(fn, rounds=15, iterations=1, warmup_rounds=2)
+    benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.median / 1e9
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[f"b{i}_{c}-{o}_s{s}_t{t}_{r}px" for i, (c, o, s, t, r) in enumerate(BLOCKS)])
+def test_block(benchmark, index, batch, provider):
+    cin, cout, stride, t, res = BLOCKS[index]
+    benchmark.group = f"block {index}: {cin}->{cout} s{stride} t{t} {res}x{res} batch {batch}"
+    model = make_block(cin, cout, stride, t)
+    x = torch.randn(batch, cin, res, res)
+    run_benchmark(benchmark, provider, model, x, block_flops(cin, cout, stride, t, res, batch))
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_mobilenet_v2(benchmark, batch, provider):
+    benchmark.group = f"mobilenet_v2 224x224 batch {batch}"
+    model = randomize_bn(torchvision.models.mobilenet_v2(), seed=0).eval()
+    x = torch.randn(batch, 3, 224, 224)
+    run_benchmark(benchmark, provider, model, x, 2 * 300e6 * batch)
