@@ -1,13 +1,12 @@
 // CPU kernel of mnv2_fused::inverted_residual: cuts the call into tiles (bands of output rows of
 // one image), runs them in parallel, and picks the tile code for this CPU's instruction set.
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
-#include "../checks.h"
+#include "../op_entry_points.h"
 #include "tile_kernel.h"
 
 namespace mnv2_fused {
@@ -53,6 +52,7 @@ void check_cpu_dtype(const at::Tensor& x) {
 void run_cpu(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
              const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
              const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
+  check_cpu_dtype(x);
   if (y.numel() == 0) return;
 
   // Weights are small; make them contiguous (a no-op for the module's cached, folded weights).
@@ -102,35 +102,11 @@ void run_cpu(const at::Tensor& x, const BlockShape& s, const std::optional<at::T
   });
 }
 
-at::Tensor inverted_residual_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
-                                 const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
-                                 const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
-                                 int64_t stride, bool residual) {
-  const BlockShape s = check_block(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
-  check_cpu_dtype(x);
-  at::Tensor y = empty_output(x, s);
-  run_cpu(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, y);
-  return y;
-}
-
-void inverted_residual_out_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
-                               const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
-                               const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
-                               int64_t stride, bool residual, at::Tensor out) {
-  const BlockShape s = check_block(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
-  check_cpu_dtype(x);
-  check_out(out, x, s);
-  // Tiles read x while others write out: the two must not share memory.
-  at::assert_no_internal_overlap(out);
-  at::assert_no_overlap(out, x);
-  run_cpu(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, out);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) {
-  m.impl("inverted_residual", &inverted_residual_cpu);
-  m.impl("inverted_residual_out", &inverted_residual_out_cpu);
+  m.impl("inverted_residual", &inverted_residual_functional<run_cpu>);
+  m.impl("inverted_residual_out", &inverted_residual_out<run_cpu>);
 }
 
 }  // namespace cpu

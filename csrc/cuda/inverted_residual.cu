@@ -9,7 +9,6 @@
 // Input and output are addressed through their strides (NCHW, channels_last or any view), with
 // 64-bit offsets. Arithmetic is fp32 whatever the storage type.
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -17,7 +16,7 @@
 
 #include <limits>
 
-#include "../checks.h"
+#include "../op_entry_points.h"
 
 namespace mnv2_fused {
 namespace cuda {
@@ -185,32 +184,11 @@ void run_cuda(const at::Tensor& x, const BlockShape& s, const std::optional<at::
   });
 }
 
-at::Tensor inverted_residual_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
-                                  const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
-                                  const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
-                                  int64_t stride, bool residual) {
-  const BlockShape s = check_block(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
-  at::Tensor y = empty_output(x, s);
-  run_cuda(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, y);
-  return y;
-}
-
-void inverted_residual_out_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
-                                const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
-                                const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
-                                int64_t stride, bool residual, at::Tensor out) {
-  const BlockShape s = check_block(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
-  check_out(out, x, s);
-  at::assert_no_internal_overlap(out);
-  at::assert_no_overlap(out, x);
-  run_cuda(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, out);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mnv2_fused, CUDA, m) {
-  m.impl("inverted_residual", &inverted_residual_cuda);
-  m.impl("inverted_residual_out", &inverted_residual_out_cuda);
+  m.impl("inverted_residual", &inverted_residual_functional<run_cuda>);
+  m.impl("inverted_residual_out", &inverted_residual_out<run_cuda>);
 }
 
 }  // namespace cuda
