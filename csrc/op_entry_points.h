@@ -8,10 +8,25 @@
 
 namespace mnv2_fused {
 
-// Writes the block's output into y; y has the output's shape and does not overlap x.
+// Writes the block's output into y; y has the output's shape and does not overlap x, and every
+// weight is contiguous.
 using RunBlockFn = void (*)(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
                             const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
                             const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y);
+
+// Weights are small: make them contiguous once here (a no-op for the module's cached, folded
+// weights) so each device's kernel can index them directly.
+template <RunBlockFn run>
+void run_contiguous(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
+                    const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                    const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
+  std::optional<at::Tensor> we, be;
+  if (s.expand) {
+    we = w_expand->contiguous();
+    be = b_expand->contiguous();
+  }
+  run(x, s, we, be, w_dw.contiguous(), b_dw.contiguous(), w_proj.contiguous(), b_proj.contiguous(), y);
+}
 
 template <RunBlockFn run>
 at::Tensor inverted_residual_functional(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
@@ -20,7 +35,7 @@ at::Tensor inverted_residual_functional(const at::Tensor& x, const std::optional
                                         int64_t stride, bool residual) {
   const BlockShape s = check_block(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
   at::Tensor y = empty_output(x, s);
-  run(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, y);
+  run_contiguous<run>(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, y);
   return y;
 }
 
@@ -34,7 +49,7 @@ void inverted_residual_out(const at::Tensor& x, const std::optional<at::Tensor>&
   // Tiles read x while others write out: the two must not share memory.
   at::assert_no_internal_overlap(out);
   at::assert_no_overlap(out, x);
-  run(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, out);
+  run_contiguous<run>(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, out);
 }
 
 }  // namespace mnv2_fused

@@ -55,14 +55,9 @@ void run_cpu(const at::Tensor& x, const BlockShape& s, const std::optional<at::T
   check_cpu_dtype(x);
   if (y.numel() == 0) return;
 
-  // Weights are small; make them contiguous (a no-op for the module's cached, folded weights).
-  at::Tensor we, be;
-  if (s.expand) {
-    we = w_expand->contiguous();
-    be = b_expand->contiguous();
-  }
-  const at::Tensor wd = w_dw.contiguous(), bd = b_dw.contiguous();
-  const at::Tensor wp = w_proj.contiguous(), bp = b_proj.contiguous();
+  // The entry points made every weight contiguous.
+  const at::Tensor& wd = w_dw, &bd = b_dw, &wp = w_proj, &bp = b_proj;
+  const at::Tensor we = s.expand ? *w_expand : at::Tensor(), be = s.expand ? *b_expand : at::Tensor();
 
   BlockArgs a;
   a.x = x.data_ptr<float>();

@@ -136,13 +136,9 @@ void run_cuda(const at::Tensor& x, const BlockShape& s, const std::optional<at::
                    x.scalar_type());
   if (y.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor we, be;
-  if (s.expand) {
-    we = w_expand->contiguous();
-    be = b_expand->contiguous();
-  }
-  const at::Tensor wd = w_dw.contiguous(), bd = b_dw.contiguous();
-  const at::Tensor wp = w_proj.contiguous(), bp = b_proj.contiguous();
+  // The entry points made every weight contiguous.
+  const at::Tensor& wd = w_dw, &bd = b_dw, &wp = w_proj, &bp = b_proj;
+  const at::Tensor we = s.expand ? *w_expand : at::Tensor(), be = s.expand ? *b_expand : at::Tensor();
 
   Args a;
   a.sxn = x.stride(0), a.sxc = x.stride(1), a.sxh = x.stride(2), a.sxw = x.stride(3);
