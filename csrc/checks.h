@@ -16,13 +16,11 @@ struct BlockShape {
 inline int64_t conv3x3_out(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
 
 inline void check_weight(const at::Tensor& t, const at::Tensor& x, const char* name,
-                         at::IntArrayRef shape) {
-  TORCH_CHECK_VALUE(t.sizes() == shape, "mnv2_fused.inverted_residual: ", name, " must have shape ",
-                    shape, ", got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "mnv2_fused.inverted_residual: ", name,
-                   " has dtype ", t.scalar_type(), " but x has dtype ", x.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), "mnv2_fused.inverted_residual: ", name, " is on ",
-              t.device(), " but x is on ", x.device());
+                         at::IntArrayRef shape, const char* op = "mnv2_fused.inverted_residual") {
+  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+                   " but x has dtype ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
 }
 
 inline BlockShape check_block(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
@@ -92,6 +90,74 @@ inline void check_out(const at::Tensor& out, const at::Tensor& x, const BlockSha
                    out.scalar_type(), " but x has dtype ", x.scalar_type());
   TORCH_CHECK(out.device() == x.device(), "mnv2_fused.inverted_residual_out: out is on ", out.device(),
               " but x is on ", x.device());
+}
+
+
+// mnv2_fused::stem_inverted_residual: the network's stem (3x3 convolution, BN folded, ReLU6) and the
+// expand-free block after it. Returns the block's shape with `hidden` at the stem's resolution.
+struct StemShape {
+  BlockShape block;
+  int64_t hh, hw;  // the stem's output size
+  int64_t stem_stride;
+};
+
+inline StemShape check_stem(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
+                            int64_t stem_stride, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                            const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride) {
+  constexpr const char* op = "mnv2_fused.stem_inverted_residual";
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE((stem_stride == 1 || stem_stride == 2) && (stride == 1 || stride == 2), op,
+                    ": strides must be 1 or 2, got ", stem_stride, " and ", stride);
+  TORCH_CHECK_VALUE(w_stem.dim() == 4 && w_dw.dim() == 3 && w_proj.dim() == 2, op,
+                    ": expected w_stem (hidden, Cin, 3, 3), w_dw (hidden, 3, 3), w_proj (Cout, hidden), got ",
+                    w_stem.sizes(), ", ", w_dw.sizes(), ", ", w_proj.sizes());
+  StemShape st;
+  BlockShape& s = st.block;
+  s.n = x.size(0), s.cin = x.size(1), s.h = x.size(2), s.w = x.size(3);
+  TORCH_CHECK_VALUE(s.h > 0 && s.w > 0, op, ": H and W must be positive, got ", x.sizes());
+  s.hidden = w_stem.size(0);
+  s.cout = w_proj.size(0);
+  check_weight(w_stem, x, "w_stem", {s.hidden, s.cin, 3, 3}, op);
+  check_weight(b_stem, x, "b_stem", {s.hidden}, op);
+  check_weight(w_dw, x, "w_dw", {s.hidden, 3, 3}, op);
+  check_weight(b_dw, x, "b_dw", {s.hidden}, op);
+  check_weight(w_proj, x, "w_proj", {s.cout, s.hidden}, op);
+  check_weight(b_proj, x, "b_proj", {s.cout}, op);
+  s.stride = stride;
+  s.expand = true;
+  s.residual = false;
+  st.stem_stride = stem_stride;
+  st.hh = conv3x3_out(s.h, stem_stride);
+  st.hw = conv3x3_out(s.w, stem_stride);
+  s.oh = conv3x3_out(st.hh, stride);
+  s.ow = conv3x3_out(st.hw, stride);
+  return st;
+}
+
+// mnv2_fused::pointwise_relu6_mean: the network's last 1x1 convolution (BN folded), ReLU6 and the
+// global average pool, (N, Cin, H, W) -> (N, Cout).
+inline void check_pointwise_pool(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  constexpr const char* op = "mnv2_fused.pointwise_relu6_mean";
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, op, ": H and W must be positive, got ", x.sizes());
+  TORCH_CHECK_VALUE(w.dim() == 2, op, ": w must be (Cout, Cin), got ", w.sizes());
+  check_weight(w, x, "w", {w.size(0), x.size(1)}, op);
+  check_weight(b, x, "b", {w.size(0)}, op);
+}
+
+// mnv2_fused::linear: (N, K) @ (O, K)^T + (O).
+inline void check_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  constexpr const char* op = "mnv2_fused.linear";
+  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2, op, ": x must be (N, K) and w (O, K), got ", x.sizes(), " and ",
+                    w.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ",
+                   x.scalar_type());
+  check_weight(w, x, "w", {w.size(0), x.size(1)}, op);
+  check_weight(b, x, "b", {w.size(0)}, op);
 }
 
 }  // namespace mnv2_fused

@@ -8,14 +8,14 @@
 
 namespace mnv2_fused {
 
-// Writes the block's output into y; y has the output's shape and does not overlap x, and every
-// weight is contiguous.
+// Writes the block's output into y; y has the output's shape and does not overlap x. Weights come
+// with the caller's strides: each device lays them out as its kernel needs.
 using RunBlockFn = void (*)(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
                             const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
                             const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y);
 
-// Weights are small: make them contiguous once here (a no-op for the module's cached, folded
-// weights) so each device's kernel can index them directly.
+// For kernels that index weights as contiguous arrays: makes them so (a no-op for the module's
+// cached weights on that device).
 template <RunBlockFn run>
 void run_contiguous(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
                     const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
@@ -35,7 +35,7 @@ at::Tensor inverted_residual_functional(const at::Tensor& x, const std::optional
                                         int64_t stride, bool residual) {
   const BlockShape s = check_block(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
   at::Tensor y = empty_output(x, s);
-  run_contiguous<run>(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, y);
+  run(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, y);
   return y;
 }
 
@@ -49,7 +49,7 @@ void inverted_residual_out(const at::Tensor& x, const std::optional<at::Tensor>&
   // Tiles read x while others write out: the two must not share memory.
   at::assert_no_internal_overlap(out);
   at::assert_no_overlap(out, x);
-  run_contiguous<run>(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, out);
+  run(x, s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, out);
 }
 
 }  // namespace mnv2_fused

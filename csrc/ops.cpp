@@ -2,6 +2,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+#include "cpu/isa.h"
+
 extern "C" {
 // `import mnv2_fused._C` loads this library, whose static initializers register the ops.
 PyObject* PyInit__C(void) {
@@ -23,4 +27,18 @@ TORCH_LIBRARY(mnv2_fused, m) {
   m.def(
       "inverted_residual_out(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw, "
       "Tensor w_proj, Tensor b_proj, int stride, bool residual, Tensor(a!) out) -> ()");
+  // The network's stem fused with the expand-free block after it: a 3x3 convolution
+  //   w_stem (hidden, Cin, 3, 3), b_stem (hidden), stride stem_stride, padding 1, ReLU6
+  // takes the place of the expand layer, so its output never exists. Returns channels_last.
+  m.def(
+      "stem_inverted_residual(Tensor x, Tensor w_stem, Tensor b_stem, int stem_stride, Tensor w_dw, "
+      "Tensor b_dw, Tensor w_proj, Tensor b_proj, int stride) -> Tensor");
+  // The network's head: 1x1 convolution w (Cout, Cin), b (Cout) with BN folded, ReLU6, and the
+  // global average pool, (N, Cin, H, W) -> (N, Cout), so the (N, Cout, H, W) tensor never exists.
+  m.def("pointwise_relu6_mean(Tensor x, Tensor w, Tensor b) -> Tensor");
+  // The classifier, x (N, K) @ w (O, K)^T + b (O): torch's own linear, with the weight read in
+  // place when stored (K, O) -- the layout the model caches -- and every thread streaming it.
+  m.def("linear(Tensor x, Tensor w, Tensor b) -> Tensor");
+  // The instruction set the CPU kernel runs with: avx512, avx2 or generic.
+  m.def("cpu_isa() -> str", [] { return std::string(mnv2_fused::cpu::cpu_isa().name); });
 }

@@ -11,10 +11,23 @@ from .module import FusedInvertedResidual
 from .ops import inverted_residual
 from .reference import FoldedWeights, fold_block, fold_bn, inverted_residual_reference
 
+
+
+def __getattr__(name):
+    # FusedMobileNetV2 subclasses torchvision's MobileNetV2: imported on first use only, so that
+    # mnv2_fused itself never needs torchvision.
+    if name == "FusedMobileNetV2":
+        from .network import FusedMobileNetV2
+
+        return FusedMobileNetV2
+    raise AttributeError(f"module 'mnv2_fused' has no attribute {name!r}")
+
+
 __all__ = [
     "BACKENDS",
     "FoldedWeights",
     "FusedInvertedResidual",
+    "FusedMobileNetV2",
     "convert",
     "fold_block",
     "fold_bn",

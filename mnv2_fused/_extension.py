@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 
+import torch  # noqa: F401  -- loads libtorch/libc10, which the extension links against
+
 _load_error: Exception | None = None
 
 try:

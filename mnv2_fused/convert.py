@@ -13,9 +13,19 @@ def _is_torchvision_block(m: nn.Module) -> bool:
     return cls.__name__ == "InvertedResidual" and cls.__module__.startswith("torchvision.")
 
 
-def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
+def _is_torchvision_mobilenet_v2(m: nn.Module) -> bool:
+    cls = type(m)
+    return cls.__name__ == "MobileNetV2" and cls.__module__.startswith("torchvision.")
+
+
+def convert(model: nn.Module, backend: str = "auto", whole_network: bool = True) -> nn.Module:
     """Replace every torchvision InvertedResidual inside ``model``, in place, keeping its weights
-    (the same tensors) and state_dict keys; returns ``model``. A bare block is returned converted."""
+    (the same tensors) and state_dict keys; returns ``model``. A bare block is returned converted.
+
+    For a torchvision MobileNetV2, ``whole_network`` also fuses the stem with the first block and
+    the last 1x1 convolution with the average pool (see FusedMobileNetV2); the model's class
+    becomes FusedMobileNetV2, a subclass, and everything else about it stays as it was.
+    """
     check_backend_name(backend)
     if _is_torchvision_block(model):
         return FusedInvertedResidual.from_block(model, backend)
@@ -23,4 +33,8 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
         for name, child in list(parent.named_children()):
             if _is_torchvision_block(child):
                 setattr(parent, name, FusedInvertedResidual.from_block(child, backend))
+    if whole_network and _is_torchvision_mobilenet_v2(model):
+        from .network import fuse_network  # imports torchvision, which the model's owner has
+
+        fuse_network(model)
     return model

@@ -1,7 +1,6 @@
 """FusedInvertedResidual: a drop-in for torchvision.models.mobilenetv2.InvertedResidual."""
 from __future__ import annotations
 
-import threading
 from typing import Callable, Optional
 
 import torch
@@ -9,6 +8,8 @@ from torch import nn
 
 from .backends import check_backend_name
 from .ops import inverted_residual
+from .fold_cache import FoldCache
+from .layout import for_kernel
 from .reference import FoldedWeights, fold_block
 
 
@@ -21,6 +22,11 @@ def _conv_bn_relu6(inp: int, oup: int, kernel: int, stride: int, groups: int,
         norm_layer(oup),
         nn.ReLU6(inplace=True),
     )
+
+
+def fold_for_kernel(conv: nn.Sequential) -> FoldedWeights:
+    """fold_block, laid out for the kernel of the weights' device."""
+    return for_kernel(fold_block(conv))
 
 
 class FusedInvertedResidual(nn.Module):
@@ -63,9 +69,7 @@ class FusedInvertedResidual(nn.Module):
         self.out_channels = oup
         self._is_cn = stride > 1
         self.in_channels = inp
-        self._folded: Optional[FoldedWeights] = None
-        self._folded_key: Optional[tuple] = None
-        self._fold_lock = threading.Lock()
+        self._fold_cache = FoldCache(fold_for_kernel)
 
     @classmethod
     def from_block(cls, block: nn.Module, backend: str = "auto") -> "FusedInvertedResidual":
@@ -89,50 +93,23 @@ class FusedInvertedResidual(nn.Module):
         fused.out_channels = block.out_channels
         fused._is_cn = getattr(block, "_is_cn", block.stride > 1)
         fused.in_channels = conv[0][0].in_channels
-        fused._folded = None
-        fused._folded_key = None
-        fused._fold_lock = threading.Lock()
+        fused._fold_cache = FoldCache(fold_for_kernel)
         fused.train(block.training)
         return fused
 
     # -- folded-weight cache ------------------------------------------------------------------
-    def _state_key(self) -> tuple:
-        # A tensor's _version moves on every in-place write (load_state_dict, optimizer steps,
-        # edits under no_grad); data_ptr/dtype/device move when .to()/.half() replace it.
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device)
-                     for t in (*self.conv.parameters(), *self.conv.buffers()))
-
     def refresh(self) -> None:
         """Drop the cached folded weights; the next inference call folds BN again."""
-        with self._fold_lock:
-            self._folded = None
-            self._folded_key = None
+        self._fold_cache.clear()
 
     def folded_weights(self) -> FoldedWeights:
-        """BN-folded weights for inference, recomputed only when a parameter or buffer changed."""
-        if torch.compiler.is_compiling():
-            return fold_block(self.conv)  # traced into the graph; no Python-side cache
-        key = self._state_key()
-        with self._fold_lock:
-            if self._folded is None or self._folded_key != key:
-                with torch.no_grad():
-                    self._folded = fold_block(self.conv)
-                self._folded_key = key
-            return self._folded
+        """BN-folded weights for inference, in the layout of their device's kernel; recomputed
+        only when a parameter or buffer changed."""
+        return self._fold_cache.get(self.conv)
 
     def _apply(self, fn, *args, **kwargs):
         self.refresh()
         return super()._apply(fn, *args, **kwargs)
-
-    def __getstate__(self):
-        state = super().__getstate__().copy()
-        state.pop("_fold_lock", None)
-        state["_folded"] = state["_folded_key"] = None
-        return state
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self._fold_lock = threading.Lock()
 
     # -- forward --------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:

@@ -40,9 +40,12 @@ def test_profiler_shows_fused_op(reference_net):
     with torch.no_grad(), torch.profiler.profile() as prof:
         net(x)
     names = [e.name for e in prof.events()]
-    assert names.count("mnv2_fused::inverted_residual") == 17
-    # The unfused depthwise convolutions of the blocks never ran: only the stem's conv remains.
-    assert sum("convolution" == n.split("::")[-1] for n in names) == 2  # stem conv + final 1x1 conv
+    assert names.count("mnv2_fused::stem_inverted_residual") == 1
+    assert names.count("mnv2_fused::inverted_residual") == 16
+    assert names.count("mnv2_fused::pointwise_relu6_mean") == 1
+    assert names.count("mnv2_fused::linear") == 1
+    # No unfused convolution ran at all: the stem and the head are fused too.
+    assert sum("convolution" == n.split("::")[-1] for n in names) == 0
 
 
 def test_state_dict_keys_match_torchvision():

@@ -1,5 +1,5 @@
-// CPU kernel of mnv2_fused::inverted_residual: cuts the call into tiles (bands of output rows of
-// one image), runs them in parallel, and picks the tile code for this CPU's instruction set.
+// CPU kernels of mnv2_fused::inverted_residual and mnv2_fused::stem_inverted_residual: lay the
+// weights out for the tile kernel, choose the tiling, and run the tiles in parallel.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -7,101 +7,135 @@
 #include <algorithm>
 
 #include "../op_entry_points.h"
-#include "tile_kernel.h"
+#include "isa.h"
+#include "plan.h"
+#include "weight_layout.h"
 
 namespace mnv2_fused {
 namespace cpu {
 namespace {
 
-TileFn pick_tile_fn() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-    return run_tile_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return run_tile_avx2;
-#endif
-  return run_tile_generic;
+// Scratch per image in flight: one image's activations plus its scratch stay under
+// kWorkingSetBytes, or, when the activations alone exceed that, the scratch is at most an eighth of
+// them. So the scratch never sets a network's peak memory, while small images get tiles large
+// enough to be efficient. Per worker it stays within [kMinScratchBytes, kMaxScratchBytes] (L2).
+constexpr int64_t kWorkingSetBytes = 1024 * 1024;
+constexpr int64_t kMinScratchBytes = 16 * 1024, kMaxScratchBytes = 512 * 1024;
+
+int64_t scratch_budget_floats(const at::Tensor& x, const at::Tensor& y, int64_t workers) {
+  const int64_t batch = std::max<int64_t>(1, x.size(0));
+  const int64_t image_bytes = (x.numel() + y.numel()) / batch * static_cast<int64_t>(sizeof(float));
+  const int64_t per_image = std::max(image_bytes / 8, kWorkingSetBytes - image_bytes);
+  const int64_t per_worker = per_image * std::min(batch, workers) / std::max<int64_t>(1, workers);
+  return std::clamp(per_worker, kMinScratchBytes, kMaxScratchBytes) / static_cast<int64_t>(sizeof(float));
 }
 
-// Scratch per thread, in floats, that the plan aims to stay under (L2-resident).
-constexpr int64_t kScratchTarget = 64 * 1024;
-// Output pixels per tile worth aiming for: enough columns for the GEMM panels.
-constexpr int64_t kTilePixels = 512;
-
-TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads) {
-  int64_t rows = std::min(a.oh, std::max<int64_t>(1, (kTilePixels + a.ow - 1) / a.ow));
-  // Enough tiles to keep every thread busy when the batch alone does not.
-  while (rows > 1 && batch * ((a.oh + rows - 1) / rows) < threads) rows = (rows + 1) / 2;
-  // Hidden channels per chunk: as many as fit the target next to the packed input and accumulator.
-  TilePlan one = make_plan(a, rows, 1);
-  const int64_t fixed = one.floats - (one.ld_in + one.ld_out);
-  int64_t chunk = (kScratchTarget - fixed) / (one.ld_in + one.ld_out);
-  chunk = std::max<int64_t>(8, chunk / 8 * 8);
-  chunk = std::min(chunk, a.hidden);
-  return make_plan(a, rows, chunk);
+void check_cpu_float(const at::Tensor& x, const char* op) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": the CPU kernel supports float32 only, got ",
+                   x.scalar_type(), " (use backend='reference' for other dtypes)");
 }
 
-void check_cpu_dtype(const at::Tensor& x) {
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat,
-                   "mnv2_fused.inverted_residual: the CPU kernel supports float32 only, got ", x.scalar_type(),
-                   " (use backend='reference' for other dtypes)");
-}
-
-// Writes the block's output into y (any strides; y must not overlap x).
-void run_cpu(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
-             const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
-             const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
-  check_cpu_dtype(x);
-  if (y.numel() == 0) return;
-
-  // The entry points made every weight contiguous.
-  const at::Tensor& wd = w_dw, &bd = b_dw, &wp = w_proj, &bp = b_proj;
-  const at::Tensor we = s.expand ? *w_expand : at::Tensor(), be = s.expand ? *b_expand : at::Tensor();
-
-  BlockArgs a;
+void set_io(BlockArgs& a, const at::Tensor& x, at::Tensor& y) {
   a.x = x.data_ptr<float>();
   a.sxn = x.stride(0), a.sxc = x.stride(1), a.sxh = x.stride(2), a.sxw = x.stride(3);
   a.y = y.data_ptr<float>();
   a.syn = y.stride(0), a.syc = y.stride(1), a.syh = y.stride(2), a.syw = y.stride(3);
-  a.w_expand = s.expand ? we.data_ptr<float>() : nullptr;
-  a.b_expand = s.expand ? be.data_ptr<float>() : nullptr;
-  a.w_dw = wd.data_ptr<float>();
-  a.b_dw = bd.data_ptr<float>();
-  a.w_proj = wp.data_ptr<float>();
-  a.b_proj = bp.data_ptr<float>();
-  a.cin = s.cin, a.hidden = s.hidden, a.cout = s.cout;
-  a.h = s.h, a.w = s.w, a.oh = s.oh, a.ow = s.ow, a.stride = s.stride;
-  a.residual = s.residual;
+}
 
+// Splits the plan's tiles into contiguous ranges, one per worker, each with its own scratch slab
+// from the framework's allocator (so memory tools see it).
+void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::Tensor& y) {
+  const Isa& isa = cpu_isa();
   const int64_t threads = at::get_num_threads();
-  const TilePlan plan = choose_plan(a, s.n, threads);
-  const int64_t tiles_per_image = (s.oh + plan.rows_out - 1) / plan.rows_out;
-  const int64_t tiles = s.n * tiles_per_image;
-  const int64_t workers = std::min(threads, tiles);
-  // One scratch slab per worker, from the framework's allocator so memory tools see it. Zeroed so
-  // the padding lanes of the GEMM panels hold ordinary numbers.
-  at::Tensor scratch = at::zeros({workers, plan.floats}, x.options());
-  float* scratch_base = scratch.data_ptr<float>();
-  static const TileFn tile_fn = pick_tile_fn();
-
-  // Split the tiles into `workers` contiguous ranges; each range owns one scratch slab, whatever
-  // thread runs it.
+  const TilePlan plan = choose_plan(a, batch, threads, isa, scratch_budget_floats(x, y, threads));
+  const int64_t tiles = batch * plan.strips * plan.bands;
+  const int64_t workers = plan.groups > 1 ? plan.groups : std::min(threads, tiles);
+  // The ring's lanes past the last channel are read (and discarded) by whole-vector loads: zero
+  // them so they hold ordinary numbers. Channel counts that fill whole vectors need no clearing.
+  const bool ragged = a.hidden % isa.lanes != 0 || plan.group_size % plan.chunk != 0 || plan.ld != plan.chunk ||
+                      a.hidden % plan.group_size != 0;
+  at::Tensor scratch = ragged ? at::zeros({workers, plan.floats}, x.options())
+                              : at::empty({workers, plan.floats}, x.options());
+  float* base = scratch.data_ptr<float>();
+  if (!ragged)
+    for (int64_t w = 0; w < workers; ++w) std::fill_n(base + w * plan.floats + plan.off_zero, plan.acc_ld, 0.f);
+  if (plan.groups == 1) {
+    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t w = begin; w < end; ++w)
+        isa.run_tiles(a, plan, tiles * w / workers, tiles * (w + 1) / workers, 0, base + w * plan.floats, nullptr);
+    });
+    return;
+  }
+  // Hidden groups: each worker projects its share of every pixel, then the shares are summed.
+  const int64_t pixels = batch * a.oh * a.ow, plane = pixels * plan.acc_ld;
+  at::Tensor partial = at::empty({plan.groups, plane}, x.options());
+  float* part = partial.data_ptr<float>();
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t wkr = begin; wkr < end; ++wkr) {
-      float* slab = scratch_base + wkr * plan.floats;
-      const int64_t t0 = tiles * wkr / workers, t1 = tiles * (wkr + 1) / workers;
-      for (int64_t t = t0; t < t1; ++t)
-        tile_fn(a, plan, t / tiles_per_image, (t % tiles_per_image) * plan.rows_out, slab);
+    for (int64_t g = begin; g < end; ++g)
+      isa.run_tiles(a, plan, 0, tiles, g, base + g * plan.floats, part + g * plane);
+  });
+  at::parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / (a.oh * a.ow), r = i / a.ow % a.oh, q = i % a.ow;
+      float* y = a.y + n * a.syn + r * a.syh + q * a.syw;
+      const float* res = a.x + n * a.sxn + r * a.sxh + q * a.sxw;
+      for (int64_t o = 0; o < a.cout; ++o) {
+        float v = part[i * plan.acc_ld + o];
+        for (int64_t g = 1; g < plan.groups; ++g) v += part[g * plane + i * plan.acc_ld + o];
+        y[o * a.syc] = a.residual ? v + res[o * a.sxc] : v;
+      }
     }
   });
+}
+
+// Writes the block's output into y (any strides; y must not overlap x).
+void run_block(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
+               const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+               const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
+  check_cpu_float(x, "mnv2_fused.inverted_residual");
+  if (y.numel() == 0) return;
+  BlockArgs a;
+  KernelWeights kw;
+  set_io(a, x, y);
+  kw.set_block(a, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj);
+  a.expand = s.expand ? Expand::kPointwise : Expand::kNone;
+  a.expand_stride = 1;
+  a.cin = s.cin, a.hidden = s.hidden, a.cout = s.cout;
+  a.h = s.h, a.w = s.w, a.hh = s.h, a.hw = s.w, a.oh = s.oh, a.ow = s.ow;
+  a.stride = s.stride;
+  a.residual = s.residual;
+  run_plan(a, s.n, x, y);
+}
+
+at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
+                                  int64_t stem_stride, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                                  const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride) {
+  const StemShape st = check_stem(x, w_stem, b_stem, stem_stride, w_dw, b_dw, w_proj, b_proj, stride);
+  const BlockShape& s = st.block;
+  check_cpu_float(x, "mnv2_fused.stem_inverted_residual");
+  // channels_last always: the blocks after the stem read it in place.
+  at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
+  BlockArgs a;
+  KernelWeights kw;
+  set_io(a, x, y);
+  kw.set_stem(a, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj);
+  a.expand = Expand::kConv3x3;
+  a.expand_stride = st.stem_stride;
+  a.cin = s.cin, a.hidden = s.hidden, a.cout = s.cout;
+  a.h = s.h, a.w = s.w, a.hh = st.hh, a.hw = st.hw, a.oh = s.oh, a.ow = s.ow;
+  a.stride = s.stride;
+  a.residual = false;
+  run_plan(a, s.n, x, y);
+  return y;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) {
-  m.impl("inverted_residual", &inverted_residual_functional<run_cpu>);
-  m.impl("inverted_residual_out", &inverted_residual_out<run_cpu>);
+  m.impl("inverted_residual", &inverted_residual_functional<run_block>);
+  m.impl("inverted_residual_out", &inverted_residual_out<run_block>);
+  m.impl("stem_inverted_residual", &stem_inverted_residual);
 }
 
 }  // namespace cpu

@@ -1,74 +1,146 @@
-// One tile of the fused inverted-residual block on the CPU, fp32, with no torch dependency so the
-// same source compiles once per instruction set (tile_kernel_{avx512,avx2,generic}.cpp).
+// The fused inverted-residual block on the CPU, fp32, with no torch dependency so the same source
+// compiles once per instruction set (tile_kernel_{avx512,avx2,generic}.cpp).
 //
-// A tile is a band of output rows of one image. Its hidden activations are produced a chunk of
-// hidden channels at a time (the paper's t-way split): expand the chunk for the input rows the band
-// needs (halo rows included, recomputed by the neighbouring band), depthwise + ReLU6, then accumulate
-// the projection of that chunk into a per-tile accumulator. Only the chunk ever exists.
+// Inside a tile every buffer is pixel-major, [pixel][channel], and every loop vectorizes over
+// channels: the two 1x1 convolutions are GEMMs whose output columns are channels, the depthwise
+// convolution is nine vector FMAs per pixel, and channels_last tensors are read and written in
+// place, with no packing.
 //
-// Inside the tile every buffer is channel-major, [channel][pixel], so both 1x1 convolutions are
-// GEMMs whose inner dimension runs over pixels and vectorizes cleanly. For stride 2 each input row
-// is stored deinterleaved, odd columns then even columns, so the strided depthwise reads stay
-// contiguous.
+// A tile is a band of output rows of one vertical strip of one image. Its hidden activations live
+// in a ring of hidden rows: consecutive bands of a strip share their halo rows instead of computing
+// them twice. When the ring for every hidden channel would not fit the scratch budget, the hidden
+// channels are processed in chunks (the paper's t-way split) and the projection is accumulated
+// chunk by chunk; the halo rows are then recomputed per band.
+//
+// When there are fewer images than threads, splitting an image into bands makes every thread
+// recompute halo rows; the plan may instead split the hidden channels into groups, one per worker,
+// each producing a partial projection of the whole output that a final pass sums.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 namespace mnv2_fused {
 namespace cpu {
 
-// Width of one column panel of the GEMMs, in floats; every buffer row is padded to a multiple.
-constexpr int64_t kPanel = 32;
-
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
+
+// How the hidden activations are made from the input.
+enum class Expand : int {
+  kNone = 0,       // hidden = input (expand ratio 1)
+  kPointwise = 1,  // 1x1 convolution
+  kConv3x3 = 3,    // 3x3 convolution, padding 1, stride `expand_stride` (the network's stem)
+};
 
 struct BlockArgs {
   const float* x;  // input, element strides below
   int64_t sxn, sxc, sxh, sxw;
   float* y;  // output
   int64_t syn, syc, syh, syw;
-  const float* w_expand;  // (hidden, cin) contiguous, or null when there is no expand layer
-  const float* b_expand;
-  const float* w_dw;  // (hidden, 9)
-  const float* b_dw;
-  const float* w_proj;  // (cout, hidden)
-  const float* b_proj;
-  int64_t cin, hidden, cout, h, w, oh, ow, stride;
+  // Weights in the kernel's layout, output channel fastest (see pack_* in inverted_residual.cpp):
+  const float* w_expand;  // (K, hidden): K = cin for 1x1, 9 * cin ([dy][dx][c]) for 3x3; null for kNone
+  const float* b_expand;  // (hidden)
+  const float* w_dw;      // (9, hidden)
+  const float* b_dw;      // (hidden)
+  const float* w_proj;    // (hidden, cout)
+  const float* b_proj;    // (cout)
+  Expand expand;
+  int64_t expand_stride;
+  int64_t cin, hidden, cout;
+  int64_t h, w;    // input
+  int64_t hh, hw;  // hidden (differs from the input only for a strided 3x3 expand)
+  int64_t oh, ow;  // output
+  int64_t stride;  // depthwise
   bool residual;
 };
 
-// How a call is cut into tiles, and where each tile's scratch lives (offsets in floats).
+// How a call is cut into tiles, and where each worker's scratch lives (offsets in floats).
 struct TilePlan {
-  int64_t rows_out;   // output rows per tile
-  int64_t rows_in;    // input rows per tile, halo included
-  int64_t chunk;      // hidden channels per chunk
-  int64_t ld_in;      // row length of the packed input and of a hidden channel
-  int64_t ld_out;     // row length of a depthwise-output channel and of the accumulator
-  int64_t off_hidden, off_dw, off_acc, floats;  // scratch layout; x is packed at offset 0
+  int64_t rows_out, cols_out;    // output rows per band, output columns per strip
+  int64_t strips, bands;         // per image
+  int64_t chunk;                 // hidden channels per chunk
+  int64_t groups, group_size;    // hidden channels split across workers (groups > 1) or not
+  int64_t ring_rows, ring_cols;  // hidden rows / columns a band reads
+  int64_t ld;                    // floats per pixel in the ring and the depthwise output
+  int64_t acc_ld;                // floats per pixel in the projection accumulator
+  int64_t im2col_k;              // floats per pixel of the 3x3-expand input patches
+  int64_t off_dw, off_acc, off_im2col, off_zero, floats;  // scratch layout; the ring is at offset 0
+  bool carry;                    // one chunk holds every hidden channel of the group: bands share halo rows
 };
 
-inline TilePlan make_plan(const BlockArgs& a, int64_t rows_out, int64_t chunk) {
+// Row pointers of a GEMM are gathered into blocks of this many rows.
+constexpr int64_t kRowBlock = 256;
+
+// The plan, and the scratch floats one worker needs, for bands of `rows` x `cols` output pixels.
+inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_t chunk, int64_t lanes,
+                          int64_t group_size) {
   TilePlan p;
-  p.rows_out = rows_out;
-  p.rows_in = (rows_out - 1) * a.stride + 3;
+  p.group_size = std::min(group_size, a.hidden);
+  p.groups = ceil_div(a.hidden, p.group_size);
+  chunk = std::min(chunk, p.group_size);
+  p.rows_out = rows;
+  p.cols_out = cols;
+  p.strips = ceil_div(a.ow, cols);
+  p.bands = ceil_div(a.oh, rows);
   p.chunk = chunk;
-  // One extra panel: a GEMM that starts mid-row still has a full last panel to write.
-  p.ld_in = round_up(p.rows_in * a.w, kPanel) + kPanel;
-  p.ld_out = round_up(rows_out * a.ow, kPanel);
-  const int64_t packed_x = a.w_expand ? a.cin * p.ld_in : 0;
-  p.off_hidden = packed_x;
-  p.off_dw = p.off_hidden + chunk * p.ld_in;
-  p.off_acc = p.off_dw + chunk * p.ld_out;
-  p.floats = p.off_acc + a.cout * p.ld_out;
+  p.carry = chunk >= p.group_size;
+  p.ring_rows = (rows - 1) * a.stride + 3;
+  p.ring_cols = (cols - 1) * a.stride + 3;
+  p.ld = round_up(chunk, lanes);
+  p.acc_ld = round_up(a.cout, lanes);
+  p.im2col_k = a.expand == Expand::kConv3x3 ? 9 * a.cin : 0;
+  p.off_dw = p.ring_rows * p.ring_cols * p.ld;
+  p.off_acc = p.off_dw + rows * cols * p.ld;
+  p.off_im2col = p.off_acc + (p.carry ? 0 : rows * cols * p.acc_ld);
+  p.off_zero = p.off_im2col + std::min(kRowBlock, p.ring_rows * p.ring_cols) * p.im2col_k;
+  p.floats = p.off_zero + p.acc_ld;  // zeros: the bias of every group but the first
   return p;
 }
 
-// Computes output rows [r0, r0 + plan.rows_out) (clipped to the image) of image n.
-// scratch holds plan.floats floats, zeroed once before first use by this thread.
-using TileFn = void (*)(const BlockArgs&, const TilePlan&, int64_t n, int64_t r0, float* scratch);
+// Runs the tiles [t0, t1) of the call in order (tile index = (image * strips + strip) * bands +
+// band), reusing the ring across consecutive bands, for the hidden channels of `group`. scratch
+// holds plan.floats floats, the last acc_ld of them zero. With one group the tiles write y; with
+// several, `partial` ([N][OH][OW][acc_ld]) receives the group's share of the projection, bias
+// included for group 0 only, and no residual.
+using TilesFn = void (*)(const BlockArgs&, const TilePlan&, int64_t t0, int64_t t1, int64_t group, float* scratch,
+                         float* partial);
 
-void run_tile_avx512(const BlockArgs&, const TilePlan&, int64_t, int64_t, float*);
-void run_tile_avx2(const BlockArgs&, const TilePlan&, int64_t, int64_t, float*);
-void run_tile_generic(const BlockArgs&, const TilePlan&, int64_t, int64_t, float*);
+// y[n, o] = mean over pixels of relu6(b[o] + sum_c x[n, c, pixel] w[c, o]) for the pixels of
+// images [n0, n1): the network's last 1x1 convolution with its global average pool, so the wide
+// tensor between them never exists. w is (cin, cout); x has any strides; y is (N, cout) contiguous.
+struct PoolArgs {
+  const float* x;
+  int64_t sxn, sxc, sxh, sxw;
+  const float* w;
+  const float* b;
+  float* y;
+  int64_t cin, cout, h, wd;
+};
+// Images [n0, n1), output channels [j0, j1).
+using PoolFn = void (*)(const PoolArgs&, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
+
+// y[n, o] = b[o] + sum_k x[n, k] w[k, o] for rows [n0, n1) and columns [j0, j1): the classifier.
+// w is (K, O); x has any strides; y is (N, O) contiguous.
+struct LinearArgs {
+  const float* x;
+  int64_t sxn, sxk;
+  const float* w;
+  const float* b;
+  float* y;
+  int64_t k, o;
+};
+using LinearFn = void (*)(const LinearArgs&, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
+
+#define MNV2_DECLARE_ISA(isa)                                                      \
+  void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*, float*); \
+  void pointwise_pool_##isa(const PoolArgs&, int64_t, int64_t, int64_t, int64_t);  \
+  void linear_##isa(const LinearArgs&, int64_t, int64_t, int64_t, int64_t);        \
+  int64_t lanes_##isa();                                                           \
+  int64_t max_acc_##isa();
+MNV2_DECLARE_ISA(avx512)
+MNV2_DECLARE_ISA(avx2)
+MNV2_DECLARE_ISA(generic)
+#undef MNV2_DECLARE_ISA
 
 }  // namespace cpu
 }  // namespace mnv2_fused

@@ -1,18 +1,30 @@
-// run_tile for AVX2 + FMA CPUs: 16 vector registers hold a 3 x 32 accumulator tile.
+// The CPU kernel for AVX2 + FMA CPUs: 8-lane vectors, 16 registers (12 accumulators).
 #include "tile_kernel.h"
-
-#include <algorithm>
-#include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma,bmi2")
-#define MNV2_TILE_FN run_tile_avx2
-#define MNV2_MR 3
+#include <immintrin.h>
+
+namespace mnv2_fused {
+namespace cpu {
+namespace {
+constexpr int kLanes = 8;
+constexpr int kMaxAcc = 12;
+typedef float vec __attribute__((vector_size(32)));
+inline vec splat(float s) { return reinterpret_cast<vec>(_mm256_set1_ps(s)); }
+using Mask = __m256i;
+inline Mask make_mask(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline vec load_m(const float* p, Mask m) { return reinterpret_cast<vec>(_mm256_maskload_ps(p, m)); }
+inline void store_m(float* p, vec v, Mask m) { _mm256_maskstore_ps(p, m, reinterpret_cast<__m256>(v)); }
+}  // namespace
+}  // namespace cpu
+}  // namespace mnv2_fused
+
+#define MNV2_ISA avx2
 #include "tile_kernel_impl.h"
 #else
-namespace mnv2_fused { namespace cpu {
-void run_tile_avx2(const BlockArgs& a, const TilePlan& p, int64_t n, int64_t r0, float* s) {
-  run_tile_generic(a, p, n, r0, s);
-}
-}}  // namespace mnv2_fused::cpu
+#define MNV2_FORWARD_TO_GENERIC avx2
+#include "tile_kernel_forward.h"
 #endif

@@ -1,18 +1,29 @@
-// run_tile for AVX-512 CPUs: 32 vector registers hold an 8 x 32 accumulator tile.
+// The CPU kernel for AVX-512 CPUs: 16-lane vectors, 32 registers (24 accumulators), mask registers
+// for the channel tails.
 #include "tile_kernel.h"
-
-#include <algorithm>
-#include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")
-#define MNV2_TILE_FN run_tile_avx512
-#define MNV2_MR 8
+#include <immintrin.h>
+
+namespace mnv2_fused {
+namespace cpu {
+namespace {
+constexpr int kLanes = 16;
+constexpr int kMaxAcc = 24;
+typedef float vec __attribute__((vector_size(64)));
+inline vec splat(float s) { return reinterpret_cast<vec>(_mm512_set1_ps(s)); }
+using Mask = __mmask16;
+inline Mask make_mask(int n) { return static_cast<Mask>((1u << n) - 1u); }
+inline vec load_m(const float* p, Mask m) { return reinterpret_cast<vec>(_mm512_maskz_loadu_ps(m, p)); }
+inline void store_m(float* p, vec v, Mask m) { _mm512_mask_storeu_ps(p, m, reinterpret_cast<__m512>(v)); }
+}  // namespace
+}  // namespace cpu
+}  // namespace mnv2_fused
+
+#define MNV2_ISA avx512
 #include "tile_kernel_impl.h"
 #else
-namespace mnv2_fused { namespace cpu {
-void run_tile_avx512(const BlockArgs& a, const TilePlan& p, int64_t n, int64_t r0, float* s) {
-  run_tile_generic(a, p, n, r0, s);
-}
-}}  // namespace mnv2_fused::cpu
+#define MNV2_FORWARD_TO_GENERIC avx512
+#include "tile_kernel_forward.h"
 #endif

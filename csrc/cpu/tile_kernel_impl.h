@@ -1,222 +1,390 @@
-// The body of run_tile, compiled once per instruction set. The including file defines
-//   MNV2_TILE_FN  the function's name
-//   MNV2_MR       rows of the GEMM micro-tile (how many accumulators the register file holds)
-// after any `#pragma GCC target`, and includes nothing else after it.
+// The body of the CPU kernel, compiled once per instruction set. The including file, after any
+// `#pragma GCC target`, defines
+//   MNV2_ISA           the suffix of the exported functions (run_tiles_<isa>, ...)
+//   vec, kLanes        a GCC vector of kLanes floats
+//   kMaxAcc            how many vec accumulators the register file holds next to the B row
+//   Mask, make_mask(n), load_m(p, mask), store_m(p, v, mask)   the first n lanes only
+//   splat(s)           every lane s
+// and includes nothing after this file.
 #include <algorithm>
 #include <cstring>
+
+#define MNV2_CAT2(a, b) a##b
+#define MNV2_CAT(a, b) MNV2_CAT2(a, b)
 
 namespace mnv2_fused {
 namespace cpu {
 namespace {
 
-// 16 floats; the compiler splits it into whatever registers the target has.
-typedef float v16 __attribute__((vector_size(64)));
-constexpr int kNV = kPanel / 16;  // v16 per panel row
-
-inline v16 load16(const float* p) {
-  v16 v;
+inline vec load(const float* p) {
+  vec v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-// A braced list (not v16{} + s, which costs an add per call without -ffast-math).
-inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
-
+inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
 // ReLU6 that keeps NaN: comparisons with NaN are false, so it passes through unchanged.
-inline float relu6(float v) { return v < 0.f ? 0.f : (v > 6.f ? 6.f : v); }
-inline v16 relu6(v16 v) {
-  const v16 zero = splat(0.f), six = splat(6.f);
+inline vec relu6(vec v) {
+  const vec zero = splat(0.f), six = splat(6.f);
   v = v < zero ? zero : v;
   return v > six ? six : v;
 }
 
-enum class Epilogue { kBiasRelu6, kAccumulate, kBias };
+// ---------------------------------------------------------------------------------------------
+// GEMM: C[i, j] = epilogue(init[i, j] + sum_k A[i, k] B[k, j]). Rows are addressed through
+// pointer arrays, so A can be the input tensor itself (any strides), the ring, or a patch buffer,
+// and C can be the ring, the accumulator or the output tensor.
 
-// C[m, 0:kPanel] (op)= sum_k A[m, k] * B[k, 0:kPanel] for m < MR; rows >= m_valid repeat the last
-// valid row of A (never read past A) and are not stored.
-template <Epilogue E>
-inline void micro_tile(const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-                       int64_t ldc, int64_t K, const float* bias, int m_valid) {
-  constexpr int MR = MNV2_MR;
-  const float* a_row[MR];
-  for (int i = 0; i < MR; ++i) a_row[i] = A + std::min(i, m_valid - 1) * lda;
-  v16 acc[MR][kNV];
+enum class Store { kRelu6, kPlain, kPool };
+
+struct Gemm {
+  int64_t K;
+  const float* B;  // row k at B + k * ldb; columns are output channels
+  int64_t ldb;
+  const float* const* a;  // element k of row i at a[i][k * ak]
+  int64_t ak;
+  const float* const* init;  // rows the sums start from (accumulating a chunk), or null: the bias
+  const float* bias;
+  float* const* c;  // element j of row i at c[i][j * ck]
+  int64_t ck;
+  const float* const* res;  // added before the store when not null; element j at res[i][j * rk]
+  int64_t rk;
+  Store store;
+  float* pool;  // kPool: relu6 of each row is summed into pool[j]
+};
+
+// Rows [i0, i0 + m) (m <= MR) times columns [j0, j0 + ncols) (ncols in ((NV-1) L, NV L]).
+// Rows past m repeat the last valid row (never reading outside A) and are not stored.
+template <int NV, int MR>
+void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols) {
+  const Mask tail = make_mask(ncols - (NV - 1) * kLanes);
+  const float* ap[MR];
+  for (int i = 0; i < MR; ++i) ap[i] = g.a[i0 + std::min(i, m - 1)];
+  vec acc[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < kNV; ++j) {
-      if (E == Epilogue::kAccumulate)
-        acc[i][j] = i < m_valid ? load16(C + i * ldc + 16 * j) : splat(0.f);
-      else
-        acc[i][j] = splat(bias[std::min(i, m_valid - 1)]);
+    for (int j = 0; j < NV; ++j) {
+      const float* src = g.init ? g.init[i0 + std::min(i, m - 1)] + j0 : g.bias + j0;
+      acc[i][j] = j < NV - 1 ? load(src + j * kLanes) : load_m(src + j * kLanes, tail);
     }
-  for (int64_t k = 0; k < K; ++k) {
-    v16 b[kNV];
-    for (int j = 0; j < kNV; ++j) b[j] = load16(B + k * ldb + 16 * j);
+  // Whole-vector loads of B: a tail vector reads into the next row (in bounds, discarded lanes),
+  // except on the last row, loaded masked after the loop. A masked load inside the loop would make
+  // the compiler keep the accumulators in memory.
+  const float* brow = g.B + j0;
+  const int64_t K = g.K, ldb = g.ldb, ak = g.ak;
+  auto step = [&](const vec* b, int64_t k) {
     for (int i = 0; i < MR; ++i) {
-      const v16 a = splat(a_row[i][k]);
-      for (int j = 0; j < kNV; ++j) acc[i][j] += a * b[j];
+      const vec av = splat(ap[i][k * ak]);
+      for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
+    }
+  };
+  for (int64_t k = 0; k < K - 1; ++k, brow += ldb) {
+    vec b[NV];
+    for (int j = 0; j < NV; ++j) b[j] = load(brow + j * kLanes);
+    step(b, k);
+  }
+  if (K > 0) {
+    vec b[NV];
+    for (int j = 0; j < NV - 1; ++j) b[j] = load(brow + j * kLanes);
+    b[NV - 1] = load_m(brow + (NV - 1) * kLanes, tail);
+    step(b, K - 1);
+  }
+
+  if (g.store == Store::kPool) {
+    vec sum[NV];
+    for (int j = 0; j < NV; ++j) sum[j] = splat(0.f);
+    for (int i = 0; i < MR; ++i) {  // compile-time bounds keep acc in registers
+      if (i >= m) break;
+      for (int j = 0; j < NV; ++j) sum[j] += relu6(acc[i][j]);
+    }
+    for (int j = 0; j < NV; ++j) {
+      float* p = g.pool + j0 + j * kLanes;
+      if (j < NV - 1) store(p, load(p) + sum[j]);
+      else store_m(p, load_m(p, tail) + sum[j], tail);
+    }
+    return;
+  }
+  const bool vector_io = g.ck == 1 && (!g.res || g.rk == 1);
+  for (int i = 0; i < MR; ++i) {
+    if (i >= m) break;
+    float* crow = g.c[i0 + i] + j0 * g.ck;
+    const float* rrow = g.res ? g.res[i0 + i] + j0 * g.rk : nullptr;
+    for (int j = 0; j < NV; ++j) {
+      vec v = acc[i][j];
+      if (g.store == Store::kRelu6) v = relu6(v);
+      const int lanes = j < NV - 1 ? kLanes : ncols - (NV - 1) * kLanes;
+      if (vector_io) {
+        if (rrow) v += j < NV - 1 ? load(rrow + j * kLanes) : load_m(rrow + j * kLanes, tail);
+        if (j < NV - 1) store(crow + j * kLanes, v);
+        else store_m(crow + j * kLanes, v, tail);
+      } else {  // NCHW output or input: one element at a time
+        float lane[kLanes];
+        store(lane, v);
+        for (int l = 0; l < lanes; ++l) {
+          const int64_t col = j * kLanes + l;
+          crow[col * g.ck] = lane[l] + (rrow ? rrow[col * g.rk] : 0.f);
+        }
+      }
     }
   }
-  for (int i = 0; i < MR; ++i) {
-    if (i >= m_valid) break;
-    for (int j = 0; j < kNV; ++j)
-      store16(C + i * ldc + 16 * j, E == Epilogue::kBiasRelu6 ? relu6(acc[i][j]) : acc[i][j]);
+}
+
+// Rows of a micro-tile NV vectors wide: as many as the accumulators allow, but no more than 12
+// (one vector) or 8 (wider): each row's A pointer must stay in a register, or the tile turns
+// load-bound.
+template <int NV>
+constexpr int tile_rows() {
+  return kMaxAcc / NV < (NV == 1 ? 12 : 8) ? kMaxAcc / NV : (NV == 1 ? 12 : 8);
+}
+
+// Every row of one column panel, in micro-tiles of MR rows, then MR/2 and MR/4 for the remainder.
+template <int NV>
+void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
+  constexpr int MR1 = tile_rows<NV>(), MR2 = (MR1 + 1) / 2, MR3 = (MR1 + 3) / 4;
+  int64_t i = 0;
+  while (i < M) {
+    const int64_t rem = M - i;
+    if (rem > MR2) {
+      micro<NV, MR1>(g, i, static_cast<int>(std::min<int64_t>(rem, MR1)), j0, ncols);
+      i += MR1;
+    } else if (rem > MR3) {
+      micro<NV, MR2>(g, i, static_cast<int>(rem), j0, ncols);
+      i += MR2;
+    } else {
+      micro<NV, MR3>(g, i, static_cast<int>(rem), j0, ncols);
+      i += MR3;
+    }
   }
 }
 
-// C[M, N] (op)= A[M, K] B[K, N], N rounded up to whole panels (buffers are padded for it).
-template <Epilogue E>
-void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
-          float* C, int64_t ldc, const float* bias) {
-  constexpr int MR = MNV2_MR;
-  for (int64_t j = 0; j < N; j += kPanel)
-    for (int64_t i = 0; i < M; i += MR)
-      micro_tile<E>(A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, bias ? bias + i : nullptr,
-                    static_cast<int>(std::min<int64_t>(MR, M - i)));
+// Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
+// narrow panels have taller micro-tiles, whose row pointers crowd the registers.
+void gemm(const Gemm& g, int64_t M, int64_t N) {
+  const int64_t vectors = (N + kLanes - 1) / kLanes, panels = (vectors + 3) / 4;
+  int64_t j0 = 0;
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t nv = vectors / panels + (p < vectors % panels ? 1 : 0);
+    const int ncols = static_cast<int>(std::min<int64_t>(nv * kLanes, N - j0));
+    switch (nv) {
+      case 1: panel<1>(g, M, j0, ncols); break;
+      case 2: panel<2>(g, M, j0, ncols); break;
+      case 3: panel<3>(g, M, j0, ncols); break;
+      default: panel<4>(g, M, j0, ncols); break;
+    }
+    j0 += nv * kLanes;
+  }
 }
 
-// Column of input pixel x inside a packed row: stride 2 stores odd columns first, then even ones.
-inline int64_t packed_col(int64_t x, int64_t w, int64_t stride) {
-  return stride == 1 ? x : (x & 1 ? x >> 1 : (w >> 1) + (x >> 1));
+// ---------------------------------------------------------------------------------------------
+// One band of one strip.
+
+struct Band {
+  int64_t n, r0, rows, q0, cols;  // output rows [r0, r0 + rows), columns [q0, q0 + cols) of image n
+  int64_t hr0, hc0;               // first hidden row / column the band reads (may be padding)
+};
+
+inline int64_t ring_slot(int64_t hr, int64_t ring_rows) { return ((hr % ring_rows) + ring_rows) % ring_rows; }
+
+// 3x3 input patches ([dy][dx][c], zeros outside the input) of the hidden pixels [jlo, jhi) of
+// ring row hr, one after another in dst.
+void im2col_row(const BlockArgs& a, const Band& b, int64_t hr, int64_t jlo, int64_t jhi, float* dst) {
+  const int64_t K = 9 * a.cin, es = a.expand_stride;
+  for (int64_t dy = 0; dy < 3; ++dy) {
+    const int64_t ih = hr * es - 1 + dy;
+    for (int64_t dx = 0; dx < 3; ++dx) {
+      // Hidden columns whose tap (dy, dx) falls inside the input.
+      const int64_t x0 = (b.hc0 + jlo) * es - 1 + dx;  // input column of pixel jlo
+      int64_t in_lo = jlo, in_hi = jhi;
+      if (ih < 0 || ih >= a.h) in_hi = in_lo;
+      while (in_lo < in_hi && x0 + (in_lo - jlo) * es < 0) ++in_lo;
+      while (in_hi > in_lo && x0 + (in_hi - 1 - jlo) * es >= a.w) --in_hi;
+      for (int64_t c = 0; c < a.cin; ++c) {
+        float* d = dst + (dy * 3 + dx) * a.cin + c;
+        for (int64_t j = jlo; j < in_lo; ++j) d[(j - jlo) * K] = 0.f;
+        if (in_lo < in_hi) {
+          const float* s = a.x + b.n * a.sxn + c * a.sxc + ih * a.sxh + (x0 + (in_lo - jlo) * es) * a.sxw;
+          for (int64_t j = in_lo; j < in_hi; ++j) d[(j - jlo) * K] = s[(j - in_lo) * es * a.sxw];
+        }
+        for (int64_t j = std::max(in_lo, in_hi); j < jhi; ++j) d[(j - jlo) * K] = 0.f;
+      }
+    }
+  }
 }
 
-// dst[c * ld + i * w + packed_col(x)] = X[n, c0 + c, ih0 + i, x] for rows inside the image;
-// rows outside the image are zero (the depthwise padding).
-void pack_rows(const BlockArgs& a, int64_t n, int64_t c0, int64_t channels, int64_t ih0, int64_t rows,
-               float* dst, int64_t ld) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t ih = ih0 + i;
-    const bool inside = ih >= 0 && ih < a.h;
-    for (int64_t c = 0; c < channels; ++c) {
-      float* d = dst + c * ld + i * a.w;
-      if (!inside) {
-        std::memset(d, 0, sizeof(float) * a.w);
+// Fills the ring rows [hr_begin, hr_end) with hidden channels [c0, c0 + hc), for the band's columns.
+void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t hr_begin, int64_t hr_end,
+                      int64_t c0, int64_t hc, float* ring, float* im2col) {
+  const int64_t row_floats = p.ring_cols * p.ld;
+  const int64_t ncols = (b.cols - 1) * a.stride + 3;
+  // Columns of the ring inside the hidden image.
+  const int64_t jlo = std::max<int64_t>(0, -b.hc0), jhi = std::min(ncols, a.hw - b.hc0);
+  const float* a_rows[kRowBlock];
+  float* c_rows[kRowBlock];
+  int64_t pending = 0;
+  const int64_t K = a.expand == Expand::kConv3x3 ? 9 * a.cin : a.cin;
+  auto flush = [&]() {
+    if (pending == 0) return;
+    Gemm g{K, a.w_expand + c0, a.hidden, a_rows, a.expand == Expand::kConv3x3 ? 1 : a.sxc,
+           nullptr, a.b_expand + c0, c_rows, 1, nullptr, 0, Store::kRelu6, nullptr};
+    gemm(g, pending, hc);
+    pending = 0;
+  };
+  for (int64_t hr = hr_begin; hr < hr_end; ++hr) {
+    float* row = ring + ring_slot(hr, p.ring_rows) * row_floats;
+    if (hr < 0 || hr >= a.hh || jlo >= jhi) {  // the depthwise's zero padding
+      std::memset(row, 0, sizeof(float) * row_floats);
+      continue;
+    }
+    if (jlo > 0) std::memset(row, 0, sizeof(float) * jlo * p.ld);
+    if (jhi < ncols) std::memset(row + jhi * p.ld, 0, sizeof(float) * (ncols - jhi) * p.ld);
+    if (a.expand == Expand::kConv3x3) {
+      for (int64_t j0 = jlo; j0 < jhi; j0 += kRowBlock) {
+        const int64_t j1 = std::min(jhi, j0 + kRowBlock);
+        if (pending + (j1 - j0) > kRowBlock) flush();
+        im2col_row(a, b, hr, j0, j1, im2col + pending * K);
+        for (int64_t j = j0; j < j1; ++j, ++pending) {
+          a_rows[pending] = im2col + pending * K;
+          c_rows[pending] = row + j * p.ld;
+        }
+      }
+      continue;
+    }
+    for (int64_t j = jlo; j < jhi; ++j) {
+      const int64_t hcol = b.hc0 + j;
+      float* dst = row + j * p.ld;
+      if (a.expand == Expand::kNone) {
+        const float* src = a.x + b.n * a.sxn + hr * a.sxh + hcol * a.sxw + c0 * a.sxc;
+        if (a.sxc == 1) std::memcpy(dst, src, sizeof(float) * hc);
+        else for (int64_t c = 0; c < hc; ++c) dst[c] = src[c * a.sxc];
         continue;
       }
-      const float* s = a.x + n * a.sxn + (c0 + c) * a.sxc + ih * a.sxh;
-      if (a.stride == 1 && a.sxw == 1) {
-        std::memcpy(d, s, sizeof(float) * a.w);
-      } else {
-        for (int64_t x = 0; x < a.w; ++x) d[packed_col(x, a.w, a.stride)] = s[x * a.sxw];
+      a_rows[pending] = a.x + b.n * a.sxn + hr * a.sxh + hcol * a.sxw;
+      c_rows[pending] = dst;
+      if (++pending == kRowBlock) flush();
+    }
+  }
+  flush();
+}
+
+// dw[p, c] = relu6(b_dw[c0 + c] + 3x3 taps over the ring) for the band's pixels p = r * cols + q.
+void depthwise(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
+               float* dw) {
+  const int64_t s = a.stride, ld = p.ld, row_floats = p.ring_cols * ld;
+  for (int64_t cv = 0; cv < hc; cv += kLanes) {
+    const Mask mk = make_mask(static_cast<int>(std::min<int64_t>(kLanes, hc - cv)));
+    vec wt[9];
+    for (int t = 0; t < 9; ++t) wt[t] = load_m(a.w_dw + t * a.hidden + c0 + cv, mk);
+    const vec bias = load_m(a.b_dw + c0 + cv, mk);
+    for (int64_t r = 0; r < b.rows; ++r) {
+      const int64_t hr = b.hr0 + r * s;
+      const float* r0 = ring + ring_slot(hr, p.ring_rows) * row_floats + cv;
+      const float* r1 = ring + ring_slot(hr + 1, p.ring_rows) * row_floats + cv;
+      const float* r2 = ring + ring_slot(hr + 2, p.ring_rows) * row_floats + cv;
+      float* out = dw + r * b.cols * ld + cv;
+      for (int64_t q = 0; q < b.cols; ++q) {
+        const int64_t o = q * s * ld;
+        vec v = bias + load(r0 + o) * wt[0] + load(r0 + o + ld) * wt[1] + load(r0 + o + 2 * ld) * wt[2];
+        v += load(r1 + o) * wt[3] + load(r1 + o + ld) * wt[4] + load(r1 + o + 2 * ld) * wt[5];
+        v += load(r2 + o) * wt[6] + load(r2 + o + ld) * wt[7] + load(r2 + o + 2 * ld) * wt[8];
+        store(out + q * ld, relu6(v));
       }
     }
   }
 }
 
-// Depthwise 3x3 + bias + ReLU6 of one hidden channel over the tile.
-// hid: rows_in packed rows of width w; out: rows_out rows of width ow.
-void depthwise(const BlockArgs& a, int64_t rows_out, const float* hid, const float* k9, float bias,
-               float* out) {
-  const int64_t w = a.w, ow = a.ow;
-  for (int64_t r = 0; r < rows_out; ++r) {
-    const float* rows[3];
-    for (int dy = 0; dy < 3; ++dy) rows[dy] = hid + (r * a.stride + dy) * w;
-    float* o = out + r * ow;
-    if (a.stride == 1) {
-      // Border columns see the zero padding; the interior loop needs no checks and vectorizes.
-      for (int64_t q : {int64_t(0), ow - 1}) {
-        float s = bias;
-        for (int dy = 0; dy < 3; ++dy)
-          for (int dx = 0; dx < 3; ++dx) {
-            const int64_t x = q + dx - 1;
-            if (x >= 0 && x < w) s += k9[dy * 3 + dx] * rows[dy][x];
-          }
-        o[q] = relu6(s);
-      }
-      const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2];
-      for (int64_t q = 1; q < ow - 1; ++q) {
-        float s = bias + k9[0] * r0[q - 1] + k9[1] * r0[q] + k9[2] * r0[q + 1];
-        s += k9[3] * r1[q - 1] + k9[4] * r1[q] + k9[5] * r1[q + 1];
-        s += k9[6] * r2[q - 1] + k9[7] * r2[q] + k9[8] * r2[q + 1];
-        o[q] = relu6(s);
-      }
-    } else {
-      // Packed row: odd columns O[0..no) then even columns E[0..ow). Output q reads
-      // O[q-1] (left), E[q] (centre), O[q] (right); the missing ones are the zero padding.
-      const int64_t no = w >> 1;
-      const int64_t inner_end = std::min(no, ow);
-      for (int64_t q = 0; q < ow; q = (q == 0 && inner_end > 1) ? inner_end : q + 1) {
-        float s = bias;
-        for (int dy = 0; dy < 3; ++dy) {
-          const float* odd = rows[dy];
-          const float* even = rows[dy] + no;
-          if (q >= 1) s += k9[dy * 3] * odd[q - 1];
-          s += k9[dy * 3 + 1] * even[q];
-          if (q < no) s += k9[dy * 3 + 2] * odd[q];
-        }
-        o[q] = relu6(s);
-      }
-      const float *o0 = rows[0], *o1 = rows[1], *o2 = rows[2];
-      const float *e0 = o0 + no, *e1 = o1 + no, *e2 = o2 + no;
-      for (int64_t q = 1; q < inner_end; ++q) {
-        float s = bias + k9[0] * o0[q - 1] + k9[1] * e0[q] + k9[2] * o0[q];
-        s += k9[3] * o1[q - 1] + k9[4] * e1[q] + k9[5] * o1[q];
-        s += k9[6] * o2[q - 1] + k9[7] * e2[q] + k9[8] * o2[q];
-        o[q] = relu6(s);
-      }
+// Projects chunk [c0, c0 + hc) of the band's depthwise output (hidden group [h_lo, h_hi)): into
+// the accumulator, or, for the group's last chunk, into y with the residual (or into `partial`).
+void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, int64_t h_lo,
+             int64_t h_hi, const float* dw, float* acc, const float* zeros, float* partial) {
+  const bool first = c0 == h_lo, last = c0 + hc >= h_hi, to_y = last && !partial;
+  const int64_t M = b.rows * b.cols;
+  const float* a_rows[kRowBlock];
+  const float* init_rows[kRowBlock];
+  float* c_rows[kRowBlock];
+  const float* res_rows[kRowBlock];
+  for (int64_t i0 = 0; i0 < M; i0 += kRowBlock) {
+    const int64_t m = std::min(kRowBlock, M - i0);
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t pix = i0 + i, r = b.r0 + pix / b.cols, q = b.q0 + pix % b.cols;
+      a_rows[i] = dw + pix * p.ld;
+      init_rows[i] = acc + pix * p.acc_ld;
+      c_rows[i] = to_y ? a.y + b.n * a.syn + r * a.syh + q * a.syw
+                       : last ? partial + ((b.n * a.oh + r) * a.ow + q) * p.acc_ld : acc + pix * p.acc_ld;
+      res_rows[i] = a.x + b.n * a.sxn + r * a.sxh + q * a.sxw;
     }
+    Gemm g{hc, a.w_proj + c0 * a.cout, a.cout, a_rows, 1, first ? nullptr : init_rows, h_lo == 0 ? a.b_proj : zeros,
+           c_rows, to_y ? a.syc : 1, to_y && a.residual ? res_rows : nullptr, a.sxc, Store::kPlain, nullptr};
+    gemm(g, m, a.cout);
   }
 }
 
 }  // namespace
 
-void MNV2_TILE_FN(const BlockArgs& a, const TilePlan& p, int64_t n, int64_t r0, float* scratch) {
-  const int64_t rows_out = std::min(p.rows_out, a.oh - r0);
-  const int64_t rows_in = (rows_out - 1) * a.stride + 3;
-  const int64_t ih0 = r0 * a.stride - 1;  // first input row of the tile (may be the padding row)
-  // Input rows inside the image: [lo, hi) relative to ih0.
-  const int64_t lo = std::max<int64_t>(0, -ih0);
-  const int64_t hi = std::min(rows_in, a.h - ih0);
-  const int64_t p_out = rows_out * a.ow;
-  float* xpack = scratch;
-  float* hid = scratch + p.off_hidden;
+void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64_t t0, int64_t t1, int64_t group,
+                                    float* scratch, float* partial) {
+  float* ring = scratch;
   float* dw = scratch + p.off_dw;
   float* acc = scratch + p.off_acc;
-
-  if (a.w_expand) pack_rows(a, n, 0, a.cin, ih0, rows_in, xpack, p.ld_in);
-  for (int64_t h0 = 0; h0 < a.hidden; h0 += p.chunk) {
-    const int64_t hc = std::min(p.chunk, a.hidden - h0);
-    if (a.w_expand) {
-      // Expand only the rows inside the image, then zero the padding rows (the GEMM's last panel
-      // may have spilled into them).
-      gemm<Epilogue::kBiasRelu6>(hc, (hi - lo) * a.w, a.cin, a.w_expand + h0 * a.cin, a.cin,
-                                 xpack + lo * a.w, p.ld_in, hid + lo * a.w, p.ld_in, a.b_expand + h0);
-      for (int64_t c = 0; c < hc; ++c) {
-        if (lo > 0) std::memset(hid + c * p.ld_in, 0, sizeof(float) * lo * a.w);
-        if (hi < rows_in) std::memset(hid + c * p.ld_in + hi * a.w, 0, sizeof(float) * (rows_in - hi) * a.w);
-      }
-    } else {
-      pack_rows(a, n, h0, hc, ih0, rows_in, hid, p.ld_in);
+  float* im2col = scratch + p.off_im2col;
+  const float* zeros = scratch + p.off_zero;
+  const int64_t h_lo = group * p.group_size, h_hi = std::min(a.hidden, h_lo + p.group_size);
+  // Which hidden rows the ring already holds (every channel of the group; only when the plan carries).
+  int64_t ring_n = -1, ring_strip = -1, ring_next = 0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t band = t % p.bands, strip = (t / p.bands) % p.strips;
+    Band b;
+    b.n = t / (p.bands * p.strips);
+    b.r0 = band * p.rows_out;
+    b.rows = std::min(p.rows_out, a.oh - b.r0);
+    b.q0 = strip * p.cols_out;
+    b.cols = std::min(p.cols_out, a.ow - b.q0);
+    b.hr0 = b.r0 * a.stride - 1;
+    b.hc0 = b.q0 * a.stride - 1;
+    const int64_t hr_end = b.hr0 + (b.rows - 1) * a.stride + 3;
+    const bool reuse = p.carry && ring_n == b.n && ring_strip == strip && ring_next > b.hr0;
+    const int64_t hr_begin = reuse ? ring_next : b.hr0;
+    for (int64_t c0 = h_lo; c0 < h_hi; c0 += p.chunk) {
+      const int64_t hc = std::min(p.chunk, h_hi - c0);
+      fill_hidden_rows(a, p, b, hr_begin, hr_end, c0, hc, ring, im2col);
+      depthwise(a, p, b, c0, hc, ring, dw);
+      project(a, p, b, c0, hc, h_lo, h_hi, dw, acc, zeros, partial);
     }
-    for (int64_t c = 0; c < hc; ++c)
-      depthwise(a, rows_out, hid + c * p.ld_in, a.w_dw + (h0 + c) * 9, a.b_dw[h0 + c], dw + c * p.ld_out);
-    if (h0 == 0)
-      gemm<Epilogue::kBias>(a.cout, p_out, hc, a.w_proj, a.hidden, dw, p.ld_out, acc, p.ld_out, a.b_proj);
-    else
-      gemm<Epilogue::kAccumulate>(a.cout, p_out, hc, a.w_proj + h0, a.hidden, dw, p.ld_out, acc, p.ld_out,
-                                  nullptr);
-  }
-
-  // Epilogue: residual and the store, in whichever order walks the output contiguously.
-  const float* xr = a.x + n * a.sxn + r0 * a.sxh;
-  float* yr = a.y + n * a.syn + r0 * a.syh;
-  if (a.syw == 1) {
-    for (int64_t o = 0; o < a.cout; ++o)
-      for (int64_t r = 0; r < rows_out; ++r)
-        for (int64_t q = 0; q < a.ow; ++q) {
-          float v = acc[o * p.ld_out + r * a.ow + q];
-          if (a.residual) v += xr[o * a.sxc + r * a.sxh + q * a.sxw];
-          yr[o * a.syc + r * a.syh + q] = v;
-        }
-  } else {
-    for (int64_t r = 0; r < rows_out; ++r)
-      for (int64_t q = 0; q < a.ow; ++q)
-        for (int64_t o = 0; o < a.cout; ++o) {
-          float v = acc[o * p.ld_out + r * a.ow + q];
-          if (a.residual) v += xr[o * a.sxc + r * a.sxh + q * a.sxw];
-          yr[o * a.syc + r * a.syh + q * a.syw] = v;
-        }
+    ring_n = b.n, ring_strip = strip, ring_next = hr_end;
   }
 }
+
+void MNV2_CAT(pointwise_pool_, MNV2_ISA)(const PoolArgs& a, int64_t n0, int64_t n1, int64_t j0, int64_t j1) {
+  const float* a_rows[kRowBlock];
+  const int64_t pixels = a.h * a.wd;
+  for (int64_t n = n0; n < n1; ++n) {
+    float* y = a.y + n * a.cout;
+    std::fill(y + j0, y + j1, 0.f);
+    for (int64_t i0 = 0; i0 < pixels; i0 += kRowBlock) {
+      const int64_t m = std::min(kRowBlock, pixels - i0);
+      for (int64_t i = 0; i < m; ++i)
+        a_rows[i] = a.x + n * a.sxn + (i0 + i) / a.wd * a.sxh + (i0 + i) % a.wd * a.sxw;
+      Gemm g{a.cin, a.w + j0, a.cout, a_rows, a.sxc, nullptr, a.b + j0, nullptr, 1, nullptr, 0, Store::kPool, y + j0};
+      gemm(g, m, j1 - j0);
+    }
+    const float scale = 1.f / static_cast<float>(pixels);
+    for (int64_t j = j0; j < j1; ++j) y[j] *= scale;
+  }
+}
+
+void MNV2_CAT(linear_, MNV2_ISA)(const LinearArgs& a, int64_t n0, int64_t n1, int64_t j0, int64_t j1) {
+  const float* a_rows[kRowBlock];
+  float* c_rows[kRowBlock];
+  for (int64_t i0 = n0; i0 < n1; i0 += kRowBlock) {
+    const int64_t m = std::min(kRowBlock, n1 - i0);
+    for (int64_t i = 0; i < m; ++i) {
+      a_rows[i] = a.x + (i0 + i) * a.sxn;
+      c_rows[i] = a.y + (i0 + i) * a.o + j0;
+    }
+    Gemm g{a.k, a.w + j0, a.o, a_rows, a.sxk, nullptr, a.b + j0, c_rows, 1, nullptr, 0, Store::kPlain, nullptr};
+    gemm(g, m, j1 - j0);
+  }
+}
+
+int64_t MNV2_CAT(lanes_, MNV2_ISA)() { return kLanes; }
+int64_t MNV2_CAT(max_acc_, MNV2_ISA)() { return kMaxAcc; }
 
 }  // namespace cpu
 }  // namespace mnv2_fused

@@ -183,8 +183,8 @@ void run_cuda(const at::Tensor& x, const BlockShape& s, const std::optional<at::
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mnv2_fused, CUDA, m) {
-  m.impl("inverted_residual", &inverted_residual_functional<run_cuda>);
-  m.impl("inverted_residual_out", &inverted_residual_out<run_cuda>);
+  m.impl("inverted_residual", &inverted_residual_functional<run_contiguous<run_cuda>>);
+  m.impl("inverted_residual_out", &inverted_residual_out<run_contiguous<run_cuda>>);
 }
 
 }  // namespace cuda

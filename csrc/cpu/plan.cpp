@@ -1,0 +1,157 @@
+#include "plan.h"
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <mutex>
+#include <vector>
+
+namespace mnv2_fused {
+namespace cpu {
+namespace {
+
+// Cost, in rows, of the micro-tiles covering M rows of a panel NV vectors wide (tails use MR/2,
+// MR/4), mirroring panel() in tile_kernel_impl.h. Short tiles cost more per row than they compute:
+// too few accumulators to hide the loads, so a tile counts as at least kMinTileRows rows.
+constexpr int64_t kMinTileRows = 3;
+
+int64_t tile_rows(int64_t nv, const Isa& isa) { return std::min(isa.max_acc / nv, nv == 1 ? int64_t(12) : 8); }
+
+int64_t padded_rows(int64_t M, int64_t nv, const Isa& isa) {
+  const int64_t mr1 = tile_rows(nv, isa), mr2 = (mr1 + 1) / 2, mr3 = (mr1 + 3) / 4;
+  const int64_t full = M / mr1 * mr1;
+  int64_t rem = M - full, rows = full;
+  while (rem > 0) {
+    const int64_t mr = rem > mr2 ? mr1 : rem > mr3 ? mr2 : mr3;
+    rows += std::max(mr, std::min(kMinTileRows, mr1));
+    rem -= std::min(rem, mr);
+  }
+  return rows;
+}
+
+// Vector FMAs (plus a per-micro-tile overhead) of an M x N x K GEMM, with gemm()'s panels.
+double gemm_cost(int64_t M, int64_t N, int64_t K, const Isa& isa) {
+  if (M <= 0 || N <= 0) return 0;
+  const int64_t vectors = ceil_div(N, isa.lanes), panels = ceil_div(vectors, 4);
+  double cost = 0;
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t nv = vectors / panels + (p < vectors % panels ? 1 : 0);
+    const int64_t rows = padded_rows(M, nv, isa);
+    cost += double(rows) * nv * K + double(ceil_div(rows, tile_rows(nv, isa))) * 40;
+  }
+  return cost;
+}
+
+// Fixed cost of one band (pointer set-up, loop control), in vector-FMA units.
+constexpr double kBandOverhead = 400;
+
+// Estimated vector FMAs on the busiest worker: walks the tiles exactly as run_tiles does (the
+// same ranges per worker, the same ring reuse, the true size of the last band and strip).
+double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t threads, const Isa& isa) {
+  const int64_t per_image = p.strips * p.bands, tiles = batch * per_image;
+  // With hidden groups every worker walks every tile for its group's channels.
+  const int64_t workers = p.groups > 1 ? 1 : std::min(threads, tiles);
+  const int64_t k_expand = a.expand == Expand::kConv3x3 ? 9 * a.cin : a.cin;
+  // Cost of one tile of an image, with and without the ring's rows from the band above.
+  std::vector<double> fresh(per_image), reused(per_image);
+  for (int64_t t = 0; t < per_image; ++t) {
+    const int64_t band = t % p.bands, strip = t / p.bands;
+    const int64_t rows = std::min(p.rows_out, a.oh - band * p.rows_out);
+    const int64_t cols = std::min(p.cols_out, a.ow - strip * p.cols_out);
+    const int64_t hc0 = strip * p.cols_out * a.stride - 1, ncols = (cols - 1) * a.stride + 3;
+    const int64_t in_cols = std::min(ncols, a.hw - hc0) - std::max<int64_t>(0, -hc0);
+    const int64_t hr0 = band * p.rows_out * a.stride - 1, hr_end = hr0 + (rows - 1) * a.stride + 3;
+    auto in_rows = [&](int64_t lo) { return std::max<int64_t>(0, std::min(hr_end, a.hh) - std::max<int64_t>(lo, 0)); };
+    for (int reuse = 0; reuse < 2; ++reuse) {
+      const int64_t new_rows = in_rows(reuse ? hr0 + 3 - a.stride : hr0);
+      double c = 0;
+      for (int64_t c0 = 0; c0 < p.group_size; c0 += p.chunk) {
+        const int64_t hc = std::min(p.chunk, p.group_size - c0);
+        c += kBandOverhead;
+        if (a.expand != Expand::kNone) c += gemm_cost(new_rows * in_cols, hc, k_expand, isa);
+        c += double(rows * cols) * ceil_div(hc, isa.lanes) * 9;  // depthwise
+        c += gemm_cost(rows * cols, a.cout, hc, isa);
+      }
+      (reuse ? reused : fresh)[t] = c;
+    }
+  }
+  double worst = 0;
+  for (int64_t w = 0; w < workers; ++w) {
+    double sum = 0;
+    for (int64_t t = tiles * w / workers, t1 = tiles * (w + 1) / workers, first = t; t < t1; ++t) {
+      const int64_t i = t % per_image;
+      const bool reuse = p.carry && t > first && i % p.bands != 0;
+      sum += reuse ? reused[i] : fresh[i];
+    }
+    worst = std::max(worst, sum);
+  }
+  if (p.groups > 1)  // summing the partial outputs, split over the threads
+    worst += double(batch * a.oh * a.ow) * ceil_div(a.cout, isa.lanes) * (p.groups + 1) / threads;
+  return worst;
+}
+
+using Key = std::array<int64_t, 14>;
+
+TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget) {
+  // Hidden groups only pay when whole images cannot keep every thread busy.
+  std::vector<int64_t> group_sizes{a.hidden};
+  if (batch < threads && threads > 1 && a.hidden >= 2 * threads * isa.lanes)
+    group_sizes.push_back(round_up(ceil_div(a.hidden, threads), isa.lanes));
+  bool found = false;
+  TilePlan best{}, smallest{};
+  double best_cost = 0;
+  for (int64_t group_size : group_sizes) {
+    const int64_t groups = ceil_div(a.hidden, group_size);
+    // The partial outputs come out of the same budget as the scratch.
+    const int64_t partial_floats = groups > 1 ? groups * batch * a.oh * a.ow * round_up(a.cout, isa.lanes) : 0;
+    if (partial_floats > budget * threads) continue;
+    std::vector<int64_t> chunks{group_size};
+    for (int64_t k = 2; k <= 16; ++k) {
+      const int64_t c = round_up(ceil_div(group_size, k), isa.lanes);
+      if (c < chunks.back()) chunks.push_back(c);
+    }
+    bool fits = false;
+    int64_t prev_cols = 0;
+    // Beyond 16 strips the column halo costs more than any tile saves.
+    for (int64_t strips = 1; strips <= std::min<int64_t>(a.ow, 16); ++strips) {
+      const int64_t cols = ceil_div(a.ow, strips);
+      if (cols == prev_cols) continue;
+      prev_cols = cols;
+      for (int64_t chunk : chunks) {
+        for (int64_t rows = 1; rows <= a.oh; ++rows) {
+          const TilePlan p = make_plan(a, rows, cols, chunk, isa.lanes, group_size);
+          if (!smallest.floats || p.floats < smallest.floats) smallest = p;
+          if (p.floats > budget) break;
+          if (rows * cols > 4 * kRowBlock) break;
+          fits = true;
+          const double cost = plan_cost(a, p, batch, threads, isa);
+          if (!found || cost < best_cost) found = true, best = p, best_cost = cost;
+        }
+        if (fits) break;  // a wider chunk that fits always beats a narrower one
+      }
+    }
+  }
+  return found ? best : smallest;
+}
+
+}  // namespace
+
+TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget_floats) {
+  static std::mutex mutex;
+  static std::map<Key, TilePlan> cache;
+  const Key key{batch,  threads, budget_floats, static_cast<int64_t>(a.expand), a.expand_stride, a.cin, a.hidden,
+                a.cout, a.h,     a.w,           a.stride,                       isa.lanes,       isa.max_acc, 0};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  const TilePlan plan = search(a, batch, threads, isa, budget_floats);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() > 4096) cache.clear();  // shapes that vary call after call
+  cache.emplace(key, plan);
+  return plan;
+}
+
+}  // namespace cpu
+}  // namespace mnv2_fused

@@ -1,0 +1,63 @@
+// CPU kernel of mnv2_fused::pointwise_relu6_mean: the last 1x1 convolution, ReLU6 and the global
+// average pool in one pass, parallel over images and blocks of output channels.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "isa.h"
+#include "weight_layout.h"
+
+namespace mnv2_fused {
+namespace cpu {
+namespace {
+
+at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  check_pointwise_pool(x, w, b);
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat,
+                   "mnv2_fused.pointwise_relu6_mean: the CPU kernel supports float32 only, got ", x.scalar_type());
+  const int64_t n = x.size(0), cin = x.size(1), cout = w.size(0);
+  at::Tensor y = at::empty({n, cout}, x.options());
+  if (y.numel() == 0) return y;
+  at::Tensor keep_w, keep_b;  // (Cin, Cout): no copy when cached so
+  PoolArgs a{x.data_ptr<float>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3), out_fastest(w, {1, 0}, keep_w),
+             contiguous_ptr(b, keep_b), y.data_ptr<float>(), cin, cout, x.size(2), x.size(3)};
+  const Isa& isa = cpu_isa();
+  const int64_t block = 4 * isa.lanes, blocks = (cout + block - 1) / block;
+  at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t j0 = item % blocks * block;
+      isa.pointwise_pool(a, item / blocks, item / blocks + 1, j0, std::min(cout, j0 + block));
+    }
+  });
+  return y;
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  check_linear(x, w, b);
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "mnv2_fused.linear: the CPU kernel supports float32 only, got ",
+                   x.scalar_type());
+  const int64_t n = x.size(0), o = w.size(0);
+  at::Tensor y = at::empty({n, o}, x.options());
+  if (y.numel() == 0) return y;
+  at::Tensor keep_w, keep_b;
+  const LinearArgs a{x.data_ptr<float>(), x.stride(0), x.stride(1), out_fastest(w, {1, 0}, keep_w),
+                     contiguous_ptr(b, keep_b), y.data_ptr<float>(), x.size(1), o};
+  const Isa& isa = cpu_isa();
+  // Column blocks, so every thread streams its own part of the weight.
+  const int64_t block = 4 * isa.lanes, blocks = (o + block - 1) / block;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    isa.linear(a, 0, n, begin * block, std::min(o, end * block));
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) {
+  m.impl("pointwise_relu6_mean", &pointwise_relu6_mean);
+  m.impl("linear", &linear);
+}
+
+}  // namespace cpu
+}  // namespace mnv2_fused

@@ -1,0 +1,21 @@
+// On compilers or CPUs without the instruction set, its entry points run the generic kernel.
+#define MNV2_FWD_CAT2(a, b) a##b
+#define MNV2_FWD_CAT(a, b) MNV2_FWD_CAT2(a, b)
+namespace mnv2_fused {
+namespace cpu {
+void MNV2_FWD_CAT(run_tiles_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, const TilePlan& p, int64_t t0,
+                                                      int64_t t1, int64_t group, float* s, float* partial) {
+  run_tiles_generic(a, p, t0, t1, group, s, partial);
+}
+void MNV2_FWD_CAT(pointwise_pool_, MNV2_FORWARD_TO_GENERIC)(const PoolArgs& a, int64_t n0, int64_t n1,
+                                                           int64_t j0, int64_t j1) {
+  pointwise_pool_generic(a, n0, n1, j0, j1);
+}
+void MNV2_FWD_CAT(linear_, MNV2_FORWARD_TO_GENERIC)(const LinearArgs& a, int64_t n0, int64_t n1, int64_t j0,
+                                                   int64_t j1) {
+  linear_generic(a, n0, n1, j0, j1);
+}
+int64_t MNV2_FWD_CAT(lanes_, MNV2_FORWARD_TO_GENERIC)() { return lanes_generic(); }
+int64_t MNV2_FWD_CAT(max_acc_, MNV2_FORWARD_TO_GENERIC)() { return max_acc_generic(); }
+}  // namespace cpu
+}  // namespace mnv2_fused

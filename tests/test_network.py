@@ -1,0 +1,206 @@
+"""The whole-network path: the stem+first-block, head+pool and classifier ops against their
+references, convert() on a torchvision mobilenet_v2 (outputs, state_dict, training), the paper's
+memory bound, and the CPU kernel's other instruction sets."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.models.mobilenetv2 import MobileNetV2
+
+import mnv2_fused
+from mnv2_fused import FusedMobileNetV2, convert
+from mnv2_fused.stem_head import (StemWeights, fold_stem, head_reference, linear_weight, stem_reference)
+from helpers import make_input, randomize_bn, rel_err
+from memory import peak_cpu_bytes
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def reference_net():
+    return randomize_bn(torchvision.models.mobilenet_v2(), seed=4).eval()
+
+
+def random_stem(cin, hidden, cout, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return StemWeights(r(hidden, cin, 3, 3) * 0.3, r(hidden) * 0.1, r(hidden, 3, 3) * 0.3, r(hidden) * 0.1,
+                       r(cout, hidden) * 0.2, r(cout) * 0.1)
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (7, 9), (33, 17), (64, 64)])
+@pytest.mark.parametrize("stem_stride,stride", [(2, 1), (1, 1), (2, 2), (1, 2)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig"])
+def test_stem_op_matches_reference(h, w, stem_stride, stride, layout):
+    wts = random_stem(3, 32, 16, seed=h * 7 + w)
+    x = make_input((2, 3, h, w), layout, seed=h + w)
+    out = torch.ops.mnv2_fused.stem_inverted_residual(x, wts.w_stem, wts.b_stem, stem_stride, *wts[2:], stride)
+    ref = stem_reference(x, wts, stem_stride, stride)
+    assert out.shape == ref.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(out, ref) <= TOL
+
+
+@pytest.mark.parametrize("cin,hidden,cout", [(1, 8, 4), (5, 40, 24), (3, 70, 19)])
+def test_stem_op_odd_widths(cin, hidden, cout):
+    wts = random_stem(cin, hidden, cout, seed=cin)
+    x = make_input((3, cin, 11, 10))
+    out = torch.ops.mnv2_fused.stem_inverted_residual(x, wts.w_stem, wts.b_stem, 2, *wts[2:], 1)
+    assert rel_err(out, stem_reference(x, wts, 2, 1)) <= TOL
+
+
+@pytest.mark.parametrize("cin,cout", [(320, 1280), (7, 19), (64, 100)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig"])
+def test_head_op_matches_reference(cin, cout, layout):
+    g = torch.Generator().manual_seed(cin)
+    w, b = torch.randn(cout, cin, generator=g) * cin ** -0.5, torch.randn(cout, generator=g)
+    x = make_input((3, cin, 7, 5), layout)
+    ref = head_reference(x, w, b)
+    for weight in (w, linear_weight(w)):  # any layout; the cached one is read in place
+        assert rel_err(torch.ops.mnv2_fused.pointwise_relu6_mean(x, weight, b), ref) <= TOL
+
+
+@pytest.mark.parametrize("n,k,o", [(1, 1280, 1000), (8, 1280, 1000), (3, 5, 7), (300, 17, 33)])
+def test_linear_op_matches_torch(n, k, o):
+    g = torch.Generator().manual_seed(n + k)
+    x, w, b = torch.randn(n, 2 * k, generator=g)[:, ::2], torch.randn(o, k, generator=g), torch.randn(o, generator=g)
+    ref = F.linear(x, w, b)
+    for weight in (w, linear_weight(w)):
+        assert rel_err(torch.ops.mnv2_fused.linear(x, weight, b), ref) <= TOL
+
+
+def test_empty_batches():
+    wts = random_stem(3, 32, 16)
+    x = torch.randn(0, 3, 8, 8)
+    assert torch.ops.mnv2_fused.stem_inverted_residual(x, wts.w_stem, wts.b_stem, 2, *wts[2:], 1).shape == (0, 16, 4, 4)
+    assert torch.ops.mnv2_fused.pointwise_relu6_mean(torch.randn(0, 4, 2, 2), torch.randn(6, 4), torch.randn(6)).shape == (0, 6)
+    assert torch.ops.mnv2_fused.linear(torch.randn(0, 4), torch.randn(6, 4), torch.randn(6)).shape == (0, 6)
+
+
+def test_bad_arguments_raise_clear_errors():
+    wts = random_stem(3, 32, 16)
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="w_stem must have shape"):
+        torch.ops.mnv2_fused.stem_inverted_residual(torch.randn(1, 4, 8, 8), wts.w_stem, wts.b_stem, 2, *wts[2:], 1)
+    with pytest.raises(ValueError, match="strides must be 1 or 2"):
+        torch.ops.mnv2_fused.stem_inverted_residual(x, wts.w_stem, wts.b_stem, 3, *wts[2:], 1)
+    with pytest.raises(TypeError, match="float32 only"):
+        torch.ops.mnv2_fused.stem_inverted_residual(x.double(), *[t.double() for t in wts[:2]], 2,
+                                                    *[t.double() for t in wts[2:]], 1)
+    with pytest.raises(ValueError, match="w must have shape"):
+        torch.ops.mnv2_fused.pointwise_relu6_mean(torch.randn(1, 5, 2, 2), torch.randn(6, 4), torch.randn(6))
+    with pytest.raises(ValueError, match="x must be"):
+        torch.ops.mnv2_fused.linear(torch.randn(2, 3, 4), torch.randn(6, 4), torch.randn(6))
+
+
+def test_opcheck_new_ops():
+    wts = random_stem(3, 32, 16)
+    x = make_input((2, 3, 9, 8))
+    torch.library.opcheck(torch.ops.mnv2_fused.stem_inverted_residual.default,
+                          (x, wts.w_stem, wts.b_stem, 2, *wts[2:], 1))
+    torch.library.opcheck(torch.ops.mnv2_fused.pointwise_relu6_mean.default,
+                          (make_input((2, 8, 3, 3)), torch.randn(12, 8), torch.randn(12)))
+    torch.library.opcheck(torch.ops.mnv2_fused.linear.default, (torch.randn(2, 8), torch.randn(12, 8), torch.randn(12)))
+
+
+@pytest.mark.parametrize("size", [(224, 224), (97, 131), (32, 32)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_converted_network_matches_torchvision(reference_net, size, layout):
+    net = convert(copy.deepcopy(reference_net))
+    assert type(net) is FusedMobileNetV2 and isinstance(net, MobileNetV2)
+    x = make_input((2, 3, *size), layout)
+    with torch.no_grad():
+        assert rel_err(net(x), reference_net(x)) <= 1e-4
+
+
+def test_converted_network_keeps_state_dict_keys_and_loads_checkpoints(reference_net):
+    net = convert(torchvision.models.mobilenet_v2().eval())
+    assert list(net.state_dict()) == list(reference_net.state_dict())
+    net.load_state_dict(reference_net.state_dict())  # a torchvision checkpoint
+    x = make_input((1, 3, 64, 64))
+    with torch.no_grad():
+        assert rel_err(net(x), reference_net(x)) <= 1e-4
+    # and the cached folds follow an in-place reload
+    other = randomize_bn(torchvision.models.mobilenet_v2(), seed=9).eval()
+    net.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        assert rel_err(net(x), other(x)) <= 1e-4
+
+
+def test_converted_network_trains_like_torchvision(reference_net):
+    net = convert(copy.deepcopy(reference_net)).train()
+    ref = copy.deepcopy(reference_net).train()
+    x = make_input((2, 3, 64, 64))
+    torch.manual_seed(0)  # the same dropout masks
+    out = net(x)
+    torch.manual_seed(0)
+    expected = ref(x)
+    assert rel_err(out, expected) <= 1e-5
+    out.sum().backward()
+    assert net.features[0][0].weight.grad is not None
+    net.eval()
+    with torch.enable_grad():  # gradients needed: torchvision's forward, differentiable
+        y = net(x.requires_grad_())
+        assert y.requires_grad
+
+
+def test_convert_can_leave_the_network_unfused(reference_net):
+    net = convert(copy.deepcopy(reference_net), whole_network=False)
+    assert type(net) is MobileNetV2
+    with torch.no_grad():
+        x = make_input((1, 3, 64, 64))
+        assert rel_err(net(x), reference_net(x)) <= 1e-4
+
+
+def test_replaced_stem_falls_back_to_torchvision_forward(reference_net):
+    net = convert(copy.deepcopy(reference_net))
+    net.features[0] = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 5, 2, 2, bias=False), torch.nn.BatchNorm2d(32),
+                                          torch.nn.ReLU6()).eval()
+    ref = copy.deepcopy(reference_net)
+    ref.features[0] = copy.deepcopy(net.features[0])
+    x = make_input((1, 3, 64, 64))
+    with torch.no_grad():
+        assert rel_err(net(x), ref(x)) <= 1e-4
+
+
+def test_whole_network_peak_memory_within_paper_bound(reference_net):
+    """Section 5.1: batch 1, 224x224, fp32 -- at most 1.25 MiB allocated at once during a forward."""
+    net = convert(copy.deepcopy(reference_net))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        net(x)  # folds the weights outside the measured call
+        peak = peak_cpu_bytes(lambda: net(x))
+        eager = peak_cpu_bytes(lambda: reference_net(x))
+    stem_block_out = 16 * 112 * 112 * 4  # the one tensor the bound is made of, with the next block's output
+    assert stem_block_out <= peak <= 1.25 * 2 ** 20
+    assert eager > 8 * peak
+
+
+@pytest.mark.skipif(os.environ.get("MNV2_FUSED_CPU_ISA") is not None, reason="already a forced instruction set")
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_other_instruction_sets(isa):
+    """The kernel compiled for narrower instruction sets passes the CPU tests too (in a child
+    process, since the choice is read once)."""
+    probe = subprocess.run([sys.executable, "-c", "import mnv2_fused, torch; "
+                            f"print(torch.ops.mnv2_fused.cpu_isa())"],
+                           env={**os.environ, "MNV2_FUSED_CPU_ISA": isa}, capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this CPU cannot run {isa}: {probe.stderr.strip().splitlines()[-1:]}")
+    assert probe.stdout.strip() == isa
+    here = os.path.dirname(__file__)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          os.path.join(here, "test_cpu_kernel.py"), os.path.join(here, "test_network.py"),
+                          "-k", "not peak_memory and not trains"],
+                         env={**os.environ, "MNV2_FUSED_CPU_ISA": isa}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+def test_forced_instruction_set_is_used():
+    forced = os.environ.get("MNV2_FUSED_CPU_ISA")
+    assert torch.ops.mnv2_fused.cpu_isa() == (forced or torch.ops.mnv2_fused.cpu_isa())
+    assert torch.ops.mnv2_fused.cpu_isa() in ("avx512", "avx2", "generic")
