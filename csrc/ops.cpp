@@ -39,6 +39,12 @@ TORCH_LIBRARY(mnv2_fused, m) {
   // The classifier, x (N, K) @ w (O, K)^T + b (O): torch's own linear, with the weight read in
   // place when stored (K, O) -- the layout the model caches -- and every thread streaming it.
   m.def("linear(Tensor x, Tensor w, Tensor b) -> Tensor");
+  // A converted MobileNetV2's whole inference forward, in one call: stem_inverted_residual with
+  // `stem` (6 tensors), inverted_residual per block (6 weights each, in order, then its stride and
+  // residual flag), pointwise_relu6_mean with `head`, and linear with `classifier` when given.
+  m.def(
+      "mobilenet_v2_forward(Tensor x, Tensor[] stem, int stem_stride, int stride, Tensor?[] blocks, "
+      "int[] block_strides, int[] block_residuals, Tensor[] head, Tensor[] classifier) -> Tensor");
   // The instruction set the CPU kernel runs with: avx512, avx2 or generic.
   m.def("cpu_isa() -> str", [] { return std::string(mnv2_fused::cpu::cpu_isa().name); });
 }

@@ -34,7 +34,7 @@ def for_kernel(w: FoldedWeights) -> FoldedWeights:
 
 
 def stem_for_kernel(w_stem: torch.Tensor) -> torch.Tensor:
-    """(hidden, Cin, 3, 3) stored as (3, 3, Cin, hidden), the CPU kernel's layout."""
+    """(hidden, Cin, 3, 3) stored as (Cin, 3, 3, hidden), the CPU kernel's layout."""
     if w_stem.device.type != "cpu":
         return w_stem.contiguous()
-    return w_stem.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
+    return out_channel_fastest(w_stem)

@@ -10,7 +10,7 @@ from torchvision.models.mobilenetv2 import MobileNetV2
 from .fold_cache import FoldCache
 from .module import FusedInvertedResidual, fold_for_kernel
 from .ops import inverted_residual
-from .stem_head import fold_head, fold_stem, head_pool, linear, linear_weight, stem_block
+from .stem_head import cpu_kernel_runs, fold_head, fold_stem, head_pool, linear, linear_weight, stem_block
 
 
 def _is_plain_stem(m: nn.Module) -> bool:
@@ -50,14 +50,18 @@ def _plain_classifier(m: nn.Module) -> bool:
 
 
 def _fold_network(features: nn.Sequential, classifier: nn.Module) -> tuple:
-    """Every stage's folded weights, in the layout of their device's kernel."""
+    """Every stage's folded weights, in the layout of their device's kernel, and the same weights
+    as the arguments of the one-call op."""
     mods = list(features)
     stem, first, head = mods[0], mods[1], mods[-1]
-    blocks = tuple((fold_for_kernel(m.conv), m.stride, m.use_res_connect, m.backend) for m in mods[2:-1])
+    blocks = tuple((fold_for_kernel(m.conv), m.stride, m.use_res_connect) for m in mods[2:-1])
     linear_w = ((linear_weight(classifier[1].weight), classifier[1].bias.detach())
                 if _plain_classifier(classifier) else None)
-    return ((fold_stem(stem, first.conv), stem[0].stride[0], first.conv[0][0].stride[0],
-             getattr(first, "backend", "auto")), blocks, fold_head(head), linear_w)
+    stem_w, stem_stride, stride = fold_stem(stem, first.conv), stem[0].stride[0], first.conv[0][0].stride[0]
+    head_w = fold_head(head)
+    one_call = (list(stem_w), stem_stride, stride, [t for blk in blocks for t in blk[0]], [blk[1] for blk in blocks],
+                [int(blk[2]) for blk in blocks], list(head_w), [] if linear_w is None else list(linear_w))
+    return (stem_w, stem_stride, stride), blocks, head_w, linear_w, one_call
 
 
 class FusedMobileNetV2(MobileNetV2):
@@ -96,12 +100,18 @@ class FusedMobileNetV2(MobileNetV2):
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         if self._needs_reference(x):
             return super()._forward_impl(x)
-        (stem_w, stem_stride, stride, backend), blocks, head_w, linear_w = self._net_cache.get(
+        (stem_w, stem_stride, stride), blocks, head_w, linear_w, one_call = self._net_cache.get(
             self.features, self.classifier)
-        use_kernel = backend in ("auto", "cpu")
+        # Each block's backend is read per call: it is a plain attribute the cache cannot watch.
+        backends = [getattr(m, "backend", "auto") for m in list(self.features)[1:-1]]
+        use_kernel = backends[0] in ("auto", "cpu")  # the stem follows the first block's choice
+        if (use_kernel and all(b in ("auto", "cpu") for b in backends) and cpu_kernel_runs(x)
+                and not torch.compiler.is_compiling()):
+            y = torch.ops.mnv2_fused.mobilenet_v2_forward(x, *one_call)
+            return self.classifier(y) if linear_w is None else y
         y = stem_block(x, stem_w, stem_stride, stride, use_kernel)
-        for w, s, residual, block_backend in blocks:
-            y = inverted_residual(y, w, s, residual, block_backend)
+        for (w, s, residual), backend in zip(blocks, backends[1:]):
+            y = inverted_residual(y, w, s, residual, backend)
         y = head_pool(y, *head_w, use_kernel=use_kernel)
         return self.classifier(y) if linear_w is None else linear(y, *linear_w, use_kernel=use_kernel)
 

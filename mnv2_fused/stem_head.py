@@ -59,7 +59,8 @@ def head_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.T
     return _relu6(F.conv2d(x, w[:, :, None, None], b)).mean(dim=(2, 3))
 
 
-def _cpu_kernel_runs(x: torch.Tensor) -> bool:
+def cpu_kernel_runs(x: torch.Tensor) -> bool:
+    """Whether the CPU kernels of these ops can run x."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and _has_kernel("CPU")
 
 
@@ -67,7 +68,7 @@ def stem_block(x: torch.Tensor, w: StemWeights, stem_stride: int = 2, stride: in
                use_kernel: bool = True) -> torch.Tensor:
     """Stem convolution + ReLU6, depthwise + ReLU6, projection; channels_last output. The stem's
     output never exists on the CPU kernel's path."""
-    if use_kernel and _cpu_kernel_runs(x):
+    if use_kernel and cpu_kernel_runs(x):
         return torch.ops.mnv2_fused.stem_inverted_residual(x, w.w_stem, w.b_stem, stem_stride, w.w_dw, w.b_dw,
                                                            w.w_proj, w.b_proj, stride)
     return stem_reference(x, w, stem_stride, stride)
@@ -76,14 +77,14 @@ def stem_block(x: torch.Tensor, w: StemWeights, stem_stride: int = 2, stride: in
 def head_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, use_kernel: bool = True) -> torch.Tensor:
     """mean over pixels of relu6(1x1 conv): (N, Cin, H, W) -> (N, Cout), without the (N, Cout, H, W)
     tensor on the CPU kernel's path."""
-    if use_kernel and _cpu_kernel_runs(x):
+    if use_kernel and cpu_kernel_runs(x):
         return torch.ops.mnv2_fused.pointwise_relu6_mean(x, w, b)
     return head_reference(x, w, b)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, use_kernel: bool = True) -> torch.Tensor:
     """F.linear, on the CPU kernel when it can run x."""
-    if use_kernel and _cpu_kernel_runs(x):
+    if use_kernel and cpu_kernel_runs(x):
         return torch.ops.mnv2_fused.linear(x, w, b)
     return F.linear(x, w, b)
 
@@ -97,6 +98,11 @@ if _extension.extension_loaded():
         hh, hw = (h - 1) // stem_stride + 1, (wd - 1) // stem_stride + 1
         out = x.new_empty((n, w_proj.shape[0], (hh - 1) // stride + 1, (hw - 1) // stride + 1))
         return out.contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("mnv2_fused::mobilenet_v2_forward")
+    def _network_fake(x, stem, stem_stride, stride, blocks, block_strides, block_residuals, head, classifier):
+        torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
+        return x.new_empty((x.shape[0], (classifier or head)[0].shape[0]))
 
     @torch.library.register_fake("mnv2_fused::linear")
     def _linear_fake(x, w, b):

@@ -40,12 +40,27 @@ def test_profiler_shows_fused_op(reference_net):
     with torch.no_grad(), torch.profiler.profile() as prof:
         net(x)
     names = [e.name for e in prof.events()]
-    assert names.count("mnv2_fused::stem_inverted_residual") == 1
-    assert names.count("mnv2_fused::inverted_residual") == 16
-    assert names.count("mnv2_fused::pointwise_relu6_mean") == 1
-    assert names.count("mnv2_fused::linear") == 1
+    # One call runs every stage (stem + first block, 16 blocks, head + pool, classifier).
+    assert names.count("mnv2_fused::mobilenet_v2_forward") == 1
     # No unfused convolution ran at all: the stem and the head are fused too.
     assert sum("convolution" == n.split("::")[-1] for n in names) == 0
+
+
+def test_profiler_shows_each_fused_stage_when_blocks_pick_their_backend(reference_net):
+    net = convert(copy.deepcopy(reference_net), backend="cpu")
+    x = make_input((1, 3, 64, 64))
+    with torch.no_grad():
+        net(x)  # the one-call path first: changing a backend afterwards must still be seen
+    net.features[5].backend = "reference"  # one block off the CPU kernel: the stages run one by one
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        out = net(x)
+        ref = reference_net(x)
+    assert rel_err(out, ref) <= 1e-4
+    names = [e.name for e in prof.events()]
+    assert names.count("mnv2_fused::stem_inverted_residual") == 1
+    assert names.count("mnv2_fused::inverted_residual") == 15
+    assert names.count("mnv2_fused::pointwise_relu6_mean") == 1
+    assert names.count("mnv2_fused::linear") == 1
 
 
 def test_state_dict_keys_match_torchvision():

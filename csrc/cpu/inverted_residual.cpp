@@ -8,6 +8,7 @@
 
 #include "../op_entry_points.h"
 #include "isa.h"
+#include "ops_cpu.h"
 #include "plan.h"
 #include "weight_layout.h"
 
@@ -47,7 +48,8 @@ void set_io(BlockArgs& a, const at::Tensor& x, at::Tensor& y) {
 void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::Tensor& y) {
   const Isa& isa = cpu_isa();
   const int64_t threads = at::get_num_threads();
-  const TilePlan plan = choose_plan(a, batch, threads, isa, scratch_budget_floats(x, y, threads));
+  TilePlan plan = choose_plan(a, batch, threads, isa, scratch_budget_floats(x, y, threads));
+  plan.plane_pixels = batch * a.oh * a.ow;
   const int64_t tiles = batch * plan.strips * plan.bands;
   const int64_t workers = plan.groups > 1 ? plan.groups : std::min(threads, tiles);
   // The ring's lanes past the last channel are read (and discarded) by whole-vector loads: zero
@@ -67,25 +69,14 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
     return;
   }
   // Hidden groups: each worker projects its share of every pixel, then the shares are summed.
-  const int64_t pixels = batch * a.oh * a.ow, plane = pixels * plan.acc_ld;
+  const int64_t pixels = plan.plane_pixels, plane = pixels * plan.acc_ld;
   at::Tensor partial = at::empty({plan.groups, plane}, x.options());
   float* part = partial.data_ptr<float>();
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g)
       isa.run_tiles(a, plan, 0, tiles, g, base + g * plan.floats, part + g * plane);
   });
-  at::parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / (a.oh * a.ow), r = i / a.ow % a.oh, q = i % a.ow;
-      float* y = a.y + n * a.syn + r * a.syh + q * a.syw;
-      const float* res = a.x + n * a.sxn + r * a.sxh + q * a.sxw;
-      for (int64_t o = 0; o < a.cout; ++o) {
-        float v = part[i * plan.acc_ld + o];
-        for (int64_t g = 1; g < plan.groups; ++g) v += part[g * plane + i * plan.acc_ld + o];
-        y[o * a.syc] = a.residual ? v + res[o * a.sxc] : v;
-      }
-    }
-  });
+  at::parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) { isa.sum_groups(a, plan, part, begin, end); });
 }
 
 // Writes the block's output into y (any strides; y must not overlap x).
@@ -105,6 +96,14 @@ void run_block(const at::Tensor& x, const BlockShape& s, const std::optional<at:
   a.stride = s.stride;
   a.residual = s.residual;
   run_plan(a, s.n, x, y);
+}
+
+}  // namespace
+
+at::Tensor inverted_residual(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
+                             const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                             const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride, bool residual) {
+  return inverted_residual_functional<run_block>(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
 }
 
 at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
@@ -130,10 +129,8 @@ at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem,
   return y;
 }
 
-}  // namespace
-
 TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) {
-  m.impl("inverted_residual", &inverted_residual_functional<run_block>);
+  m.impl("inverted_residual", &inverted_residual);
   m.impl("inverted_residual_out", &inverted_residual_out<run_block>);
   m.impl("stem_inverted_residual", &stem_inverted_residual);
 }

@@ -9,6 +9,7 @@ namespace cpu {
 struct Isa {
   const char* name;
   TilesFn run_tiles;
+  SumGroupsFn sum_groups;
   PoolFn pointwise_pool;
   LinearFn linear;
   int64_t lanes;    // floats per vector

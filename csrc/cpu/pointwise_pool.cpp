@@ -6,11 +6,11 @@
 
 #include "../checks.h"
 #include "isa.h"
+#include "ops_cpu.h"
 #include "weight_layout.h"
 
 namespace mnv2_fused {
 namespace cpu {
-namespace {
 
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   check_pointwise_pool(x, w, b);
@@ -51,8 +51,6 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   });
   return y;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) {
   m.impl("pointwise_relu6_mean", &pointwise_relu6_mean);

@@ -38,7 +38,7 @@ struct BlockArgs {
   float* y;  // output
   int64_t syn, syc, syh, syw;
   // Weights in the kernel's layout, output channel fastest (see pack_* in inverted_residual.cpp):
-  const float* w_expand;  // (K, hidden): K = cin for 1x1, 9 * cin ([dy][dx][c]) for 3x3; null for kNone
+  const float* w_expand;  // (K, hidden): K = cin for 1x1, 9 * cin ([c][dy][dx]) for 3x3; null for kNone
   const float* b_expand;  // (hidden)
   const float* w_dw;      // (9, hidden)
   const float* b_dw;      // (hidden)
@@ -66,6 +66,7 @@ struct TilePlan {
   int64_t im2col_k;              // floats per pixel of the 3x3-expand input patches
   int64_t off_dw, off_acc, off_im2col, off_zero, floats;  // scratch layout; the ring is at offset 0
   bool carry;                    // one chunk holds every hidden channel of the group: bands share halo rows
+  int64_t plane_pixels = 0;      // with groups: output pixels of the call, one partial plane each
 };
 
 // Row pointers of a GEMM are gathered into blocks of this many rows.
@@ -105,6 +106,10 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
 using TilesFn = void (*)(const BlockArgs&, const TilePlan&, int64_t t0, int64_t t1, int64_t group, float* scratch,
                          float* partial);
 
+// y = the sum of the groups' partial outputs (+ the residual) for output pixels [p0, p1) of the
+// call (pixel index = (n * OH + r) * OW + q).
+using SumGroupsFn = void (*)(const BlockArgs&, const TilePlan&, const float* partial, int64_t p0, int64_t p1);
+
 // y[n, o] = mean over pixels of relu6(b[o] + sum_c x[n, c, pixel] w[c, o]) for the pixels of
 // images [n0, n1): the network's last 1x1 convolution with its global average pool, so the wide
 // tensor between them never exists. w is (cin, cout); x has any strides; y is (N, cout) contiguous.
@@ -133,6 +138,7 @@ using LinearFn = void (*)(const LinearArgs&, int64_t n0, int64_t n1, int64_t j0,
 
 #define MNV2_DECLARE_ISA(isa)                                                      \
   void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*, float*); \
+  void sum_groups_##isa(const BlockArgs&, const TilePlan&, const float*, int64_t, int64_t);        \
   void pointwise_pool_##isa(const PoolArgs&, int64_t, int64_t, int64_t, int64_t);  \
   void linear_##isa(const LinearArgs&, int64_t, int64_t, int64_t, int64_t);        \
   int64_t lanes_##isa();                                                           \

@@ -7,6 +7,10 @@ void MNV2_FWD_CAT(run_tiles_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, const
                                                       int64_t t1, int64_t group, float* s, float* partial) {
   run_tiles_generic(a, p, t0, t1, group, s, partial);
 }
+void MNV2_FWD_CAT(sum_groups_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, const TilePlan& p, const float* partial,
+                                                       int64_t p0, int64_t p1) {
+  sum_groups_generic(a, p, partial, p0, p1);
+}
 void MNV2_FWD_CAT(pointwise_pool_, MNV2_FORWARD_TO_GENERIC)(const PoolArgs& a, int64_t n0, int64_t n1,
                                                            int64_t j0, int64_t j1) {
   pointwise_pool_generic(a, n0, n1, j0, j1);

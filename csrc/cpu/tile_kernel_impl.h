@@ -183,27 +183,34 @@ struct Band {
 
 inline int64_t ring_slot(int64_t hr, int64_t ring_rows) { return ((hr % ring_rows) + ring_rows) % ring_rows; }
 
-// 3x3 input patches ([dy][dx][c], zeros outside the input) of the hidden pixels [jlo, jhi) of
-// ring row hr, one after another in dst.
+// 3x3 input patches ([c][dy][dx], zeros outside the input) of the hidden pixels [jlo, jhi) of ring
+// row hr, one after another in dst. The three taps of a row are neighbours in the input, so each
+// patch is written front to back.
 void im2col_row(const BlockArgs& a, const Band& b, int64_t hr, int64_t jlo, int64_t jhi, float* dst) {
   const int64_t K = 9 * a.cin, es = a.expand_stride;
-  for (int64_t dy = 0; dy < 3; ++dy) {
-    const int64_t ih = hr * es - 1 + dy;
-    for (int64_t dx = 0; dx < 3; ++dx) {
-      // Hidden columns whose tap (dy, dx) falls inside the input.
-      const int64_t x0 = (b.hc0 + jlo) * es - 1 + dx;  // input column of pixel jlo
-      int64_t in_lo = jlo, in_hi = jhi;
-      if (ih < 0 || ih >= a.h) in_hi = in_lo;
-      while (in_lo < in_hi && x0 + (in_lo - jlo) * es < 0) ++in_lo;
-      while (in_hi > in_lo && x0 + (in_hi - 1 - jlo) * es >= a.w) --in_hi;
-      for (int64_t c = 0; c < a.cin; ++c) {
-        float* d = dst + (dy * 3 + dx) * a.cin + c;
-        for (int64_t j = jlo; j < in_lo; ++j) d[(j - jlo) * K] = 0.f;
-        if (in_lo < in_hi) {
-          const float* s = a.x + b.n * a.sxn + c * a.sxc + ih * a.sxh + (x0 + (in_lo - jlo) * es) * a.sxw;
-          for (int64_t j = in_lo; j < in_hi; ++j) d[(j - jlo) * K] = s[(j - in_lo) * es * a.sxw];
+  // Pixels whose three columns all fall inside the input: no checks for them.
+  int64_t in_lo = jlo, in_hi = jhi;
+  while (in_lo < in_hi && (b.hc0 + in_lo) * es - 1 < 0) ++in_lo;
+  while (in_hi > in_lo && (b.hc0 + in_hi - 1) * es + 1 >= a.w) --in_hi;
+  for (int64_t c = 0; c < a.cin; ++c) {
+    for (int64_t dy = 0; dy < 3; ++dy) {
+      const int64_t ih = hr * es - 1 + dy;
+      float* d = dst + (c * 3 + dy) * 3;
+      if (ih < 0 || ih >= a.h) {
+        for (int64_t j = jlo; j < jhi; ++j) d[(j - jlo) * K] = d[(j - jlo) * K + 1] = d[(j - jlo) * K + 2] = 0.f;
+        continue;
+      }
+      const float* row = a.x + b.n * a.sxn + c * a.sxc + ih * a.sxh;
+      auto tap = [&](int64_t iw) { return iw >= 0 && iw < a.w ? row[iw * a.sxw] : 0.f; };
+      for (int64_t j = jlo; j < jhi; ++j) {
+        float* p = d + (j - jlo) * K;
+        const int64_t iw = (b.hc0 + j) * es - 1;
+        if (j >= in_lo && j < in_hi) {
+          const float* s = row + iw * a.sxw;
+          p[0] = s[0], p[1] = s[a.sxw], p[2] = s[2 * a.sxw];
+        } else {
+          p[0] = tap(iw), p[1] = tap(iw + 1), p[2] = tap(iw + 2);
         }
-        for (int64_t j = std::max(in_lo, in_hi); j < jhi; ++j) d[(j - jlo) * K] = 0.f;
       }
     }
   }
@@ -348,6 +355,32 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
       project(a, p, b, c0, hc, h_lo, h_hi, dw, acc, zeros, partial);
     }
     ring_n = b.n, ring_strip = strip, ring_next = hr_end;
+  }
+}
+
+void MNV2_CAT(sum_groups_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, const float* partial, int64_t p0,
+                                     int64_t p1) {
+  const int64_t plane = (p.plane_pixels) * p.acc_ld;
+  for (int64_t i = p0; i < p1; ++i) {
+    const int64_t n = i / (a.oh * a.ow), r = i / a.ow % a.oh, q = i % a.ow;
+    float* y = a.y + n * a.syn + r * a.syh + q * a.syw;
+    const float* res = a.x + n * a.sxn + r * a.sxh + q * a.sxw;
+    const float* part = partial + i * p.acc_ld;
+    for (int64_t o = 0; o < a.cout; o += kLanes) {
+      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, a.cout - o));
+      vec v = load(part + o);  // the accumulator rows are padded to whole vectors
+      for (int64_t g = 1; g < p.groups; ++g) v += load(part + g * plane + o);
+      if (a.syc == 1 && (!a.residual || a.sxc == 1)) {
+        const Mask mk = make_mask(lanes);
+        if (a.residual) v += load_m(res + o, mk);
+        store_m(y + o, v, mk);
+      } else {
+        float lane[kLanes];
+        store(lane, v);
+        for (int l = 0; l < lanes; ++l)
+          y[(o + l) * a.syc] = lane[l] + (a.residual ? res[(o + l) * a.sxc] : 0.f);
+      }
+    }
   }
 }
 

@@ -1,0 +1,21 @@
+// The CPU kernels of the ops, callable from C++ without the dispatcher (the whole-network op
+// chains them).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace mnv2_fused {
+namespace cpu {
+
+at::Tensor inverted_residual(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
+                             const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                             const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride, bool residual);
+at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
+                                  int64_t stem_stride, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                                  const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride);
+at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+
+}  // namespace cpu
+}  // namespace mnv2_fused
