@@ -12,6 +12,11 @@ constexpr int kLanes = 8;
 constexpr int kMaxAcc = 12;
 typedef float vec __attribute__((vector_size(32)));
 inline vec splat(float s) { return reinterpret_cast<vec>(_mm256_set1_ps(s)); }
+// max/min return their second operand when either is NaN: with v second, NaN passes through.
+inline vec relu6(vec v) {
+  const __m256 r = _mm256_max_ps(_mm256_setzero_ps(), reinterpret_cast<__m256>(v));
+  return reinterpret_cast<vec>(_mm256_min_ps(_mm256_set1_ps(6.f), r));
+}
 using Mask = __m256i;
 inline Mask make_mask(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

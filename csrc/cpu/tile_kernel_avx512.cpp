@@ -13,6 +13,11 @@ constexpr int kLanes = 16;
 constexpr int kMaxAcc = 24;
 typedef float vec __attribute__((vector_size(64)));
 inline vec splat(float s) { return reinterpret_cast<vec>(_mm512_set1_ps(s)); }
+// max/min return their second operand when either is NaN: with v second, NaN passes through.
+inline vec relu6(vec v) {
+  const __m512 r = _mm512_max_ps(_mm512_setzero_ps(), reinterpret_cast<__m512>(v));
+  return reinterpret_cast<vec>(_mm512_min_ps(_mm512_set1_ps(6.f), r));
+}
 using Mask = __mmask16;
 inline Mask make_mask(int n) { return static_cast<Mask>((1u << n) - 1u); }
 inline vec load_m(const float* p, Mask m) { return reinterpret_cast<vec>(_mm512_maskz_loadu_ps(m, p)); }

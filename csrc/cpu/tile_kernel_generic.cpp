@@ -13,6 +13,12 @@ constexpr int kLanes = 8;
 constexpr int kMaxAcc = 6;
 typedef float vec __attribute__((vector_size(32)));
 inline vec splat(float s) { return vec{s, s, s, s, s, s, s, s}; }
+// Comparisons with NaN are false, so NaN passes through unchanged.
+inline vec relu6(vec v) {
+  const vec zero = splat(0.f), six = splat(6.f);
+  v = v < zero ? zero : v;
+  return v > six ? six : v;
+}
 using Mask = int;  // how many leading lanes
 inline Mask make_mask(int n) { return n; }
 inline vec load_m(const float* p, Mask n) {

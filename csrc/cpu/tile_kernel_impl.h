@@ -5,6 +5,7 @@
 //   kMaxAcc            how many vec accumulators the register file holds next to the B row
 //   Mask, make_mask(n), load_m(p, mask), store_m(p, v, mask)   the first n lanes only
 //   splat(s)           every lane s
+//   relu6(v)           min(max(v, 0), 6), NaN kept
 // and includes nothing after this file.
 #include <algorithm>
 #include <cstring>
@@ -22,12 +23,6 @@ inline vec load(const float* p) {
   return v;
 }
 inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
-// ReLU6 that keeps NaN: comparisons with NaN are false, so it passes through unchanged.
-inline vec relu6(vec v) {
-  const vec zero = splat(0.f), six = splat(6.f);
-  v = v < zero ? zero : v;
-  return v > six ? six : v;
-}
 
 // ---------------------------------------------------------------------------------------------
 // GEMM: C[i, j] = epilogue(init[i, j] + sum_k A[i, k] B[k, j]). Rows are addressed through
