@@ -8,6 +8,7 @@ One group per configuration; peak CPU memory (bytes allocated during one call) a
 in each entry's extra_info. Compare providers as ratios within one run.
 """
 import copy
+import time
 
 import pytest
 import torch
@@ -57,6 +58,9 @@ def run_benchmark(benchmark, provider, model, x, flops):
         fn()
         benchmark.extra_info["peak_bytes"] = peak_cpu_bytes(fn) if provider != "onnxruntime" else None
         benchmark.extra_info["flops"] = flops
+        # Idle thread pools spin for a while after their last job (torch's OpenMP workers, ONNX
+        # Runtime's pool): let the previous provider's go quiet so they do not steal this one's cores.
+        time.sleep(0.3)
         benchmark.pedantic(fn, rounds=15, iterations=1, warmup_rounds=2)
     benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.median / 1e9
 

@@ -1,0 +1,62 @@
+"""Whole mobilenet_v2: fused vs ONNX Runtime in alternating blocks of runs, one process.
+
+    python benchmarks/ab_network.py [--batch 1 8] [--rounds 4] [--runs 20]
+
+The pytest-benchmark run times each provider once, after the others; on a shared machine one
+provider can land in a slow spell. This alternates blocks of fused and ONNX Runtime runs (with a
+pause between, so idle thread pools stop spinning) and reports the medians over all blocks.
+"""
+import argparse
+import copy
+import os
+import sys
+import time
+
+import torch
+import torchvision
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from helpers import randomize_bn  # noqa: E402
+
+import mnv2_fused  # noqa: E402
+from mnv2_fused.onnx_runtime import ort_runner  # noqa: E402
+
+
+def timed_block(fn, runs):
+    time.sleep(0.3)
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--rounds", type=int, default=4, help="alternations of the two providers")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per block (a quarter of it at batch > 1)")
+    args = p.parse_args()
+    net = randomize_bn(torchvision.models.mobilenet_v2(), seed=0).eval()
+    fused = mnv2_fused.convert(copy.deepcopy(net))
+    print(f"{torch.get_num_threads()} threads; median ms over {args.rounds} alternating blocks")
+    for batch in args.batch:
+        x = torch.randn(batch, 3, 224, 224)
+        ort = ort_runner(net, x, torch.get_num_threads())
+        if ort is None:
+            sys.exit("onnxruntime is not installed")
+        runs = args.runs if batch == 1 else max(3, args.runs // 4)
+        t_fused, t_ort = [], []
+        with torch.no_grad():
+            for _ in range(args.rounds):
+                t_fused += timed_block(lambda: fused(x), runs)
+                t_ort += timed_block(ort, runs)
+        f, o = sorted(t_fused)[len(t_fused) // 2] * 1e3, sorted(t_ort)[len(t_ort) // 2] * 1e3
+        print(f"batch {batch}: fused {f:.2f}  onnxruntime {o:.2f}  ORT/fused {o / f:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
