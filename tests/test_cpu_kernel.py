@@ -110,3 +110,23 @@ def test_threads_give_identical_results():
     finally:
         torch.set_num_threads(old)
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("cin,cout,stride,t,res", [(64, 64, 1, 6, 14), (96, 160, 2, 6, 14), (160, 320, 1, 6, 7),
+                                                   (20, 36, 1, 6, 9), (32, 32, 1, 6, 28)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_single_image_split_across_threads(threads, cin, cout, stride, t, res, layout):
+    """A batch smaller than the thread count splits the hidden channels across threads (small
+    images) or the rows (large ones); both must match the oracle, with any thread count."""
+    block = make_block(cin, cout, stride, t, seed=cin + res)
+    x = make_input((1, cin, res, res), layout)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            out = fused_copy(block)(x)
+            ref = block(x)
+    finally:
+        torch.set_num_threads(old)
+    assert rel_err(out, ref) <= TOL
