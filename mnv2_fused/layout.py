@@ -1,6 +1,6 @@
 """Folded weights laid out for the kernel of the device they live on.
 
-The CPU kernel reads every weight with the output channel fastest; tensors whose strides say so
+The CPU kernels read every weight with the output channel fastest; tensors whose strides say so
 are used without a copy, others are transposed on every call. Caching this layout makes the call
 copy-free. Other devices' kernels read contiguous weights."""
 from __future__ import annotations
@@ -18,23 +18,20 @@ def out_channel_fastest(w: torch.Tensor) -> torch.Tensor:
     return w.permute(order).contiguous().permute(inverse)
 
 
+def kernel_layout(w: torch.Tensor) -> torch.Tensor:
+    """A weight (O, ...) as its device's kernel reads it in place, detached from autograd."""
+    w = w.detach()
+    return out_channel_fastest(w) if w.device.type == "cpu" else w.contiguous()
+
+
 def for_kernel(w: FoldedWeights) -> FoldedWeights:
-    """``w`` in the layout its device's fused kernel reads without copying."""
-    if w.w_dw.device.type != "cpu":
-        return FoldedWeights(*[None if t is None else t.contiguous() for t in w])
-    w_dw = out_channel_fastest(w.w_dw.reshape(w.w_dw.shape[0], 9)).view(w.w_dw.shape)
+    """Every weight of ``w`` in the layout its device's fused kernel reads without copying."""
+    hidden = w.w_dw.shape[0]
     return FoldedWeights(
-        None if w.w_expand is None else out_channel_fastest(w.w_expand),
+        None if w.w_expand is None else kernel_layout(w.w_expand),
         w.b_expand,
-        w_dw,
+        kernel_layout(w.w_dw.reshape(hidden, 9)).view(w.w_dw.shape),  # taps, then channels
         w.b_dw,
-        out_channel_fastest(w.w_proj),
+        kernel_layout(w.w_proj),
         w.b_proj,
     )
-
-
-def stem_for_kernel(w_stem: torch.Tensor) -> torch.Tensor:
-    """(hidden, Cin, 3, 3) stored as (Cin, 3, 3, hidden), the CPU kernel's layout."""
-    if w_stem.device.type != "cpu":
-        return w_stem.contiguous()
-    return out_channel_fastest(w_stem)

@@ -10,7 +10,8 @@ from torchvision.models.mobilenetv2 import MobileNetV2
 from .fold_cache import FoldCache
 from .module import FusedInvertedResidual, fold_for_kernel
 from .ops import inverted_residual
-from .stem_head import cpu_kernel_runs, fold_head, fold_stem, head_pool, linear, linear_weight, stem_block
+from .layout import kernel_layout
+from .stem_head import cpu_kernel_runs, fold_head, fold_stem, head_pool, linear, stem_block
 
 
 def _is_plain_stem(m: nn.Module) -> bool:
@@ -55,7 +56,7 @@ def _fold_network(features: nn.Sequential, classifier: nn.Module) -> tuple:
     mods = list(features)
     stem, first, head = mods[0], mods[1], mods[-1]
     blocks = tuple((fold_for_kernel(m.conv), m.stride, m.use_res_connect) for m in mods[2:-1])
-    linear_w = ((linear_weight(classifier[1].weight), classifier[1].bias.detach())
+    linear_w = ((kernel_layout(classifier[1].weight), classifier[1].bias.detach())
                 if _plain_classifier(classifier) else None)
     stem_w, stem_stride, stride = fold_stem(stem, first.conv), stem[0].stride[0], first.conv[0][0].stride[0]
     head_w = fold_head(head)

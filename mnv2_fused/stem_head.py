@@ -12,7 +12,7 @@ from torch import nn
 
 from . import _extension
 from .backends import _has_kernel
-from .layout import for_kernel, out_channel_fastest, stem_for_kernel
+from .layout import for_kernel, kernel_layout
 from .reference import _relu6, fold_block, fold_bn
 
 
@@ -33,19 +33,13 @@ def fold_stem(stem: nn.Sequential, block_conv: nn.Sequential) -> StemWeights:
     laid out for their device's kernel."""
     w_s, b_s = fold_bn(stem[0].weight, stem[1])
     w = for_kernel(fold_block(block_conv))
-    return StemWeights(stem_for_kernel(w_s.detach()), b_s.detach().contiguous(), w.w_dw, w.b_dw, w.w_proj, w.b_proj)
+    return StemWeights(kernel_layout(w_s), b_s.detach().contiguous(), w.w_dw, w.b_dw, w.w_proj, w.b_proj)
 
 
 def fold_head(head: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
     """Folds torchvision's last Conv2dNormActivation (1x1) into (Cout, Cin) and (Cout)."""
     w, b = fold_bn(head[0].weight, head[1])
-    return linear_weight(w.flatten(1)), b.detach().contiguous()
-
-
-def linear_weight(w: torch.Tensor) -> torch.Tensor:
-    """A Linear's (O, K) weight, stored (K, O) on the CPU: the kernel reads it in place."""
-    w = w.detach()
-    return out_channel_fastest(w) if w.device.type == "cpu" else w.contiguous()
+    return kernel_layout(w.flatten(1)), b.detach().contiguous()
 
 
 def stem_reference(x: torch.Tensor, w: StemWeights, stem_stride: int, stride: int) -> torch.Tensor:

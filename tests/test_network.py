@@ -14,7 +14,8 @@ from torchvision.models.mobilenetv2 import MobileNetV2
 
 import mnv2_fused
 from mnv2_fused import FusedMobileNetV2, convert
-from mnv2_fused.stem_head import (StemWeights, fold_stem, head_reference, linear_weight, stem_reference)
+from mnv2_fused.layout import kernel_layout
+from mnv2_fused.stem_head import StemWeights, head_reference, stem_reference
 from helpers import make_input, randomize_bn, rel_err
 from memory import peak_cpu_bytes
 
@@ -61,7 +62,7 @@ def test_head_op_matches_reference(cin, cout, layout):
     w, b = torch.randn(cout, cin, generator=g) * cin ** -0.5, torch.randn(cout, generator=g)
     x = make_input((3, cin, 7, 5), layout)
     ref = head_reference(x, w, b)
-    for weight in (w, linear_weight(w)):  # any layout; the cached one is read in place
+    for weight in (w, kernel_layout(w)):  # any layout; the cached one is read in place
         assert rel_err(torch.ops.mnv2_fused.pointwise_relu6_mean(x, weight, b), ref) <= TOL
 
 
@@ -70,7 +71,7 @@ def test_linear_op_matches_torch(n, k, o):
     g = torch.Generator().manual_seed(n + k)
     x, w, b = torch.randn(n, 2 * k, generator=g)[:, ::2], torch.randn(o, k, generator=g), torch.randn(o, generator=g)
     ref = F.linear(x, w, b)
-    for weight in (w, linear_weight(w)):
+    for weight in (w, kernel_layout(w)):
         assert rel_err(torch.ops.mnv2_fused.linear(x, weight, b), ref) <= TOL
 
 

@@ -15,10 +15,8 @@ namespace {
 // too few accumulators to hide the loads, so a tile counts as at least kMinTileRows rows.
 constexpr int64_t kMinTileRows = 3;
 
-int64_t tile_rows(int64_t nv, const Isa& isa) { return std::min(isa.max_acc / nv, nv == 1 ? int64_t(12) : 8); }
-
 int64_t padded_rows(int64_t M, int64_t nv, const Isa& isa) {
-  const int64_t mr1 = tile_rows(nv, isa), mr2 = (mr1 + 1) / 2, mr3 = (mr1 + 3) / 4;
+  const int64_t mr1 = tile_rows(nv, isa.max_acc), mr2 = (mr1 + 1) / 2, mr3 = (mr1 + 3) / 4;
   const int64_t full = M / mr1 * mr1;
   int64_t rem = M - full, rows = full;
   while (rem > 0) {
@@ -37,7 +35,7 @@ double gemm_cost(int64_t M, int64_t N, int64_t K, const Isa& isa) {
   for (int64_t p = 0; p < panels; ++p) {
     const int64_t nv = vectors / panels + (p < vectors % panels ? 1 : 0);
     const int64_t rows = padded_rows(M, nv, isa);
-    cost += double(rows) * nv * K + double(ceil_div(rows, tile_rows(nv, isa))) * 40;
+    cost += double(rows) * nv * K + double(ceil_div(rows, tile_rows(nv, isa.max_acc))) * 40;
   }
   return cost;
 }

@@ -69,6 +69,13 @@ struct TilePlan {
   int64_t plane_pixels = 0;      // with groups: output pixels of the call, one partial plane each
 };
 
+// Rows of a GEMM micro-tile NV vectors wide, with max_acc vector accumulators: as many as the
+// accumulators allow, but no more than 12 (one vector) or 8 (wider), because each row's A pointer
+// must stay in a register or the tile turns load-bound.
+constexpr int64_t tile_rows(int64_t nv, int64_t max_acc) {
+  return max_acc / nv < (nv == 1 ? 12 : 8) ? max_acc / nv : (nv == 1 ? 12 : 8);
+}
+
 // Row pointers of a GEMM are gathered into blocks of this many rows.
 constexpr int64_t kRowBlock = 256;
 

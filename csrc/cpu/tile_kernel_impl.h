@@ -122,18 +122,10 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols) {
   }
 }
 
-// Rows of a micro-tile NV vectors wide: as many as the accumulators allow, but no more than 12
-// (one vector) or 8 (wider): each row's A pointer must stay in a register, or the tile turns
-// load-bound.
-template <int NV>
-constexpr int tile_rows() {
-  return kMaxAcc / NV < (NV == 1 ? 12 : 8) ? kMaxAcc / NV : (NV == 1 ? 12 : 8);
-}
-
 // Every row of one column panel, in micro-tiles of MR rows, then MR/2 and MR/4 for the remainder.
 template <int NV>
 void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
-  constexpr int MR1 = tile_rows<NV>(), MR2 = (MR1 + 1) / 2, MR3 = (MR1 + 3) / 4;
+  constexpr int MR1 = static_cast<int>(tile_rows(NV, kMaxAcc)), MR2 = (MR1 + 1) / 2, MR3 = (MR1 + 3) / 4;
   int64_t i = 0;
   while (i < M) {
     const int64_t rem = M - i;
