@@ -60,27 +60,30 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols) {
       const float* src = g.init ? g.init[i0 + std::min(i, m - 1)] + j0 : g.bias + j0;
       acc[i][j] = j < NV - 1 ? load(src + j * kLanes) : load_m(src + j * kLanes, tail);
     }
-  // Whole-vector loads of B: a tail vector reads into the next row (in bounds, discarded lanes),
-  // except on the last row, loaded masked after the loop. A masked load inside the loop would make
-  // the compiler keep the accumulators in memory.
+  // Whole-vector loads of B: a tail vector reads past its row into the next ones (discarded
+  // lanes), which stays inside B except on its last `masked` rows; those load the tail masked,
+  // after the main loop (a masked load inside it would make the compiler keep the accumulators in
+  // memory).
   const float* brow = g.B + j0;
   const int64_t K = g.K, ldb = g.ldb, ak = g.ak;
+  const int64_t masked = std::min<int64_t>(K, (NV * kLanes + ldb - 1) / std::max<int64_t>(ldb, 1));
   auto step = [&](const vec* b, int64_t k) {
     for (int i = 0; i < MR; ++i) {
       const vec av = splat(ap[i][k * ak]);
       for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
     }
   };
-  for (int64_t k = 0; k < K - 1; ++k, brow += ldb) {
+  int64_t k = 0;
+  for (; k < K - masked; ++k, brow += ldb) {
     vec b[NV];
     for (int j = 0; j < NV; ++j) b[j] = load(brow + j * kLanes);
     step(b, k);
   }
-  if (K > 0) {
+  for (; k < K; ++k, brow += ldb) {
     vec b[NV];
     for (int j = 0; j < NV - 1; ++j) b[j] = load(brow + j * kLanes);
     b[NV - 1] = load_m(brow + (NV - 1) * kLanes, tail);
-    step(b, K - 1);
+    step(b, k);
   }
 
   if (g.store == Store::kPool) {
