@@ -76,14 +76,25 @@ double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t t
       (reuse ? reused : fresh)[t] = c;
     }
   }
+  // In a worker's range every tile reuses the ring except the first band of a strip and the
+  // range's first tile. steady[] is the cost without the latter; its prefix sums give a range's
+  // cost in O(1), so large batches plan as fast as small ones.
+  std::vector<double> prefix(per_image + 1, 0.0);
+  for (int64_t i = 0; i < per_image; ++i) {
+    const bool reuse = p.carry && i % p.bands != 0;
+    prefix[i + 1] = prefix[i] + (reuse ? reused[i] : fresh[i]);
+  }
+  auto steady_sum = [&](int64_t t0, int64_t t1) {  // tiles [t0, t1) of the whole call
+    auto upto = [&](int64_t t) { return double(t / per_image) * prefix[per_image] + prefix[t % per_image]; };
+    return upto(t1) - upto(t0);
+  };
   double worst = 0;
   for (int64_t w = 0; w < workers; ++w) {
-    double sum = 0;
-    for (int64_t t = tiles * w / workers, t1 = tiles * (w + 1) / workers, first = t; t < t1; ++t) {
-      const int64_t i = t % per_image;
-      const bool reuse = p.carry && t > first && i % p.bands != 0;
-      sum += reuse ? reused[i] : fresh[i];
-    }
+    const int64_t t0 = tiles * w / workers, t1 = tiles * (w + 1) / workers;
+    if (t0 >= t1) continue;
+    const int64_t i0 = t0 % per_image;
+    const bool first_reuses = p.carry && i0 % p.bands != 0;  // in steady[], but it starts a fresh ring
+    const double sum = steady_sum(t0, t1) + (first_reuses ? fresh[i0] - reused[i0] : 0.0);
     worst = std::max(worst, sum);
   }
   if (p.groups > 1)  // summing the partial outputs, split over the threads
