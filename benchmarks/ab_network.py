@@ -19,19 +19,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from helpers import randomize_bn  # noqa: E402
 
 import mnv2_fused  # noqa: E402
+from mnv2_fused.measure import run_times  # noqa: E402
 from mnv2_fused.onnx_runtime import ort_runner  # noqa: E402
 
 
 def timed_block(fn, runs):
-    time.sleep(0.3)
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+    time.sleep(0.3)  # idle thread pools of the other provider stop spinning
+    return run_times(fn, warmup=3, repeat=runs)
 
 
 def main():

@@ -6,8 +6,9 @@ copy-free. Other devices' kernels read contiguous weights."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from .reference import FoldedWeights
+from .reference import FoldedWeights, fold_block
 
 
 def out_channel_fastest(w: torch.Tensor) -> torch.Tensor:
@@ -35,3 +36,8 @@ def for_kernel(w: FoldedWeights) -> FoldedWeights:
         kernel_layout(w.w_proj),
         w.b_proj,
     )
+
+
+def fold_for_kernel(conv: nn.Sequential) -> FoldedWeights:
+    """fold_block, laid out for the kernel of the weights' device."""
+    return for_kernel(fold_block(conv))

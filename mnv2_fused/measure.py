@@ -23,8 +23,8 @@ def peak_cpu_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
-def median_ms(fn: Callable[[], object], warmup: int = 3, repeat: int = 20) -> float:
-    """Median wall time of fn() in milliseconds, after warm-up."""
+def run_times(fn: Callable[[], object], warmup: int = 3, repeat: int = 20) -> list[float]:
+    """Wall time of each of `repeat` calls of fn(), in seconds, after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -32,4 +32,9 @@ def median_ms(fn: Callable[[], object], warmup: int = 3, repeat: int = 20) -> fl
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return times
+
+
+def median_ms(fn: Callable[[], object], warmup: int = 3, repeat: int = 20) -> float:
+    """Median wall time of fn() in milliseconds, after warm-up."""
+    return statistics.median(run_times(fn, warmup, repeat)) * 1e3

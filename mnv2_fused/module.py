@@ -9,8 +9,8 @@ from torch import nn
 from .backends import check_backend_name
 from .ops import inverted_residual
 from .fold_cache import FoldCache
-from .layout import for_kernel
-from .reference import FoldedWeights, fold_block
+from .layout import fold_for_kernel
+from .reference import FoldedWeights
 
 
 def _conv_bn_relu6(inp: int, oup: int, kernel: int, stride: int, groups: int,
@@ -22,11 +22,6 @@ def _conv_bn_relu6(inp: int, oup: int, kernel: int, stride: int, groups: int,
         norm_layer(oup),
         nn.ReLU6(inplace=True),
     )
-
-
-def fold_for_kernel(conv: nn.Sequential) -> FoldedWeights:
-    """fold_block, laid out for the kernel of the weights' device."""
-    return for_kernel(fold_block(conv))
 
 
 class FusedInvertedResidual(nn.Module):

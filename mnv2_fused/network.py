@@ -8,8 +8,8 @@ from torch import nn
 from torchvision.models.mobilenetv2 import MobileNetV2
 
 from .fold_cache import FoldCache
-from .layout import kernel_layout
-from .module import FusedInvertedResidual, fold_for_kernel
+from .layout import fold_for_kernel, kernel_layout
+from .module import FusedInvertedResidual
 from .ops import inverted_residual
 from .stem_head import cpu_kernel_runs, fold_head, fold_stem, head_pool, linear, stem_block
 

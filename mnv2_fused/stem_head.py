@@ -12,8 +12,8 @@ from torch import nn
 
 from . import _extension
 from .backends import _has_kernel
-from .layout import for_kernel, kernel_layout
-from .reference import _relu6, fold_block, fold_bn
+from .layout import fold_for_kernel, kernel_layout
+from .reference import _relu6, fold_bn
 
 
 class StemWeights(NamedTuple):
@@ -32,7 +32,7 @@ def fold_stem(stem: nn.Sequential, block_conv: nn.Sequential) -> StemWeights:
     """Folds torchvision's stem (Conv2dNormActivation) and the ``conv`` of an expand-free block,
     laid out for their device's kernel."""
     w_s, b_s = fold_bn(stem[0].weight, stem[1])
-    w = for_kernel(fold_block(block_conv))
+    w = fold_for_kernel(block_conv)
     return StemWeights(kernel_layout(w_s), b_s.detach().contiguous(), w.w_dw, w.b_dw, w.w_proj, w.b_proj)
 
 

@@ -305,7 +305,7 @@ void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, i
       init_rows[i] = acc + pix * p.acc_ld;
       c_rows[i] = to_y ? a.y + b.n * a.syn + r * a.syh + q * a.syw
                        : last ? partial + ((b.n * a.oh + r) * a.ow + q) * p.acc_ld : acc + pix * p.acc_ld;
-      res_rows[i] = a.x + b.n * a.sxn + r * a.sxh + q * a.sxw;
+      if (to_y && a.residual) res_rows[i] = a.x + b.n * a.sxn + r * a.sxh + q * a.sxw;
     }
     Gemm g{hc, a.w_proj + c0 * a.cout, a.cout, a_rows, 1, first ? nullptr : init_rows, h_lo == 0 ? a.b_proj : zeros,
            c_rows, to_y ? a.syc : 1, to_y && a.residual ? res_rows : nullptr, a.sxc, Store::kPlain, nullptr};
