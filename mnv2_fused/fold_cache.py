@@ -6,6 +6,44 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+from torch.nn.modules.module import (register_module_buffer_registration_hook,
+                                     register_module_module_registration_hook,
+                                     register_module_parameter_registration_hook)
+
+from ._extension import extension_loaded
+
+# How many parameters, buffers and submodules have been registered or assigned, on any module of
+# the process. While it stands still no cache can have seen a replacement, so a forward needs no
+# walk of its module tree. (Global hooks: one counter increment per registration anywhere.)
+_registrations = 0
+
+
+def _count_registration(*_args) -> None:
+    global _registrations
+    _registrations += 1
+
+
+for _register in (register_module_parameter_registration_hook, register_module_buffer_registration_hook,
+                  register_module_module_registration_hook):
+    _register(_count_registration)
+
+
+class _Versions:
+    """The version counters of some tensors, compared in C++ when the extension is loaded (about a
+    microsecond for a whole network; walking the tensors from Python is slower and leaves the
+    caches colder for the kernels that follow)."""
+
+    def __init__(self, tensors: list) -> None:
+        if extension_loaded():
+            self._snapshot = torch.classes.mnv2_fused.VersionSnapshot(tensors)
+        else:
+            self._tensors, self._versions = tensors, [t._version for t in tensors]
+            self._snapshot = None
+
+    def unchanged(self) -> bool:
+        if self._snapshot is not None:
+            return self._snapshot.unchanged()
+        return self._versions == [t._version for t in self._tensors]
 
 
 class FoldCache:
@@ -13,16 +51,18 @@ class FoldCache:
 
     A change is an in-place write (the tensor's version counter moves) or a new tensor or submodule
     put in place of an old one (``.to()``, ``load_state_dict`` with assign, attribute assignment).
-    Edits through ``.data`` bypass both: call ``clear()`` after them. Checking costs well under a
-    microsecond per tensor, far less than walking the module tree each call.
+    Edits through ``.data``, ``torch.utils.swap_tensors`` or direct writes to a module's
+    ``_parameters`` / ``_buffers`` / ``_modules`` dicts bypass both: call ``clear()`` after them.
+    A check costs a few microseconds: the identities are compared only after some registration
+    happened somewhere in the process, the versions in C++.
     """
 
     def __init__(self, fold: Callable[..., Any]) -> None:
         self._fold = fold
         self._value: Any = None
         self._watch: Optional[list] = None
-        self._tensors: list = []
-        self._versions: Optional[list] = None
+        self._seen = -1  # _registrations when the identities were last compared
+        self._versions: Optional[_Versions] = None
         self._lock = threading.Lock()
 
     def clear(self) -> None:
@@ -42,12 +82,15 @@ class FoldCache:
 
     def _current(self) -> bool:
         watch = self._watch
-        if watch is None:
+        if watch is None or self._versions is None:
             return False
-        for d, k, v in watch:
-            if d.get(k) is not v:
-                return False
-        return self._versions == [t._version for t in self._tensors]
+        if self._seen != _registrations:
+            seen = _registrations  # read first: a registration during the walk is checked next time
+            for d, k, v in watch:
+                if d.get(k) is not v:
+                    return False
+            self._seen = seen
+        return self._versions.unchanged()
 
     def get(self, *modules: nn.Module) -> Any:
         if torch.compiler.is_compiling():
@@ -56,9 +99,9 @@ class FoldCache:
             if not self._current():
                 # Versions are read before folding: a write racing with the fold leaves them behind,
                 # so the next call folds again instead of keeping a half-updated fold.
+                self._seen = _registrations
                 self._watch = self._watch_list(modules)
-                self._tensors = [v for _, _, v in self._watch if isinstance(v, torch.Tensor)]
-                self._versions = [t._version for t in self._tensors]
+                self._versions = _Versions([v for _, _, v in self._watch if isinstance(v, torch.Tensor)])
                 with torch.no_grad():
                     self._value = self._fold(*modules)
             return self._value

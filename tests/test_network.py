@@ -133,6 +133,32 @@ def test_converted_network_keeps_state_dict_keys_and_loads_checkpoints(reference
         assert rel_err(net(x), other(x)) <= 1e-4
 
 
+def test_cached_folds_follow_replaced_tensors_and_blocks(reference_net):
+    # The cache compares identities only after a registration somewhere in the process: each kind
+    # of replacement must still be seen, deep in the tree, after cached forwards.
+    net = convert(copy.deepcopy(reference_net))
+    ref = copy.deepcopy(reference_net)
+    x = make_input((1, 3, 64, 64))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        assert rel_err(net(x), ref(x)) <= 1e-4
+        w = ref.features[5].conv[2].weight
+        ref.features[5].conv[2].weight = torch.nn.Parameter(torch.randn(w.shape, generator=g) * w.std())
+        net.features[5].conv[2].weight = torch.nn.Parameter(ref.features[5].conv[2].weight.clone())
+        assert rel_err(net(x), ref(x)) <= 1e-4
+        var = torch.rand(ref.features[12].conv[1][1].running_var.shape, generator=g) + 0.5
+        ref.features[12].conv[1][1].running_var = var
+        net.features[12].conv[1][1].running_var = var.clone()
+        assert rel_err(net(x), ref(x)) <= 1e-4
+        bn = randomize_bn(torch.nn.BatchNorm2d(1280), seed=5).eval()
+        ref.features[18][1], net.features[18][1] = bn, copy.deepcopy(bn)
+        assert rel_err(net(x), ref(x)) <= 1e-4
+        other = randomize_bn(torchvision.models.mobilenet_v2(), seed=6).eval()
+        ref.load_state_dict(other.state_dict())
+        net.load_state_dict(other.state_dict(), assign=True)
+        assert rel_err(net(x), ref(x)) <= 1e-4
+
+
 def test_converted_network_trains_like_torchvision(reference_net):
     net = convert(copy.deepcopy(reference_net)).train()
     ref = copy.deepcopy(reference_net).train()
