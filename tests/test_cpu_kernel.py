@@ -55,6 +55,19 @@ def test_batch_sizes(batch):
         assert rel_err(out, ref) <= TOL
 
 
+# GEMMs with K = 16 or 24 take their own path on AVX-512 (B held in registers): expands from 16
+# and 24 input channels, projections from 16 and 24 hidden channels (t = 1), with column tails
+# (120 = 7.5 vectors) and row counts that leave a remainder, through both layouts.
+@pytest.mark.parametrize("cin,cout,stride,t", [(16, 24, 2, 6), (24, 24, 1, 5), (16, 16, 1, 1), (24, 40, 2, 1),
+                                               (16, 16, 1, 3)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_short_k_gemms(cin, cout, stride, t, layout):
+    block = make_block(cin, cout, stride, t, seed=cin + t)
+    x = make_input((2, cin, 13, 11), layout, seed=t)
+    with torch.no_grad():
+        assert rel_err(fused_copy(block)(x), block(x)) <= TOL
+
+
 @pytest.mark.parametrize("cin,cout,hidden", [(3, 5, 7), (1, 1, 1), (17, 33, 100), (5, 5, 31)])
 def test_channel_counts_not_multiple_of_tile(cin, cout, hidden):
     """Channel counts that do not fill the GEMM micro-tile or a hidden chunk, through the op itself."""

@@ -55,12 +55,14 @@ def test_stem_op_odd_widths(cin, hidden, cout):
     assert rel_err(out, stem_reference(x, wts, 2, 1)) <= TOL
 
 
-@pytest.mark.parametrize("cin,cout", [(320, 1280), (7, 19), (64, 100)])
+# Weights and pixels past one block of rows, columns or pixels the kernel streams at a time.
+@pytest.mark.parametrize("cin,cout,hw", [(320, 1280, (7, 5)), (7, 19, (7, 5)), (64, 100, (7, 5)),
+                                         (130, 300, (17, 19))])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig"])
-def test_head_op_matches_reference(cin, cout, layout):
+def test_head_op_matches_reference(cin, cout, hw, layout):
     g = torch.Generator().manual_seed(cin)
     w, b = torch.randn(cout, cin, generator=g) * cin ** -0.5, torch.randn(cout, generator=g)
-    x = make_input((3, cin, 7, 5), layout)
+    x = make_input((3, cin, *hw), layout)
     ref = head_reference(x, w, b)
     for weight in (w, kernel_layout(w)):  # any layout; the cached one is read in place
         assert rel_err(torch.ops.mnv2_fused.pointwise_relu6_mean(x, weight, b), ref) <= TOL

@@ -49,24 +49,28 @@ struct Gemm {
 
 // Rows [i0, i0 + m) (m <= MR) times columns [j0, j0 + ncols) (ncols in ((NV-1) L, NV L]).
 // Rows past m repeat the last valid row (never reading outside A) and are not stored.
+// Whole-vector loads of B: a tail vector reads past its row into the next ones (discarded lanes),
+// which stays inside B except on its last `masked` rows (masked_rows()); those load the tail
+// masked, after the main loop (a masked load inside it would make the compiler keep the
+// accumulators in memory).
 template <int NV, int MR>
-void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols) {
+void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t masked) {
   const Mask tail = make_mask(ncols - (NV - 1) * kLanes);
+  // Plain conditionals, not std::min: its reference result made GCC build every row index on the
+  // stack, which with K = 16 cost a third of the tile's time.
   const float* ap[MR];
-  for (int i = 0; i < MR; ++i) ap[i] = g.a[i0 + std::min(i, m - 1)];
+  const float* start[MR];  // where each row's sums start: its init row or the bias
+  for (int i = 0; i < MR; ++i) {
+    const int64_t row = i0 + (i < m ? i : m - 1);
+    ap[i] = g.a[row];
+    start[i] = (g.init ? g.init[row] : g.bias) + j0;
+  }
   vec acc[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) {
-      const float* src = g.init ? g.init[i0 + std::min(i, m - 1)] + j0 : g.bias + j0;
-      acc[i][j] = j < NV - 1 ? load(src + j * kLanes) : load_m(src + j * kLanes, tail);
-    }
-  // Whole-vector loads of B: a tail vector reads past its row into the next ones (discarded
-  // lanes), which stays inside B except on its last `masked` rows; those load the tail masked,
-  // after the main loop (a masked load inside it would make the compiler keep the accumulators in
-  // memory).
+    for (int j = 0; j < NV; ++j)
+      acc[i][j] = j < NV - 1 ? load(start[i] + j * kLanes) : load_m(start[i] + j * kLanes, tail);
   const float* brow = g.B + j0;
   const int64_t K = g.K, ldb = g.ldb, ak = g.ak;
-  const int64_t masked = std::min<int64_t>(K, (NV * kLanes + ldb - 1) / std::max<int64_t>(ldb, 1));
   auto step = [&](const vec* b, int64_t k) {
     for (int i = 0; i < MR; ++i) {
       const vec av = splat(ap[i][k * ak]);
@@ -129,25 +133,76 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols) {
 template <int NV>
 void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   constexpr int MR1 = static_cast<int>(tile_rows(NV, kMaxAcc)), MR2 = (MR1 + 1) / 2, MR3 = (MR1 + 3) / 4;
+  // B's last rows that a whole tail vector would read past (see micro).
+  const int64_t masked = std::min<int64_t>(g.K, (NV * kLanes + g.ldb - 1) / std::max<int64_t>(g.ldb, 1));
   int64_t i = 0;
   while (i < M) {
     const int64_t rem = M - i;
     if (rem > MR2) {
-      micro<NV, MR1>(g, i, static_cast<int>(std::min<int64_t>(rem, MR1)), j0, ncols);
+      micro<NV, MR1>(g, i, static_cast<int>(std::min<int64_t>(rem, MR1)), j0, ncols, masked);
       i += MR1;
     } else if (rem > MR3) {
-      micro<NV, MR2>(g, i, static_cast<int>(rem), j0, ncols);
+      micro<NV, MR2>(g, i, static_cast<int>(rem), j0, ncols, masked);
       i += MR2;
     } else {
-      micro<NV, MR3>(g, i, static_cast<int>(rem), j0, ncols);
+      micro<NV, MR3>(g, i, static_cast<int>(rem), j0, ncols, masked);
       i += MR3;
     }
+  }
+}
+
+// GEMMs with a short K (the expand of a block whose input has 16 channels): one column vector at
+// a time, its K rows of B held in registers, the rows of A streamed R at a time. A micro-tile
+// would spend as long loading and storing its accumulators as multiplying (measured: 60% of the
+// long-K speed at K = 16); here a row costs K FMAs, a ReLU6 and a store.
+template <int K>
+void column_small_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
+  // Rows in flight, independent FMA chains that cover the FMA latency: as many as the registers
+  // left beside B's hold.
+  constexpr int R = K <= 16 ? 8 : 4;
+  const Mask tail = make_mask(ncols);
+  vec b[K];
+  for (int k = 0; k < K; ++k) b[k] = load_m(g.B + k * g.ldb + j0, tail);
+  const int64_t ak = g.ak;
+  auto finish = [&](vec v, int64_t row) {
+    if (g.store == Store::kRelu6) v = relu6(v);
+    store_m(g.c[row] + j0, v, tail);
+  };
+  int64_t i = 0;
+  for (; i + R <= M; i += R) {
+    const float* ap[R];
+    vec acc[R];
+    for (int r = 0; r < R; ++r) {
+      ap[r] = g.a[i + r];
+      acc[r] = load_m((g.init ? g.init[i + r] : g.bias) + j0, tail);
+    }
+#pragma GCC unroll 32
+    for (int k = 0; k < K; ++k)
+      for (int r = 0; r < R; ++r) acc[r] += splat(ap[r][k * ak]) * b[k];
+    for (int r = 0; r < R; ++r) finish(acc[r], i + r);
+  }
+  for (; i < M; ++i) {
+    const float* ap = g.a[i];
+    vec acc = load_m((g.init ? g.init[i] : g.bias) + j0, tail);
+    for (int k = 0; k < K; ++k) acc += splat(ap[k * ak]) * b[k];
+    finish(acc, i);
   }
 }
 
 // Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
 // narrow panels have taller micro-tiles, whose row pointers crowd the registers.
 void gemm(const Gemm& g, int64_t M, int64_t N) {
+  // Only where the registers hold B's K rows beside the rows in flight: AVX-512's 32.
+  constexpr bool small_k_fits = kMaxAcc >= 24;
+  if (small_k_fits && (g.K == 16 || g.K == 24) && (g.store == Store::kRelu6 || g.store == Store::kPlain) &&
+      g.ck == 1 && !g.res) {
+    for (int64_t j0 = 0; j0 < N; j0 += kLanes) {
+      const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));
+      if (g.K == 16) column_small_k<16>(g, M, j0, ncols);
+      else column_small_k<24>(g, M, j0, ncols);
+    }
+    return;
+  }
   const int64_t vectors = (N + kLanes - 1) / kLanes, panels = (vectors + 3) / 4;
   int64_t j0 = 0;
   for (int64_t p = 0; p < panels; ++p) {
