@@ -55,11 +55,12 @@ def test_batch_sizes(batch):
         assert rel_err(out, ref) <= TOL
 
 
-# GEMMs with K = 16 or 24 take their own path on AVX-512 (B held in registers): expands from 16
-# and 24 input channels, projections from 16 and 24 hidden channels (t = 1), with column tails
-# (120 = 7.5 vectors) and row counts that leave a remainder, through both layouts.
+# GEMMs with K = 16 or 24 (and the stem's 27) take their own path on AVX-512 (B held in
+# registers): expands from 16 and 24 input channels, projections from as many hidden channels
+# (t = 1), with column tails (120 = 7.5 vectors) and row counts that leave a remainder, in both
+# layouts; K = 32, just past it, through the general path.
 @pytest.mark.parametrize("cin,cout,stride,t", [(16, 24, 2, 6), (24, 24, 1, 5), (16, 16, 1, 1), (24, 40, 2, 1),
-                                               (16, 16, 1, 3)])
+                                               (16, 16, 1, 3), (32, 40, 2, 6), (32, 16, 1, 1)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_short_k_gemms(cin, cout, stride, t, layout):
     block = make_block(cin, cout, stride, t, seed=cin + t)

@@ -151,10 +151,10 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   }
 }
 
-// GEMMs with a short K (the expand of a block whose input has 16 channels): one column vector at
-// a time, its K rows of B held in registers, the rows of A streamed R at a time. A micro-tile
-// would spend as long loading and storing its accumulators as multiplying (measured: 60% of the
-// long-K speed at K = 16); here a row costs K FMAs, a ReLU6 and a store.
+// GEMMs with a short K (the expands of blocks with 16 or 24 input channels, the stem's 27 taps):
+// one column vector at a time, its K rows of B held in registers, the rows of A streamed R at a
+// time. A micro-tile would spend about as long loading and storing its accumulators as multiplying
+// (measured: 60-70% of the long-K speed at K = 16-27); here a row costs K FMAs, a ReLU6 and a store.
 template <int K>
 void column_small_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   // Rows in flight, independent FMA chains that cover the FMA latency: as many as the registers
@@ -194,12 +194,13 @@ void column_small_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
 void gemm(const Gemm& g, int64_t M, int64_t N) {
   // Only where the registers hold B's K rows beside the rows in flight: AVX-512's 32.
   constexpr bool small_k_fits = kMaxAcc >= 24;
-  if (small_k_fits && (g.K == 16 || g.K == 24) && (g.store == Store::kRelu6 || g.store == Store::kPlain) &&
+  if (small_k_fits && (g.K == 16 || g.K == 24 || g.K == 27) && (g.store == Store::kRelu6 || g.store == Store::kPlain) &&
       g.ck == 1 && !g.res) {
     for (int64_t j0 = 0; j0 < N; j0 += kLanes) {
       const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));
       if (g.K == 16) column_small_k<16>(g, M, j0, ncols);
-      else column_small_k<24>(g, M, j0, ncols);
+      else if (g.K == 24) column_small_k<24>(g, M, j0, ncols);
+      else column_small_k<27>(g, M, j0, ncols);  // the stem: 3 x 3 taps of 3 channels
     }
     return;
   }
