@@ -1,18 +1,10 @@
-// The op schema, declared once. Kernels register per device in csrc/cpu and csrc/cuda.
-#include <Python.h>
+// The op schema, declared once. Kernels register per device in csrc/cpu and csrc/cuda; the
+// Python module that loads them is csrc/python_module.cpp.
 #include <torch/library.h>
 
 #include <string>
 
 #include "cpu/isa.h"
-
-extern "C" {
-// `import mnv2_fused._C` loads this library, whose static initializers register the ops.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY(mnv2_fused, m) {
   // x: (N, Cin, H, W), any memory format. Weights have BN folded in:

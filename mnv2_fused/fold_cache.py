@@ -12,37 +12,46 @@ from torch.nn.modules.module import (register_module_buffer_registration_hook,
 
 from ._extension import extension_loaded
 
-# How many parameters, buffers and submodules have been registered or assigned, on any module of
-# the process. While it stands still no cache can have seen a replacement, so a forward needs no
-# walk of its module tree. (Global hooks: one counter increment per registration anywhere.)
-_registrations = 0
+# How many parameters, buffers and submodules have been registered or assigned on any module of
+# the process, plus how many times a fused block's backend was set. While it stands still no
+# cache can have seen a replacement, so a forward needs no walk of its module tree. (Global hooks:
+# one counter increment per registration anywhere.)
+_changes = 0
 
 
-def _count_registration(*_args) -> None:
-    global _registrations
-    _registrations += 1
+def changes() -> int:
+    """The structural-change counter above."""
+    return _changes
+
+
+def note_change(*_args) -> None:
+    """Counts a structural change (a registration hook, or a setting a fused forward depends on)."""
+    global _changes
+    _changes += 1
 
 
 for _register in (register_module_parameter_registration_hook, register_module_buffer_registration_hook,
                   register_module_module_registration_hook):
-    _register(_count_registration)
+    _register(note_change)
 
 
 class _Versions:
-    """The version counters of some tensors, compared in C++ when the extension is loaded (about a
-    microsecond for a whole network; walking the tensors from Python is slower and leaves the
-    caches colder for the kernels that follow)."""
+    """The version counters of some tensors, compared in C++ when the extension is loaded: about a
+    microsecond for a whole network, where reading ~300 versions from Python right after a forward
+    (its objects evicted from the caches) costs tens."""
 
     def __init__(self, tensors: list) -> None:
+        self.snapshot = None
         if extension_loaded():
-            self._snapshot = torch.classes.mnv2_fused.VersionSnapshot(tensors)
+            from . import _C
+
+            self.snapshot = _C.VersionSnapshot(tensors)
         else:
             self._tensors, self._versions = tensors, [t._version for t in tensors]
-            self._snapshot = None
 
     def unchanged(self) -> bool:
-        if self._snapshot is not None:
-            return self._snapshot.unchanged()
+        if self.snapshot is not None:
+            return self.snapshot.unchanged()
         return self._versions == [t._version for t in self._tensors]
 
 
@@ -61,7 +70,7 @@ class FoldCache:
         self._fold = fold
         self._value: Any = None
         self._watch: Optional[list] = None
-        self._seen = -1  # _registrations when the identities were last compared
+        self._seen = -1  # _changes when the identities were last compared
         self._versions: Optional[_Versions] = None
         self._lock = threading.Lock()
 
@@ -84,8 +93,8 @@ class FoldCache:
         watch = self._watch
         if watch is None or self._versions is None:
             return False
-        if self._seen != _registrations:
-            seen = _registrations  # read first: a registration during the walk is checked next time
+        if self._seen != _changes:
+            seen = _changes  # read first: a change during the walk is checked next time
             for d, k, v in watch:
                 if d.get(k) is not v:
                     return False
@@ -93,18 +102,24 @@ class FoldCache:
         return self._versions.unchanged()
 
     def get(self, *modules: nn.Module) -> Any:
+        return self.get_with_snapshot(*modules)[0]
+
+    def get_with_snapshot(self, *modules: nn.Module) -> tuple:
+        """The cached value, and the C++ VersionSnapshot of the tensors it was folded from (None
+        without the extension, or while compiling), read together: whoever runs the value outside
+        Python checks the snapshot instead of calling get()."""
         if torch.compiler.is_compiling():
-            return self._fold(*modules)  # traced into the graph; no Python-side state
+            return self._fold(*modules), None  # traced into the graph; no Python-side state
         with self._lock:
             if not self._current():
                 # Versions are read before folding: a write racing with the fold leaves them behind,
                 # so the next call folds again instead of keeping a half-updated fold.
-                self._seen = _registrations
+                self._seen = _changes
                 self._watch = self._watch_list(modules)
                 self._versions = _Versions([v for _, _, v in self._watch if isinstance(v, torch.Tensor)])
                 with torch.no_grad():
                     self._value = self._fold(*modules)
-            return self._value
+            return self._value, self._versions.snapshot
 
     # Copies and pickles start empty: the lock cannot be copied and the weights refold cheaply.
     def __getstate__(self) -> dict:

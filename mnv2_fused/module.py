@@ -8,7 +8,7 @@ from torch import nn
 
 from .backends import check_backend_name
 from .ops import inverted_residual
-from .fold_cache import FoldCache
+from .fold_cache import FoldCache, note_change
 from .layout import fold_for_kernel
 from .reference import FoldedWeights
 
@@ -91,6 +91,17 @@ class FusedInvertedResidual(nn.Module):
         fused._fold_cache = FoldCache(fold_for_kernel)
         fused.train(block.training)
         return fused
+
+    @property
+    def backend(self) -> str:
+        """The back end this block runs on at inference (see the class docstring)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        check_backend_name(value)
+        self._backend = value
+        note_change()  # a converted network's fast path depends on every block's backend
 
     # -- folded-weight cache ------------------------------------------------------------------
     def refresh(self) -> None:

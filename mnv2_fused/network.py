@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torchvision.models.mobilenetv2 import MobileNetV2
 
+from . import fold_cache
+from ._extension import extension_loaded
 from .fold_cache import FoldCache
 from .layout import fold_for_kernel, kernel_layout
 from .module import FusedInvertedResidual
@@ -65,6 +67,21 @@ def _fold_network(features: nn.Sequential, classifier: nn.Module) -> tuple:
     return (stem_w, stem_stride, stride), blocks, head_w, linear_w, one_call
 
 
+class _FastCall:
+    """The network bound to its one-call op in C++ (mnv2_fused._C.NetworkCall) and the
+    structural-change counter it is valid for, as one pair (one attribute read gets both, whatever
+    other threads do). Copies and pickles start empty: the next forward binds again."""
+
+    def __init__(self) -> None:
+        self.state: tuple = (None, -1)
+
+    def __deepcopy__(self, memo) -> "_FastCall":
+        return _FastCall()
+
+    def __reduce__(self):
+        return _FastCall, ()
+
+
 class FusedMobileNetV2(MobileNetV2):
     """torchvision's MobileNetV2 (same attributes, submodules and state_dict keys) whose inference
     forward runs three fused stages on the CPU:
@@ -84,6 +101,7 @@ class FusedMobileNetV2(MobileNetV2):
         # One cache for the whole network: a forward checks its tensors once, not per block.
         self._net_cache = FoldCache(_fold_network)
         self._fusable_for: tuple = ()
+        self._fast = _FastCall()
 
     def _fusable(self) -> bool:
         # Re-checked only when a stage is replaced.
@@ -99,17 +117,36 @@ class FusedMobileNetV2(MobileNetV2):
         return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        # The fast path: the previous forward's checks still hold (nothing registered or assigned
+        # anywhere, no backend set since), and the C++ call checks x and the weights' versions. Kept
+        # this short on purpose: right after a forward, each Python step here is a cache miss.
+        call, changes = self._fast.state
+        if (call is not None and changes == fold_cache.changes() and not self.training
+                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+            y = call(x)
+            if y is not None:
+                return y
+        return self._checked_forward(x)
+
+    def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._needs_reference(x):
             return super()._forward_impl(x)
-        (stem_w, stem_stride, stride), blocks, head_w, linear_w, one_call = self._net_cache.get(
-            self.features, self.classifier)
+        changes = fold_cache.changes()  # read before the checks it vouches for
+        value, snapshot = self._net_cache.get_with_snapshot(self.features, self.classifier)
+        (stem_w, stem_stride, stride), blocks, head_w, linear_w, one_call = value
         # Each block's backend is read per call: it is a plain attribute the cache cannot watch.
         backends = [getattr(m, "backend", "auto") for m in list(self.features)[1:-1]]
         use_kernel = backends[0] in ("auto", "cpu")  # the stem follows the first block's choice
         if (use_kernel and all(b in ("auto", "cpu") for b in backends) and cpu_kernel_runs(x)
                 and not torch.compiler.is_compiling()):
             y = torch.ops.mnv2_fused.mobilenet_v2_forward(x, *one_call)
-            return self.classifier(y) if linear_w is None else y
+            if linear_w is None:
+                return self.classifier(y)
+            if snapshot is not None and extension_loaded() and not torch.is_grad_enabled():
+                from . import _C
+
+                self._fast.state = (_C.NetworkCall(snapshot, *one_call), changes)
+            return y
         y = stem_block(x, stem_w, stem_stride, stride, use_kernel)
         for (w, s, residual), backend in zip(blocks, backends[1:]):
             y = inverted_residual(y, w, s, residual, backend)
@@ -118,6 +155,7 @@ class FusedMobileNetV2(MobileNetV2):
 
     def _apply(self, fn, *args, **kwargs):
         self._net_cache.clear()
+        self._fast.state = (None, -1)
         return super()._apply(fn, *args, **kwargs)
 
 

@@ -1,0 +1,90 @@
+// The Python module mnv2_fused._C. Importing it loads this library, whose static initializers
+// register the ops (csrc/ops.cpp and each device's kernels). It also holds what keeps a converted
+// network's per-forward bookkeeping out of Python: right after a forward has streamed megabytes
+// of weights through the caches, every Python object and code path a forward touches is a cache
+// miss, and walking ~300 parameters' versions from Python, or parsing ~100 weight tensors into an
+// op call, measurably costs (~0.1-0.2 ms of a 4 ms forward).
+#include <torch/extension.h>
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+namespace mnv2_fused {
+namespace {
+
+// The version counters of some tensors at construction, and whether any moved since.
+class VersionSnapshot {
+ public:
+  explicit VersionSnapshot(std::vector<at::Tensor> tensors) : tensors_(std::move(tensors)) {
+    versions_.reserve(tensors_.size());
+    for (const at::Tensor& t : tensors_) versions_.push_back(t._version());
+  }
+
+  bool unchanged() const {
+    for (size_t i = 0; i < tensors_.size(); ++i)
+      if (tensors_[i]._version() != versions_[i]) return false;
+    return true;
+  }
+
+ private:
+  std::vector<at::Tensor> tensors_;  // kept alive so that no counter is read after its tensor died
+  std::vector<int64_t> versions_;
+};
+
+// A converted MobileNetV2's folded weights bound to mnv2_fused::mobilenet_v2_forward, and the
+// versions of the tensors they were folded from.
+class NetworkCall {
+ public:
+  NetworkCall(std::shared_ptr<VersionSnapshot> versions, std::vector<at::Tensor> stem, int64_t stem_stride,
+              int64_t stride, std::vector<std::optional<at::Tensor>> blocks, std::vector<int64_t> block_strides,
+              std::vector<int64_t> block_residuals, std::vector<at::Tensor> head, std::vector<at::Tensor> classifier)
+      : versions_(std::move(versions)),
+        stem_(std::move(stem)),
+        stem_stride_(stem_stride),
+        stride_(stride),
+        block_strides_(std::move(block_strides)),
+        block_residuals_(std::move(block_residuals)),
+        head_(std::move(head)),
+        classifier_(std::move(classifier)) {
+    for (auto& b : blocks) blocks_.push_back(std::move(b));
+  }
+
+  // The network's output for x; nullopt when x is not a float32 CPU tensor or a weight changed
+  // since the fold (the caller then takes the general path, which folds again).
+  std::optional<at::Tensor> operator()(const at::Tensor& x) const {
+    if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || !versions_->unchanged()) return std::nullopt;
+    // Through the dispatcher, so profilers and dispatch modes see the op as from Python.
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("mnv2_fused::mobilenet_v2_forward", "")
+            .typed<at::Tensor(const at::Tensor&, at::TensorList, int64_t, int64_t,
+                              const c10::List<std::optional<at::Tensor>>&, at::IntArrayRef, at::IntArrayRef,
+                              at::TensorList, at::TensorList)>();
+    return op.call(x, stem_, stem_stride_, stride_, blocks_, block_strides_, block_residuals_, head_, classifier_);
+  }
+
+ private:
+  std::shared_ptr<VersionSnapshot> versions_;
+  std::vector<at::Tensor> stem_;
+  int64_t stem_stride_, stride_;
+  c10::List<std::optional<at::Tensor>> blocks_;
+  std::vector<int64_t> block_strides_, block_residuals_;
+  std::vector<at::Tensor> head_, classifier_;
+};
+
+}  // namespace
+}  // namespace mnv2_fused
+
+PYBIND11_MODULE(_C, m) {
+  using mnv2_fused::NetworkCall;
+  using mnv2_fused::VersionSnapshot;
+  pybind11::class_<VersionSnapshot, std::shared_ptr<VersionSnapshot>>(m, "VersionSnapshot")
+      .def(pybind11::init<std::vector<at::Tensor>>())
+      .def("unchanged", &VersionSnapshot::unchanged);
+  pybind11::class_<NetworkCall>(m, "NetworkCall")
+      .def(pybind11::init<std::shared_ptr<VersionSnapshot>, std::vector<at::Tensor>, int64_t, int64_t,
+                          std::vector<std::optional<at::Tensor>>, std::vector<int64_t>, std::vector<int64_t>,
+                          std::vector<at::Tensor>, std::vector<at::Tensor>>())
+      .def("__call__", &NetworkCall::operator(), pybind11::call_guard<pybind11::gil_scoped_release>());
+}
