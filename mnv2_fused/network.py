@@ -10,7 +10,7 @@ from torchvision.models.mobilenetv2 import MobileNetV2
 from . import fold_cache
 from ._extension import extension_loaded
 from .fold_cache import FoldCache
-from .layout import fold_for_kernel, kernel_layout
+from .layout import fold_for_kernel, matrix_layout
 from .module import FusedInvertedResidual
 from .ops import inverted_residual
 from .stem_head import cpu_kernel_runs, fold_head, fold_stem, head_pool, linear, stem_block
@@ -58,7 +58,7 @@ def _fold_network(features: nn.Sequential, classifier: nn.Module) -> tuple:
     mods = list(features)
     stem, first, head = mods[0], mods[1], mods[-1]
     blocks = tuple((fold_for_kernel(m.conv), m.stride, m.use_res_connect) for m in mods[2:-1])
-    linear_w = ((kernel_layout(classifier[1].weight), classifier[1].bias.detach())
+    linear_w = ((matrix_layout(classifier[1].weight), classifier[1].bias.detach())
                 if _plain_classifier(classifier) else None)
     stem_w, stem_stride, stride = fold_stem(stem, first.conv), stem[0].stride[0], first.conv[0][0].stride[0]
     head_w = fold_head(head)

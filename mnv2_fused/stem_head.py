@@ -12,7 +12,7 @@ from torch import nn
 
 from . import _extension
 from .backends import _has_kernel
-from .layout import fold_for_kernel, kernel_layout
+from .layout import as_matrix, fold_for_kernel, kernel_layout, matrix_layout
 from .reference import _relu6, fold_bn
 
 
@@ -37,9 +37,10 @@ def fold_stem(stem: nn.Sequential, block_conv: nn.Sequential) -> StemWeights:
 
 
 def fold_head(head: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
-    """Folds torchvision's last Conv2dNormActivation (1x1) into (Cout, Cin) and (Cout)."""
+    """Folds torchvision's last Conv2dNormActivation (1x1) into (Cout, Cin) (packed for the CPU
+    kernel, see layout.matrix_layout) and (Cout)."""
     w, b = fold_bn(head[0].weight, head[1])
-    return kernel_layout(w.flatten(1)), b.detach().contiguous()
+    return matrix_layout(w.flatten(1)), b.detach().contiguous()
 
 
 def stem_reference(x: torch.Tensor, w: StemWeights, stem_stride: int, stride: int) -> torch.Tensor:
@@ -50,6 +51,8 @@ def stem_reference(x: torch.Tensor, w: StemWeights, stem_stride: int, stride: in
 
 
 def head_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """w: (Cout, Cin) or packed."""
+    w = as_matrix(w, b.shape[0])
     return _relu6(F.conv2d(x, w[:, :, None, None], b)).mean(dim=(2, 3))
 
 
@@ -77,10 +80,10 @@ def head_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, use_kernel: boo
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, use_kernel: bool = True) -> torch.Tensor:
-    """F.linear, on the CPU kernel when it can run x."""
+    """F.linear, on the CPU kernel when it can run x; w (O, K) or packed."""
     if use_kernel and cpu_kernel_runs(x):
         return torch.ops.mnv2_fused.linear(x, w, b)
-    return F.linear(x, w, b)
+    return F.linear(x, as_matrix(w, b.shape[0]), b)
 
 
 if _extension.extension_loaded():
@@ -96,14 +99,14 @@ if _extension.extension_loaded():
     @torch.library.register_fake("mnv2_fused::mobilenet_v2_forward")
     def _network_fake(x, stem, stem_stride, stride, blocks, block_strides, block_residuals, head, classifier):
         torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
-        return x.new_empty((x.shape[0], (classifier or head)[0].shape[0]))
+        return x.new_empty((x.shape[0], (classifier or head)[1].shape[0]))
 
     @torch.library.register_fake("mnv2_fused::linear")
     def _linear_fake(x, w, b):
         torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
-        return x.new_empty((x.shape[0], w.shape[0]))
+        return x.new_empty((x.shape[0], b.shape[0]))
 
     @torch.library.register_fake("mnv2_fused::pointwise_relu6_mean")
     def _head_fake(x, w, b):
         torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
-        return x.new_empty((x.shape[0], w.shape[0]))
+        return x.new_empty((x.shape[0], b.shape[0]))

@@ -14,7 +14,7 @@ from torchvision.models.mobilenetv2 import MobileNetV2
 
 import mnv2_fused
 from mnv2_fused import FusedMobileNetV2, convert
-from mnv2_fused.layout import kernel_layout
+from mnv2_fused.layout import as_matrix, kernel_layout, pack_columns
 from mnv2_fused.stem_head import StemWeights, head_reference, stem_reference
 from helpers import make_input, randomize_bn, rel_err
 from memory import peak_cpu_bytes
@@ -64,7 +64,7 @@ def test_head_op_matches_reference(cin, cout, hw, layout):
     w, b = torch.randn(cout, cin, generator=g) * cin ** -0.5, torch.randn(cout, generator=g)
     x = make_input((3, cin, *hw), layout)
     ref = head_reference(x, w, b)
-    for weight in (w, kernel_layout(w)):  # any layout; the cached one is read in place
+    for weight in (w, kernel_layout(w), pack_columns(w)):  # any layout; the cached one is read in place
         assert rel_err(torch.ops.mnv2_fused.pointwise_relu6_mean(x, weight, b), ref) <= TOL
 
 
@@ -73,7 +73,7 @@ def test_linear_op_matches_torch(n, k, o):
     g = torch.Generator().manual_seed(n + k)
     x, w, b = torch.randn(n, 2 * k, generator=g)[:, ::2], torch.randn(o, k, generator=g), torch.randn(o, generator=g)
     ref = F.linear(x, w, b)
-    for weight in (w, kernel_layout(w)):
+    for weight in (w, kernel_layout(w), pack_columns(w)):
         assert rel_err(torch.ops.mnv2_fused.linear(x, weight, b), ref) <= TOL
 
 
@@ -99,6 +99,21 @@ def test_bad_arguments_raise_clear_errors():
         torch.ops.mnv2_fused.pointwise_relu6_mean(torch.randn(1, 5, 2, 2), torch.randn(6, 4), torch.randn(6))
     with pytest.raises(ValueError, match="x must be"):
         torch.ops.mnv2_fused.linear(torch.randn(2, 3, 4), torch.randn(6, 4), torch.randn(6))
+    packed = pack_columns(torch.randn(20, 4))  # (2, 4, 16)
+    with pytest.raises(ValueError, match="packed w must have shape"):
+        torch.ops.mnv2_fused.linear(torch.randn(2, 4), packed, torch.randn(40))
+    with pytest.raises(ValueError, match="packed w must be contiguous"):
+        torch.ops.mnv2_fused.linear(torch.randn(2, 4), packed.transpose(0, 1).contiguous().transpose(0, 1),
+                                    torch.randn(20))
+    with pytest.raises(ValueError, match="w must be"):
+        torch.ops.mnv2_fused.pointwise_relu6_mean(torch.randn(1, 4, 2, 2), torch.randn(20), torch.randn(20))
+
+
+def test_packed_weights_round_trip():
+    w = torch.randn(37, 11)
+    p = pack_columns(w)
+    assert p.shape == (3, 11, 16) and p.is_contiguous()
+    assert torch.equal(as_matrix(p, 37), w) and torch.equal(p[2, :, 5:], torch.zeros(11, 11))
 
 
 def test_opcheck_new_ops():
@@ -109,6 +124,10 @@ def test_opcheck_new_ops():
     torch.library.opcheck(torch.ops.mnv2_fused.pointwise_relu6_mean.default,
                           (make_input((2, 8, 3, 3)), torch.randn(12, 8), torch.randn(12)))
     torch.library.opcheck(torch.ops.mnv2_fused.linear.default, (torch.randn(2, 8), torch.randn(12, 8), torch.randn(12)))
+    torch.library.opcheck(torch.ops.mnv2_fused.pointwise_relu6_mean.default,
+                          (make_input((2, 8, 3, 3)), pack_columns(torch.randn(12, 8)), torch.randn(12)))
+    torch.library.opcheck(torch.ops.mnv2_fused.linear.default,
+                          (torch.randn(2, 8), pack_columns(torch.randn(12, 8)), torch.randn(12)))
 
 
 @pytest.mark.parametrize("size", [(224, 224), (97, 131), (32, 32)])

@@ -16,11 +16,13 @@ at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const 
   check_pointwise_pool(x, w, b);
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat,
                    "mnv2_fused.pointwise_relu6_mean: the CPU kernel supports float32 only, got ", x.scalar_type());
-  const int64_t n = x.size(0), cin = x.size(1), cout = w.size(0);
+  const int64_t n = x.size(0), cin = x.size(1), cout = b.size(0);
   at::Tensor y = at::empty({n, cout}, x.options());
   if (y.numel() == 0) return y;
-  at::Tensor keep_w, keep_b;  // (Cin, Cout): no copy when cached so
-  PoolArgs a{x.data_ptr<float>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3), out_fastest(w, {1, 0}, keep_w),
+  at::Tensor keep_w, keep_b;  // no copy when cached packed or (Cin, Cout)
+  bool packed = false;
+  const float* w_ptr = matrix_columns(w, keep_w, packed);
+  PoolArgs a{x.data_ptr<float>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3), w_ptr, packed,
              contiguous_ptr(b, keep_b), y.data_ptr<float>(), cin, cout, x.size(2), x.size(3)};
   const Isa& isa = cpu_isa();
   const int64_t block = 4 * isa.lanes, blocks = (cout + block - 1) / block;
@@ -37,12 +39,14 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   check_linear(x, w, b);
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "mnv2_fused.linear: the CPU kernel supports float32 only, got ",
                    x.scalar_type());
-  const int64_t n = x.size(0), o = w.size(0);
+  const int64_t n = x.size(0), o = b.size(0);
   at::Tensor y = at::empty({n, o}, x.options());
   if (y.numel() == 0) return y;
   at::Tensor keep_w, keep_b;
-  const LinearArgs a{x.data_ptr<float>(), x.stride(0), x.stride(1), out_fastest(w, {1, 0}, keep_w),
-                     contiguous_ptr(b, keep_b), y.data_ptr<float>(), x.size(1), o};
+  bool packed = false;
+  const float* w_ptr = matrix_columns(w, keep_w, packed);
+  const LinearArgs a{x.data_ptr<float>(), x.stride(0), x.stride(1), w_ptr, packed, contiguous_ptr(b, keep_b),
+                     y.data_ptr<float>(), x.size(1), o};
   const Isa& isa = cpu_isa();
   // Column blocks, so every thread streams its own part of the weight.
   const int64_t block = 4 * isa.lanes, blocks = (o + block - 1) / block;

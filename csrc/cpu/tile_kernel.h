@@ -69,6 +69,9 @@ struct TilePlan {
   int64_t plane_pixels = 0;      // with groups: output pixels of the call, one partial plane each
 };
 
+// Output channels per group of a packed weight (see check_matrix_weight in ../checks.h).
+constexpr int64_t kPackedColumns = 16;
+
 // Rows of a GEMM micro-tile NV vectors wide, with max_acc vector accumulators: as many as the
 // accumulators allow, but no more than 12 (one vector) or 8 (wider), because each row's A pointer
 // must stay in a register or the tile turns load-bound.
@@ -119,11 +122,14 @@ using SumGroupsFn = void (*)(const BlockArgs&, const TilePlan&, const float* par
 
 // y[n, o] = mean over pixels of relu6(b[o] + sum_c x[n, c, pixel] w[c, o]) for the pixels of
 // images [n0, n1): the network's last 1x1 convolution with its global average pool, so the wide
-// tensor between them never exists. w is (cin, cout); x has any strides; y is (N, cout) contiguous.
+// tensor between them never exists. w is (cin, cout) row-major, or packed (w_packed: groups of
+// kPackedColumns output channels, each (cin, kPackedColumns) contiguous, one after another); x has
+// any strides; y is (N, cout) contiguous.
 struct PoolArgs {
   const float* x;
   int64_t sxn, sxc, sxh, sxw;
   const float* w;
+  bool w_packed;
   const float* b;
   float* y;
   int64_t cin, cout, h, wd;
@@ -132,11 +138,12 @@ struct PoolArgs {
 using PoolFn = void (*)(const PoolArgs&, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
 
 // y[n, o] = b[o] + sum_k x[n, k] w[k, o] for rows [n0, n1) and columns [j0, j1): the classifier.
-// w is (K, O); x has any strides; y is (N, O) contiguous.
+// w is (K, O) row-major or packed as in PoolArgs; x has any strides; y is (N, O) contiguous.
 struct LinearArgs {
   const float* x;
   int64_t sxn, sxk;
   const float* w;
+  bool w_packed;
   const float* b;
   float* y;
   int64_t k, o;

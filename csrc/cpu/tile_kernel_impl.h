@@ -34,7 +34,7 @@ enum class Store { kRelu6, kPlain, kPool };
 struct Gemm {
   int64_t K;
   const float* B;  // row k at B + k * ldb; columns are output channels
-  int64_t ldb;
+  int64_t ldb;     // packed B: kPackedColumns
   const float* const* a;  // element k of row i at a[i][k * ak]
   int64_t ak;
   const float* const* init;  // rows the sums start from (accumulating a chunk), or null: the bias
@@ -45,6 +45,8 @@ struct Gemm {
   int64_t rk;
   Store store;
   float* pool;  // kPool: relu6 of each row is summed into pool[j]
+  // Packed B when not 0: columns in groups of kPackedColumns, group g at B + g * group_stride.
+  int64_t group_stride = 0;
 };
 
 // Rows [i0, i0 + m) (m <= MR) times columns [j0, j0 + ncols) (ncols in ((NV-1) L, NV L]).
@@ -53,7 +55,7 @@ struct Gemm {
 // which stays inside B except on its last `masked` rows (masked_rows()); those load the tail
 // masked, after the main loop (a masked load inside it would make the compiler keep the
 // accumulators in memory).
-template <int NV, int MR>
+template <int NV, int MR, bool kPacked>
 void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t masked) {
   const Mask tail = make_mask(ncols - (NV - 1) * kLanes);
   // Plain conditionals, not std::min: its reference result made GCC build every row index on the
@@ -77,17 +79,30 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
       for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
     }
   };
-  int64_t k = 0;
-  for (; k < K - masked; ++k, brow += ldb) {
-    vec b[NV];
-    for (int j = 0; j < NV; ++j) b[j] = load(brow + j * kLanes);
-    step(b, k);
-  }
-  for (; k < K; ++k, brow += ldb) {
-    vec b[NV];
-    for (int j = 0; j < NV - 1; ++j) b[j] = load(brow + j * kLanes);
-    b[NV - 1] = load_m(brow + (NV - 1) * kLanes, tail);
-    step(b, k);
+  if constexpr (kPacked) {  // every vector inside its zero-padded group: no masks
+    const float* bp[NV];
+    for (int j = 0; j < NV; ++j) {
+      const int64_t col = j0 + j * kLanes;
+      bp[j] = g.B + col / kPackedColumns * g.group_stride + col % kPackedColumns;
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      vec b[NV];
+      for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + k * kPackedColumns);
+      step(b, k);
+    }
+  } else {
+    int64_t k = 0;
+    for (; k < K - masked; ++k, brow += ldb) {
+      vec b[NV];
+      for (int j = 0; j < NV; ++j) b[j] = load(brow + j * kLanes);
+      step(b, k);
+    }
+    for (; k < K; ++k, brow += ldb) {
+      vec b[NV];
+      for (int j = 0; j < NV - 1; ++j) b[j] = load(brow + j * kLanes);
+      b[NV - 1] = load_m(brow + (NV - 1) * kLanes, tail);
+      step(b, k);
+    }
   }
 
   if (g.store == Store::kPool) {
@@ -130,7 +145,7 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
 }
 
 // Every row of one column panel, in micro-tiles of MR rows, then MR/2 and MR/4 for the remainder.
-template <int NV>
+template <int NV, bool kPacked>
 void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   constexpr int MR1 = static_cast<int>(tile_rows(NV, kMaxAcc)), MR2 = (MR1 + 1) / 2, MR3 = (MR1 + 3) / 4;
   // B's last rows that a whole tail vector would read past (see micro).
@@ -139,13 +154,13 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   while (i < M) {
     const int64_t rem = M - i;
     if (rem > MR2) {
-      micro<NV, MR1>(g, i, static_cast<int>(std::min<int64_t>(rem, MR1)), j0, ncols, masked);
+      micro<NV, MR1, kPacked>(g, i, static_cast<int>(std::min<int64_t>(rem, MR1)), j0, ncols, masked);
       i += MR1;
     } else if (rem > MR3) {
-      micro<NV, MR2>(g, i, static_cast<int>(rem), j0, ncols, masked);
+      micro<NV, MR2, kPacked>(g, i, static_cast<int>(rem), j0, ncols, masked);
       i += MR2;
     } else {
-      micro<NV, MR3>(g, i, static_cast<int>(rem), j0, ncols, masked);
+      micro<NV, MR3, kPacked>(g, i, static_cast<int>(rem), j0, ncols, masked);
       i += MR3;
     }
   }
@@ -191,7 +206,28 @@ void column_small_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
 
 // Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
 // narrow panels have taller micro-tiles, whose row pointers crowd the registers.
+template <bool kPacked>
+void panels(const Gemm& g, int64_t M, int64_t N) {
+  const int64_t vectors = (N + kLanes - 1) / kLanes, count = (vectors + 3) / 4;
+  int64_t j0 = 0;
+  for (int64_t p = 0; p < count; ++p) {
+    const int64_t nv = vectors / count + (p < vectors % count ? 1 : 0);
+    const int ncols = static_cast<int>(std::min<int64_t>(nv * kLanes, N - j0));
+    switch (nv) {
+      case 1: panel<1, kPacked>(g, M, j0, ncols); break;
+      case 2: panel<2, kPacked>(g, M, j0, ncols); break;
+      case 3: panel<3, kPacked>(g, M, j0, ncols); break;
+      default: panel<4, kPacked>(g, M, j0, ncols); break;
+    }
+    j0 += nv * kLanes;
+  }
+}
+
 void gemm(const Gemm& g, int64_t M, int64_t N) {
+  if (g.group_stride) {
+    panels<true>(g, M, N);
+    return;
+  }
   // Only where the registers hold B's K rows beside the rows in flight: AVX-512's 32.
   constexpr bool small_k_fits = kMaxAcc >= 24;
   if (small_k_fits && (g.K == 16 || g.K == 24 || g.K == 27) && (g.store == Store::kRelu6 || g.store == Store::kPlain) &&
@@ -204,19 +240,7 @@ void gemm(const Gemm& g, int64_t M, int64_t N) {
     }
     return;
   }
-  const int64_t vectors = (N + kLanes - 1) / kLanes, panels = (vectors + 3) / 4;
-  int64_t j0 = 0;
-  for (int64_t p = 0; p < panels; ++p) {
-    const int64_t nv = vectors / panels + (p < vectors % panels ? 1 : 0);
-    const int ncols = static_cast<int>(std::min<int64_t>(nv * kLanes, N - j0));
-    switch (nv) {
-      case 1: panel<1>(g, M, j0, ncols); break;
-      case 2: panel<2>(g, M, j0, ncols); break;
-      case 3: panel<3>(g, M, j0, ncols); break;
-      default: panel<4>(g, M, j0, ncols); break;
-    }
-    j0 += nv * kLanes;
-  }
+  panels<false>(g, M, N);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,6 +454,11 @@ void MNV2_CAT(sum_groups_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, cons
   }
 }
 
+// Where column j0 (a multiple of kPackedColumns when packed) of a (K, O) weight starts.
+static const float* weight_columns(const float* w, bool packed, int64_t k, int64_t j0) {
+  return packed ? w + j0 / kPackedColumns * kPackedColumns * k : w + j0;
+}
+
 void MNV2_CAT(pointwise_pool_, MNV2_ISA)(const PoolArgs& a, int64_t n0, int64_t n1, int64_t j0, int64_t j1) {
   const float* a_rows[kRowBlock];
   const int64_t pixels = a.h * a.wd;
@@ -440,7 +469,9 @@ void MNV2_CAT(pointwise_pool_, MNV2_ISA)(const PoolArgs& a, int64_t n0, int64_t 
       const int64_t m = std::min(kRowBlock, pixels - i0);
       for (int64_t i = 0; i < m; ++i)
         a_rows[i] = a.x + n * a.sxn + (i0 + i) / a.wd * a.sxh + (i0 + i) % a.wd * a.sxw;
-      Gemm g{a.cin, a.w + j0, a.cout, a_rows, a.sxc, nullptr, a.b + j0, nullptr, 1, nullptr, 0, Store::kPool, y + j0};
+      Gemm g{a.cin,   weight_columns(a.w, a.w_packed, a.cin, j0), a.w_packed ? kPackedColumns : a.cout,
+             a_rows,  a.sxc, nullptr, a.b + j0, nullptr, 1, nullptr, 0, Store::kPool, y + j0,
+             a.w_packed ? kPackedColumns * a.cin : 0};
       gemm(g, m, j1 - j0);
     }
     const float scale = 1.f / static_cast<float>(pixels);
@@ -457,7 +488,9 @@ void MNV2_CAT(linear_, MNV2_ISA)(const LinearArgs& a, int64_t n0, int64_t n1, in
       a_rows[i] = a.x + (i0 + i) * a.sxn;
       c_rows[i] = a.y + (i0 + i) * a.o + j0;
     }
-    Gemm g{a.k, a.w + j0, a.o, a_rows, a.sxk, nullptr, a.b + j0, c_rows, 1, nullptr, 0, Store::kPlain, nullptr};
+    Gemm g{a.k,    weight_columns(a.w, a.w_packed, a.k, j0), a.w_packed ? kPackedColumns : a.o,
+           a_rows, a.sxk, nullptr, a.b + j0, c_rows, 1, nullptr, 0, Store::kPlain, nullptr,
+           a.w_packed ? kPackedColumns * a.k : 0};
     gemm(g, m, j1 - j0);
   }
 }
