@@ -2,15 +2,13 @@
 
     python benchmarks/ab_network.py [--batch 1 8] [--rounds 4] [--runs 20]
 
-The pytest-benchmark run times each provider once, after the others; on a shared machine one
-provider can land in a slow spell. This alternates blocks of fused and ONNX Runtime runs (with a
-pause between, so idle thread pools stop spinning) and reports the medians over all blocks.
+The pytest-benchmark run also records this ratio for every configuration (extra_info); this
+script repeats it for the whole network alone, with more rounds (see measure.alternating_medians).
 """
 import argparse
 import copy
 import os
 import sys
-import time
 
 import torch
 import torchvision
@@ -19,13 +17,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from helpers import randomize_bn  # noqa: E402
 
 import mnv2_fused  # noqa: E402
-from mnv2_fused.measure import run_times  # noqa: E402
+from mnv2_fused.measure import alternating_medians  # noqa: E402
 from mnv2_fused.onnx_runtime import ort_runner  # noqa: E402
-
-
-def timed_block(fn, runs):
-    time.sleep(0.3)  # idle thread pools of the other provider stop spinning
-    return run_times(fn, warmup=3, repeat=runs)
 
 
 def main():
@@ -43,12 +36,9 @@ def main():
         if ort is None:
             sys.exit("onnxruntime is not installed")
         runs = args.runs if batch == 1 else max(3, args.runs // 4)
-        t_fused, t_ort = [], []
         with torch.no_grad():
-            for _ in range(args.rounds):
-                t_fused += timed_block(lambda: fused(x), runs)
-                t_ort += timed_block(ort, runs)
-        f, o = sorted(t_fused)[len(t_fused) // 2] * 1e3, sorted(t_ort)[len(t_ort) // 2] * 1e3
+            med = alternating_medians({"fused": lambda: fused(x), "ort": ort}, rounds=args.rounds, repeat=runs)
+        f, o = med["fused"] * 1e3, med["ort"] * 1e3
         print(f"batch {batch}: fused {f:.2f}  onnxruntime {o:.2f}  ORT/fused {o / f:.2f}x")
 
 

@@ -19,7 +19,7 @@ def main():
         provider = b["params"]["provider"]
         groups[b["group"]][provider] = b
     providers = ["fused", "eager_nchw", "eager_channels_last", "onnxruntime", "compile"]
-    header = f"{'configuration':<48}" + "".join(f"{p[:12]:>13}" for p in providers) + f"{'fused/ORT':>10}{'GFLOP/s':>9}{'of peak':>8}{'fused MiB':>10}{'eager MiB':>10}"
+    header = f"{'configuration':<48}" + "".join(f"{p[:12]:>13}" for p in providers) + f"{'fused/ORT':>10}{'altern.':>8}{'GFLOP/s':>9}{'of peak':>8}{'fused MiB':>10}{'eager MiB':>10}"
     print(header)
     rows = []
     for group, entries in groups.items():
@@ -30,11 +30,14 @@ def main():
         gflops = fused["extra_info"].get("gflops", float("nan")) if fused else float("nan")
         fmem = fused["extra_info"].get("peak_bytes") if fused else None
         emem = entries.get("eager_nchw", {}).get("extra_info", {}).get("peak_bytes")
-        line += f"{ratio:>9.2f}x{gflops:>9.1f}{gflops / args.peak_gflops:>8.0%}"
+        alt = fused["extra_info"].get("ort_over_fused", float("nan")) if fused else float("nan")
+        line += f"{ratio:>9.2f}x{alt:>7.2f}x{gflops:>9.1f}{gflops / args.peak_gflops:>8.0%}"
         line += f"{fmem / 2**20 if fmem is not None else float('nan'):>10.2f}{emem / 2**20 if emem is not None else float('nan'):>10.2f}"
         print(line)
         rows.append((group, med))
-    print("\nmedian latency in ms; fused/ORT > 1 means the fused kernel is faster than ONNX Runtime.")
+    print("\nmedian latency in ms; fused/ORT > 1 means the fused kernel is faster than ONNX Runtime: from the")
+    print("medians above, and (altern.) from alternating blocks of fused and ONNX Runtime runs, steadier on a")
+    print("shared machine.")
     if args.plot:
         import matplotlib
 

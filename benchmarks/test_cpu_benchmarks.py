@@ -5,7 +5,10 @@ torch.compile, per Table-2 block at 224x224 input resolution and for the whole m
     python benchmarks/summarize.py benchmarks/results/cpu.json [--plot chart.png]
 
 One group per configuration; peak CPU memory (bytes allocated during one call) and GFLOP/s are
-in each entry's extra_info. Compare providers as ratios within one run.
+in each entry's extra_info. Compare providers as ratios within one run: the fused entry's
+extra_info also holds ort_over_fused, ONNX Runtime's median over the fused kernel's from
+alternating blocks of runs (measure.alternating_medians), which a slow spell of the shared machine
+cannot tilt the way it can tilt two medians taken one after the other.
 """
 import copy
 import time
@@ -15,8 +18,8 @@ import torch
 import torchvision
 
 from mnv2_fused import convert
-from mnv2_fused.measure import peak_cpu_bytes
-from mnv2_fused.onnx_runtime import ort_runner
+from mnv2_fused.measure import alternating_medians, peak_cpu_bytes
+from mnv2_fused.onnx_runtime import onnxruntime_available, ort_runner
 from helpers import make_block, randomize_bn, table2_blocks
 
 BATCHES = [1, 8]
@@ -28,6 +31,11 @@ def block_flops(cin, cout, stride, t, res, batch):
     hidden, out_res = cin * t, (res - 1) // stride + 1
     expand = res * res * cin * hidden if t != 1 else 0
     return 2 * batch * (expand + out_res * out_res * hidden * (9 + cout))
+
+
+# Alternating rounds, and runs per round by batch size, for the fused-vs-ONNX Runtime ratio.
+ALTERNATING_ROUNDS = 4
+ALTERNATING_RUNS = {1: 20, 8: 4}
 
 
 def make_runner(provider, model, x):
@@ -62,6 +70,12 @@ def run_benchmark(benchmark, provider, model, x, flops):
         # Runtime's pool): let the previous provider's go quiet so they do not steal this one's cores.
         time.sleep(0.3)
         benchmark.pedantic(fn, rounds=15, iterations=1, warmup_rounds=2)
+        if provider == "fused":
+            ort = make_runner("onnxruntime", model, x) if onnxruntime_available() else None
+            if ort is not None:
+                med = alternating_medians({"fused": fn, "ort": ort}, rounds=ALTERNATING_ROUNDS,
+                                          repeat=ALTERNATING_RUNS.get(x.shape[0], 4), pause=0.1)
+                benchmark.extra_info["ort_over_fused"] = med["ort"] / med["fused"]
     benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.median / 1e9
 
 

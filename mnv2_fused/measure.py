@@ -38,3 +38,18 @@ def run_times(fn: Callable[[], object], warmup: int = 3, repeat: int = 20) -> li
 def median_ms(fn: Callable[[], object], warmup: int = 3, repeat: int = 20) -> float:
     """Median wall time of fn() in milliseconds, after warm-up."""
     return statistics.median(run_times(fn, warmup, repeat)) * 1e3
+
+
+def alternating_medians(fns: dict[str, Callable[[], object]], rounds: int = 4, repeat: int = 20,
+                        pause: float = 0.3) -> dict[str, float]:
+    """Median wall time of each of ``fns``, in seconds, over ``rounds`` alternations of a block of
+    ``repeat`` calls each. On a shared machine a slow spell lasts seconds: timed one after the
+    other, one function can land in it and the other not; alternating, both see it alike, so the
+    ratio of the medians is steady where the medians themselves are not. The pause before each
+    block lets the previous function's idle thread pool stop spinning on the cores."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(pause)
+            times[name] += run_times(fn, warmup=2, repeat=repeat)
+    return {name: statistics.median(t) for name, t in times.items()}
