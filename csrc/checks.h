@@ -29,18 +29,22 @@ inline void check_weight(const at::Tensor& t, const at::Tensor& x, const char* n
 // stream it, (ceil(O / 16), K, 16) contiguous: block g holds output channels 16g..16g+15 for
 // every k, zero past O (see mnv2_fused/layout.py, pack_columns).
 inline void check_matrix_weight(const at::Tensor& w, const at::Tensor& b, const at::Tensor& x, int64_t k,
-                                const char* op) {
-  TORCH_CHECK_VALUE(b.dim() == 1, op, ": b must be 1-D (O), got ", b.sizes());
+                                const char* op, const char* w_name = "w", const char* b_name = "b") {
+  TORCH_CHECK_VALUE(b.dim() == 1, op, ": ", b_name, " must be 1-D, got ", b.sizes());
   const int64_t o = b.size(0);
   if (w.dim() == 3) {
     const int64_t groups = (o + cpu::kPackedColumns - 1) / cpu::kPackedColumns;
-    check_weight(w, x, "packed w", {groups, k, cpu::kPackedColumns}, op);
-    TORCH_CHECK_VALUE(w.is_contiguous(), op, ": a packed w must be contiguous");
+    TORCH_CHECK_VALUE(w.sizes() == at::IntArrayRef({groups, k, cpu::kPackedColumns}), op, ": packed ", w_name,
+                      " must have shape ", at::IntArrayRef({groups, k, cpu::kPackedColumns}), ", got ", w.sizes());
+    check_weight(w, x, w_name, w.sizes(), op);
+    TORCH_CHECK_VALUE(w.is_contiguous(), op, ": a packed ", w_name, " must be contiguous");
+    TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": packed weights are for the CPU kernels; x is on ", x.device());
   } else {
-    TORCH_CHECK_VALUE(w.dim() == 2, op, ": w must be (O, K) or packed (ceil(O/16), K, 16), got ", w.sizes());
-    check_weight(w, x, "w", {o, k}, op);
+    TORCH_CHECK_VALUE(w.dim() == 2, op, ": ", w_name, " must be (", o, ", ", k, ") or packed (ceil(", o,
+                      "/16), ", k, ", 16), got ", w.sizes());
+    check_weight(w, x, w_name, {o, k}, op);
   }
-  check_weight(b, x, "b", {o}, op);
+  check_weight(b, x, b_name, {o}, op);
 }
 
 inline BlockShape check_block(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
@@ -66,21 +70,21 @@ inline BlockShape check_block(const at::Tensor& x, const std::optional<at::Tenso
   TORCH_CHECK_VALUE(w_dw.dim() == 3, "mnv2_fused.inverted_residual: w_dw must be (hidden, 3, 3), got ",
                     w_dw.sizes());
   s.hidden = w_dw.size(0);
-  TORCH_CHECK_VALUE(w_proj.dim() == 2, "mnv2_fused.inverted_residual: w_proj must be (Cout, hidden), got ",
-                    w_proj.sizes());
-  s.cout = w_proj.size(0);
+  constexpr const char* op = "mnv2_fused.inverted_residual";
+  TORCH_CHECK_VALUE(b_proj.dim() == 1, op, ": b_proj must be 1-D (Cout), got ", b_proj.sizes());
+  s.cout = b_proj.size(0);
   s.expand = w_expand.has_value();
   if (s.expand) {
-    check_weight(*w_expand, x, "w_expand", {s.hidden, s.cin});
-    check_weight(*b_expand, x, "b_expand", {s.hidden});
+    TORCH_CHECK_VALUE(b_expand->dim() == 1 && b_expand->size(0) == s.hidden, op, ": b_expand must have shape [",
+                      s.hidden, "], got ", b_expand->sizes());
+    check_matrix_weight(*w_expand, *b_expand, x, s.cin, op, "w_expand", "b_expand");
   } else {
     TORCH_CHECK_VALUE(s.hidden == s.cin, "mnv2_fused.inverted_residual: without an expand layer the depthwise "
                       "width must equal the input channels (", s.cin, "), got ", s.hidden);
   }
   check_weight(w_dw, x, "w_dw", {s.hidden, 3, 3});
   check_weight(b_dw, x, "b_dw", {s.hidden});
-  check_weight(w_proj, x, "w_proj", {s.cout, s.hidden});
-  check_weight(b_proj, x, "b_proj", {s.cout});
+  check_matrix_weight(w_proj, b_proj, x, s.hidden, op, "w_proj", "b_proj");
   s.stride = stride;
   s.residual = residual;
   TORCH_CHECK_VALUE(!residual || (stride == 1 && s.cin == s.cout),
@@ -130,21 +134,20 @@ inline StemShape check_stem(const at::Tensor& x, const at::Tensor& w_stem, const
                    x.scalar_type());
   TORCH_CHECK_VALUE((stem_stride == 1 || stem_stride == 2) && (stride == 1 || stride == 2), op,
                     ": strides must be 1 or 2, got ", stem_stride, " and ", stride);
-  TORCH_CHECK_VALUE(w_stem.dim() == 4 && w_dw.dim() == 3 && w_proj.dim() == 2, op,
-                    ": expected w_stem (hidden, Cin, 3, 3), w_dw (hidden, 3, 3), w_proj (Cout, hidden), got ",
-                    w_stem.sizes(), ", ", w_dw.sizes(), ", ", w_proj.sizes());
+  TORCH_CHECK_VALUE(w_stem.dim() == 4 && w_dw.dim() == 3 && b_proj.dim() == 1, op,
+                    ": expected w_stem (hidden, Cin, 3, 3), w_dw (hidden, 3, 3), b_proj (Cout), got ",
+                    w_stem.sizes(), ", ", w_dw.sizes(), ", ", b_proj.sizes());
   StemShape st;
   BlockShape& s = st.block;
   s.n = x.size(0), s.cin = x.size(1), s.h = x.size(2), s.w = x.size(3);
   TORCH_CHECK_VALUE(s.h > 0 && s.w > 0, op, ": H and W must be positive, got ", x.sizes());
   s.hidden = w_stem.size(0);
-  s.cout = w_proj.size(0);
+  s.cout = b_proj.size(0);
   check_weight(w_stem, x, "w_stem", {s.hidden, s.cin, 3, 3}, op);
   check_weight(b_stem, x, "b_stem", {s.hidden}, op);
   check_weight(w_dw, x, "w_dw", {s.hidden, 3, 3}, op);
   check_weight(b_dw, x, "b_dw", {s.hidden}, op);
-  check_weight(w_proj, x, "w_proj", {s.cout, s.hidden}, op);
-  check_weight(b_proj, x, "b_proj", {s.cout}, op);
+  check_matrix_weight(w_proj, b_proj, x, s.hidden, op, "w_proj", "b_proj");
   s.stride = stride;
   s.expand = true;
   s.residual = false;

@@ -1,14 +1,18 @@
 """Folded weights laid out for the kernel of the device they live on.
 
 The CPU kernels read every weight with the output channel fastest; tensors whose strides say so
-are used without a copy, others are transposed on every call. Caching this layout makes the call
-copy-free. Other devices' kernels read contiguous weights."""
+are used without a copy, others are transposed on every call. The matrices of 1x1 convolutions
+and the classifier are cached packed (pack_columns), which streams fastest. Caching this layout
+makes the call copy-free. Other devices' kernels read contiguous weights."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .reference import FoldedWeights, fold_block
+from .reference import FoldedWeights, as_matrix, fold_block
+
+__all__ = ["as_matrix", "fold_for_kernel", "for_kernel", "kernel_layout", "matrix_layout", "out_channel_fastest",
+           "pack_columns"]  # as_matrix lives with the reference, which reads packed weights too
 
 
 def out_channel_fastest(w: torch.Tensor) -> torch.Tensor:
@@ -40,16 +44,9 @@ def pack_columns(w: torch.Tensor) -> torch.Tensor:
     return padded.view(groups, PACKED_COLUMNS, k).transpose(1, 2).contiguous()
 
 
-def as_matrix(w: torch.Tensor, o: int) -> torch.Tensor:
-    """The (O, K) matrix of a weight given (O, K) or packed (see pack_columns)."""
-    if w.dim() == 2:
-        return w
-    return w.transpose(1, 2).reshape(-1, w.shape[1])[:o]
-
-
 def matrix_layout(w: torch.Tensor) -> torch.Tensor:
-    """A (O, K) weight of the head or classifier as its device's kernel reads it: packed for the
-    CPU kernels (float32 on the CPU), else kernel_layout."""
+    """A (O, K) weight (a 1x1 convolution, the classifier) as its device's kernel reads it: packed
+    for the CPU kernels (float32 on the CPU), else kernel_layout."""
     if w.device.type == "cpu" and w.dtype == torch.float32:
         return pack_columns(w)
     return kernel_layout(w)
@@ -59,11 +56,11 @@ def for_kernel(w: FoldedWeights) -> FoldedWeights:
     """Every weight of ``w`` in the layout its device's fused kernel reads without copying."""
     hidden = w.w_dw.shape[0]
     return FoldedWeights(
-        None if w.w_expand is None else kernel_layout(w.w_expand),
+        None if w.w_expand is None else matrix_layout(w.w_expand),
         w.b_expand,
         kernel_layout(w.w_dw.reshape(hidden, 9)).view(w.w_dw.shape),  # taps, then channels
         w.b_dw,
-        kernel_layout(w.w_proj),
+        matrix_layout(w.w_proj),
         w.b_proj,
     )
 

@@ -6,7 +6,7 @@ import torch
 
 from . import _extension
 from .backends import select_backend
-from .reference import FoldedWeights, inverted_residual_reference, output_memory_format
+from .reference import FoldedWeights, inverted_residual_reference, output_memory_format, unpacked
 
 
 def output_shape(x_shape, cout: int, stride: int) -> tuple:
@@ -23,7 +23,7 @@ if _extension.extension_loaded():
         torch._check(w_dw.shape[0] == w_proj.shape[1], lambda: "w_dw and w_proj disagree on the hidden width")
         for name, t in (("w_expand", w_expand), ("w_dw", w_dw), ("w_proj", w_proj)):
             torch._check(t is None or t.device == x.device, lambda: f"{name} is on {t.device} but x is on {x.device}")
-        out = x.new_empty(output_shape(x.shape, w_proj.shape[0], stride))
+        out = x.new_empty(output_shape(x.shape, b_proj.shape[0], stride))
         return out.contiguous(memory_format=output_memory_format(x))
 
     @torch.library.register_fake("mnv2_fused::inverted_residual_out")
@@ -44,6 +44,6 @@ def inverted_residual(x: torch.Tensor, weights: FoldedWeights, stride: int, resi
     if chosen == "triton":
         from .triton import inverted_residual_triton
 
-        return inverted_residual_triton(x, weights, stride, residual)
+        return inverted_residual_triton(x, unpacked(weights), stride, residual)
     _extension.require_extension()
     return torch.ops.mnv2_fused.inverted_residual(x, *weights, stride, residual)

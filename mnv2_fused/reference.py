@@ -12,7 +12,8 @@ class FoldedWeights(NamedTuple):
     """A block's weights with inference-mode BatchNorm folded into the convolutions.
 
     w_expand (hidden, Cin) and b_expand (hidden) are None for an expand_ratio == 1 block;
-    w_dw is (hidden, 3, 3); w_proj is (Cout, hidden).
+    w_dw is (hidden, 3, 3); w_proj is (Cout, hidden). The cached copies for the CPU kernel hold
+    w_expand and w_proj packed (see layout.pack_columns); as_matrix reads either form.
     """
 
     w_expand: Optional[torch.Tensor]
@@ -21,6 +22,20 @@ class FoldedWeights(NamedTuple):
     b_dw: torch.Tensor
     w_proj: torch.Tensor
     b_proj: torch.Tensor
+
+
+def as_matrix(w: torch.Tensor, o: int) -> torch.Tensor:
+    """The (O, K) matrix of a weight given (O, K) or packed, (ceil(O/16), K, 16) (layout.pack_columns)."""
+    if w.dim() == 2:
+        return w
+    return w.transpose(1, 2).reshape(-1, w.shape[1])[:o]
+
+
+def unpacked(w: FoldedWeights) -> FoldedWeights:
+    """w with its matrices (O, K), for back ends that do not read the packed form."""
+    hidden = w.w_dw.shape[0]
+    return w._replace(w_expand=None if w.w_expand is None else as_matrix(w.w_expand, hidden),
+                      w_proj=as_matrix(w.w_proj, w.b_proj.shape[0]))
 
 
 def fold_bn(conv_weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +81,7 @@ def _relu6(t: torch.Tensor) -> torch.Tensor:
 def inverted_residual_reference(x: torch.Tensor, w: FoldedWeights, stride: int, residual: bool) -> torch.Tensor:
     """The block from folded weights with F.conv2d; the output keeps x's memory format."""
     h = x
+    w = unpacked(w)
     if w.w_expand is not None:
         h = _relu6(F.conv2d(h, w.w_expand[:, :, None, None], w.b_expand))
     h = _relu6(F.conv2d(h, w.w_dw[:, None], w.b_dw, stride=stride, padding=1, groups=w.w_dw.shape[0]))

@@ -46,7 +46,7 @@ def fold_head(head: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
 def stem_reference(x: torch.Tensor, w: StemWeights, stem_stride: int, stride: int) -> torch.Tensor:
     h = _relu6(F.conv2d(x, w.w_stem, w.b_stem, stride=stem_stride, padding=1))
     h = _relu6(F.conv2d(h, w.w_dw[:, None], w.b_dw, stride=stride, padding=1, groups=w.w_dw.shape[0]))
-    y = F.conv2d(h, w.w_proj[:, :, None, None], w.b_proj)
+    y = F.conv2d(h, as_matrix(w.w_proj, w.b_proj.shape[0])[:, :, None, None], w.b_proj)
     return y.contiguous(memory_format=torch.channels_last)
 
 
@@ -93,7 +93,7 @@ if _extension.extension_loaded():
         torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
         n, _, h, wd = x.shape
         hh, hw = (h - 1) // stem_stride + 1, (wd - 1) // stem_stride + 1
-        out = x.new_empty((n, w_proj.shape[0], (hh - 1) // stride + 1, (hw - 1) // stride + 1))
+        out = x.new_empty((n, b_proj.shape[0], (hh - 1) // stride + 1, (hw - 1) // stride + 1))
         return out.contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake("mnv2_fused::mobilenet_v2_forward")

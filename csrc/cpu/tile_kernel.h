@@ -38,11 +38,14 @@ struct BlockArgs {
   float* y;  // output
   int64_t syn, syc, syh, syw;
   // Weights in the kernel's layout, output channel fastest (see pack_* in inverted_residual.cpp):
+  // Matrices (K, O) are row-major, or packed when flagged (groups of kPackedColumns output
+  // channels, each (K, kPackedColumns) contiguous, one after another; not for the 3x3 expand).
   const float* w_expand;  // (K, hidden): K = cin for 1x1, 9 * cin ([c][dy][dx]) for 3x3; null for kNone
   const float* b_expand;  // (hidden)
   const float* w_dw;      // (9, hidden)
   const float* b_dw;      // (hidden)
   const float* w_proj;    // (hidden, cout)
+  bool expand_packed, proj_packed;
   const float* b_proj;    // (cout)
   Expand expand;
   int64_t expand_stride;

@@ -45,9 +45,18 @@ struct Gemm {
   int64_t rk;
   Store store;
   float* pool;  // kPool: relu6 of each row is summed into pool[j]
-  // Packed B when not 0: columns in groups of kPackedColumns, group g at B + g * group_stride.
+  // Packed B when not 0: columns in groups of kPackedColumns, group g at B + g * group_stride, and
+  // the GEMM's column j is B's column b_col0 + j.
   int64_t group_stride = 0;
+  int64_t b_col0 = 0;
 };
+
+// Where column `col` of B starts (row 0); rows follow every g.ldb floats.
+inline const float* b_column(const Gemm& g, int64_t col) {
+  if (!g.group_stride) return g.B + col;
+  col += g.b_col0;
+  return g.B + col / kPackedColumns * g.group_stride + col % kPackedColumns;
+}
 
 // Rows [i0, i0 + m) (m <= MR) times columns [j0, j0 + ncols) (ncols in ((NV-1) L, NV L]).
 // Rows past m repeat the last valid row (never reading outside A) and are not stored.
@@ -81,10 +90,7 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
   };
   if constexpr (kPacked) {  // every vector inside its zero-padded group: no masks
     const float* bp[NV];
-    for (int j = 0; j < NV; ++j) {
-      const int64_t col = j0 + j * kLanes;
-      bp[j] = g.B + col / kPackedColumns * g.group_stride + col % kPackedColumns;
-    }
+    for (int j = 0; j < NV; ++j) bp[j] = b_column(g, j0 + j * kLanes);
     for (int64_t k = 0; k < K; ++k) {
       vec b[NV];
       for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + k * kPackedColumns);
@@ -177,7 +183,8 @@ void column_small_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   constexpr int R = K <= 16 ? 8 : 4;
   const Mask tail = make_mask(ncols);
   vec b[K];
-  for (int k = 0; k < K; ++k) b[k] = load_m(g.B + k * g.ldb + j0, tail);
+  const float* bcol = b_column(g, j0);
+  for (int k = 0; k < K; ++k) b[k] = load_m(bcol + k * g.ldb, tail);
   const int64_t ak = g.ak;
   auto finish = [&](vec v, int64_t row) {
     if (g.store == Store::kRelu6) v = relu6(v);
@@ -224,10 +231,6 @@ void panels(const Gemm& g, int64_t M, int64_t N) {
 }
 
 void gemm(const Gemm& g, int64_t M, int64_t N) {
-  if (g.group_stride) {
-    panels<true>(g, M, N);
-    return;
-  }
   // Only where the registers hold B's K rows beside the rows in flight: AVX-512's 32.
   constexpr bool small_k_fits = kMaxAcc >= 24;
   if (small_k_fits && (g.K == 16 || g.K == 24 || g.K == 27) && (g.store == Store::kRelu6 || g.store == Store::kPlain) &&
@@ -240,7 +243,8 @@ void gemm(const Gemm& g, int64_t M, int64_t N) {
     }
     return;
   }
-  panels<false>(g, M, N);
+  if (g.group_stride) panels<true>(g, M, N);
+  else panels<false>(g, M, N);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,8 +303,10 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
   const int64_t K = a.expand == Expand::kConv3x3 ? 9 * a.cin : a.cin;
   auto flush = [&]() {
     if (pending == 0) return;
-    Gemm g{K, a.w_expand + c0, a.hidden, a_rows, a.expand == Expand::kConv3x3 ? 1 : a.sxc,
-           nullptr, a.b_expand + c0, c_rows, 1, nullptr, 0, Store::kRelu6, nullptr};
+    const bool packed = a.expand_packed;
+    Gemm g{K,       packed ? a.w_expand : a.w_expand + c0, packed ? kPackedColumns : a.hidden, a_rows,
+           a.expand == Expand::kConv3x3 ? 1 : a.sxc, nullptr, a.b_expand + c0, c_rows, 1, nullptr, 0,
+           Store::kRelu6, nullptr, packed ? kPackedColumns * K : 0, c0};
     gemm(g, pending, hc);
     pending = 0;
   };
@@ -387,8 +393,11 @@ void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, i
                        : last ? partial + ((b.n * a.oh + r) * a.ow + q) * p.acc_ld : acc + pix * p.acc_ld;
       if (to_y && a.residual) res_rows[i] = a.x + b.n * a.sxn + r * a.sxh + q * a.sxw;
     }
-    Gemm g{hc, a.w_proj + c0 * a.cout, a.cout, a_rows, 1, first ? nullptr : init_rows, h_lo == 0 ? a.b_proj : zeros,
-           c_rows, to_y ? a.syc : 1, to_y && a.residual ? res_rows : nullptr, a.sxc, Store::kPlain, nullptr};
+    const bool packed = a.proj_packed;  // rows [c0, c0 + hc) of every group
+    Gemm g{hc,      a.w_proj + c0 * (packed ? kPackedColumns : a.cout), packed ? kPackedColumns : a.cout, a_rows, 1,
+           first ? nullptr : init_rows, h_lo == 0 ? a.b_proj : zeros, c_rows, to_y ? a.syc : 1,
+           to_y && a.residual ? res_rows : nullptr, a.sxc, Store::kPlain, nullptr,
+           packed ? kPackedColumns * a.hidden : 0};
     gemm(g, m, a.cout);
   }
 }
@@ -454,11 +463,6 @@ void MNV2_CAT(sum_groups_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, cons
   }
 }
 
-// Where column j0 (a multiple of kPackedColumns when packed) of a (K, O) weight starts.
-static const float* weight_columns(const float* w, bool packed, int64_t k, int64_t j0) {
-  return packed ? w + j0 / kPackedColumns * kPackedColumns * k : w + j0;
-}
-
 void MNV2_CAT(pointwise_pool_, MNV2_ISA)(const PoolArgs& a, int64_t n0, int64_t n1, int64_t j0, int64_t j1) {
   const float* a_rows[kRowBlock];
   const int64_t pixels = a.h * a.wd;
@@ -469,9 +473,9 @@ void MNV2_CAT(pointwise_pool_, MNV2_ISA)(const PoolArgs& a, int64_t n0, int64_t 
       const int64_t m = std::min(kRowBlock, pixels - i0);
       for (int64_t i = 0; i < m; ++i)
         a_rows[i] = a.x + n * a.sxn + (i0 + i) / a.wd * a.sxh + (i0 + i) % a.wd * a.sxw;
-      Gemm g{a.cin,   weight_columns(a.w, a.w_packed, a.cin, j0), a.w_packed ? kPackedColumns : a.cout,
-             a_rows,  a.sxc, nullptr, a.b + j0, nullptr, 1, nullptr, 0, Store::kPool, y + j0,
-             a.w_packed ? kPackedColumns * a.cin : 0};
+      Gemm g{a.cin,   a.w_packed ? a.w : a.w + j0, a.w_packed ? kPackedColumns : a.cout, a_rows, a.sxc, nullptr,
+             a.b + j0, nullptr, 1,       nullptr,   0, Store::kPool, y + j0, a.w_packed ? kPackedColumns * a.cin : 0,
+             j0};
       gemm(g, m, j1 - j0);
     }
     const float scale = 1.f / static_cast<float>(pixels);
@@ -488,9 +492,8 @@ void MNV2_CAT(linear_, MNV2_ISA)(const LinearArgs& a, int64_t n0, int64_t n1, in
       a_rows[i] = a.x + (i0 + i) * a.sxn;
       c_rows[i] = a.y + (i0 + i) * a.o + j0;
     }
-    Gemm g{a.k,    weight_columns(a.w, a.w_packed, a.k, j0), a.w_packed ? kPackedColumns : a.o,
-           a_rows, a.sxk, nullptr, a.b + j0, c_rows, 1, nullptr, 0, Store::kPlain, nullptr,
-           a.w_packed ? kPackedColumns * a.k : 0};
+    Gemm g{a.k,   a.w_packed ? a.w : a.w + j0, a.w_packed ? kPackedColumns : a.o, a_rows, a.sxk, nullptr, a.b + j0,
+           c_rows, 1, nullptr, 0, Store::kPlain, nullptr, a.w_packed ? kPackedColumns * a.k : 0, j0};
     gemm(g, m, j1 - j0);
   }
 }

@@ -46,19 +46,20 @@ inline const float* matrix_columns(const at::Tensor& w, at::Tensor& keep, bool& 
 struct KernelWeights {
   at::Tensor keep[6];
 
-  // w_dw (hidden, 3, 3) -> (9, hidden); w_proj (Cout, hidden) -> (hidden, Cout).
+  // w_dw (hidden, 3, 3) -> (9, hidden); w_proj (Cout, hidden) -> (hidden, Cout) or packed.
   void set_dw_proj(BlockArgs& a, const at::Tensor& w_dw, const at::Tensor& b_dw, const at::Tensor& w_proj,
                    const at::Tensor& b_proj) {
     a.w_dw = out_fastest(w_dw, {1, 2, 0}, keep[2]);
     a.b_dw = contiguous_ptr(b_dw, keep[3]);
-    a.w_proj = out_fastest(w_proj, {1, 0}, keep[4]);
+    a.w_proj = matrix_columns(w_proj, keep[4], a.proj_packed);
     a.b_proj = contiguous_ptr(b_proj, keep[5]);
   }
 
-  // w_expand (hidden, Cin) -> (Cin, hidden).
+  // w_expand (hidden, Cin) -> (Cin, hidden) or packed.
   void set_block(BlockArgs& a, const std::optional<at::Tensor>& w_expand, const std::optional<at::Tensor>& b_expand,
                  const at::Tensor& w_dw, const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj) {
-    a.w_expand = w_expand ? out_fastest(*w_expand, {1, 0}, keep[0]) : nullptr;
+    a.expand_packed = false;
+    a.w_expand = w_expand ? matrix_columns(*w_expand, keep[0], a.expand_packed) : nullptr;
     a.b_expand = b_expand ? contiguous_ptr(*b_expand, keep[1]) : nullptr;
     set_dw_proj(a, w_dw, b_dw, w_proj, b_proj);
   }
@@ -67,6 +68,7 @@ struct KernelWeights {
   void set_stem(BlockArgs& a, const at::Tensor& w_stem, const at::Tensor& b_stem, const at::Tensor& w_dw,
                 const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj) {
     a.w_expand = out_fastest(w_stem, {1, 2, 3, 0}, keep[0]);
+    a.expand_packed = false;
     a.b_expand = contiguous_ptr(b_stem, keep[1]);
     set_dw_proj(a, w_dw, b_dw, w_proj, b_proj);
   }
