@@ -211,6 +211,43 @@ void column_small_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   }
 }
 
+// The same for K = 2 KC (the expand of a block with 32 input channels, the first block's
+// projection): B's rows reloaded KC at a time for every R rows, still one load per R FMAs.
+template <int KC>
+void column_two_chunks(const Gemm& g, int64_t M, int64_t j0, int ncols) {
+  constexpr int R = 8;
+  const Mask tail = make_mask(ncols);
+  const float* bcol = b_column(g, j0);
+  const int64_t ak = g.ak, ldb = g.ldb;
+  auto finish = [&](vec v, int64_t row) {
+    if (g.store == Store::kRelu6) v = relu6(v);
+    store_m(g.c[row] + j0, v, tail);
+  };
+  int64_t i = 0;
+  for (; i + R <= M; i += R) {
+    const float* ap[R];
+    vec acc[R];
+    for (int r = 0; r < R; ++r) {
+      ap[r] = g.a[i + r];
+      acc[r] = load_m((g.init ? g.init[i + r] : g.bias) + j0, tail);
+    }
+    for (int half = 0; half < 2; ++half) {
+      vec b[KC];
+      for (int k = 0; k < KC; ++k) b[k] = load_m(bcol + (half * KC + k) * ldb, tail);
+#pragma GCC unroll 32
+      for (int k = 0; k < KC; ++k)
+        for (int r = 0; r < R; ++r) acc[r] += splat(ap[r][(half * KC + k) * ak]) * b[k];
+    }
+    for (int r = 0; r < R; ++r) finish(acc[r], i + r);
+  }
+  for (; i < M; ++i) {
+    const float* ap = g.a[i];
+    vec acc = load_m((g.init ? g.init[i] : g.bias) + j0, tail);
+    for (int k = 0; k < 2 * KC; ++k) acc += splat(ap[k * ak]) * load_m(bcol + k * ldb, tail);
+    finish(acc, i);
+  }
+}
+
 // Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
 // narrow panels have taller micro-tiles, whose row pointers crowd the registers.
 template <bool kPacked>
@@ -241,6 +278,13 @@ void gemm(const Gemm& g, int64_t M, int64_t N) {
       else if (g.K == 24) column_small_k<24>(g, M, j0, ncols);
       else column_small_k<27>(g, M, j0, ncols);  // the stem: 3 x 3 taps of 3 channels
     }
+    return;
+  }
+  // Rows one at a time past the last group of R: only worth it with many rows.
+  if (small_k_fits && g.K == 32 && M >= 32 && (g.store == Store::kRelu6 || g.store == Store::kPlain) &&
+      g.ck == 1 && !g.res) {
+    for (int64_t j0 = 0; j0 < N; j0 += kLanes)
+      column_two_chunks<16>(g, M, j0, static_cast<int>(std::min<int64_t>(kLanes, N - j0)));
     return;
   }
   if (g.group_stride) panels<true>(g, M, N);
