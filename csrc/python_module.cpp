@@ -1,9 +1,9 @@
 // The Python module mnv2_fused._C. Importing it loads this library, whose static initializers
-// register the ops (csrc/ops.cpp and each device's kernels). It also holds what keeps a converted
-// network's per-forward bookkeeping out of Python: right after a forward has streamed megabytes
-// of weights through the caches, every Python object and code path a forward touches is a cache
-// miss, and walking ~300 parameters' versions from Python, or parsing ~100 weight tensors into an
-// op call, measurably costs (~0.1-0.2 ms of a 4 ms forward).
+// register the ops (csrc/ops.cpp and each device's kernels). It also holds what keeps a fused
+// module's per-forward bookkeeping out of Python (mnv2_fused/fold_cache.py, FastCall): right
+// after a forward has streamed megabytes of weights through the caches, every Python object and
+// code path a forward touches is a cache miss, and walking ~300 parameters' versions from Python,
+// or parsing ~100 weight tensors into an op call, measurably costs (~0.1-0.2 ms of a 4 ms forward).
 #include <torch/extension.h>
 
 #include <memory>
@@ -73,10 +73,52 @@ class NetworkCall {
   std::vector<at::Tensor> head_, classifier_;
 };
 
+// A fused block's folded weights bound to mnv2_fused::inverted_residual, and the versions of the
+// tensors they were folded from.
+class BlockCall {
+ public:
+  BlockCall(std::shared_ptr<VersionSnapshot> versions, std::optional<at::Tensor> w_expand,
+            std::optional<at::Tensor> b_expand, at::Tensor w_dw, at::Tensor b_dw, at::Tensor w_proj, at::Tensor b_proj,
+            int64_t stride, bool residual, int64_t in_channels)
+      : versions_(std::move(versions)),
+        w_expand_(std::move(w_expand)),
+        b_expand_(std::move(b_expand)),
+        w_dw_(std::move(w_dw)),
+        b_dw_(std::move(b_dw)),
+        w_proj_(std::move(w_proj)),
+        b_proj_(std::move(b_proj)),
+        stride_(stride),
+        residual_(residual),
+        in_channels_(in_channels) {}
+
+  // The block's output for x; nullopt unless x is a 4-D float32 CPU tensor with the block's input
+  // channels and no weight changed since the fold (the module's checked path says what is wrong).
+  std::optional<at::Tensor> operator()(const at::Tensor& x) const {
+    if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 4 || x.size(1) != in_channels_ ||
+        !versions_->unchanged())
+      return std::nullopt;
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("mnv2_fused::inverted_residual", "")
+                               .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
+                                                 const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, const at::Tensor&, int64_t, bool)>();
+    return op.call(x, w_expand_, b_expand_, w_dw_, b_dw_, w_proj_, b_proj_, stride_, residual_);
+  }
+
+ private:
+  std::shared_ptr<VersionSnapshot> versions_;
+  std::optional<at::Tensor> w_expand_, b_expand_;
+  at::Tensor w_dw_, b_dw_, w_proj_, b_proj_;
+  int64_t stride_;
+  bool residual_;
+  int64_t in_channels_;
+};
+
 }  // namespace
 }  // namespace mnv2_fused
 
 PYBIND11_MODULE(_C, m) {
+  using mnv2_fused::BlockCall;
   using mnv2_fused::NetworkCall;
   using mnv2_fused::VersionSnapshot;
   pybind11::class_<VersionSnapshot, std::shared_ptr<VersionSnapshot>>(m, "VersionSnapshot")
@@ -87,4 +129,8 @@ PYBIND11_MODULE(_C, m) {
                           std::vector<std::optional<at::Tensor>>, std::vector<int64_t>, std::vector<int64_t>,
                           std::vector<at::Tensor>, std::vector<at::Tensor>>())
       .def("__call__", &NetworkCall::operator(), pybind11::call_guard<pybind11::gil_scoped_release>());
+  pybind11::class_<BlockCall>(m, "BlockCall")
+      .def(pybind11::init<std::shared_ptr<VersionSnapshot>, std::optional<at::Tensor>, std::optional<at::Tensor>,
+                          at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t, bool, int64_t>())
+      .def("__call__", &BlockCall::operator(), pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -35,6 +35,29 @@ for _register in (register_module_parameter_registration_hook, register_module_b
     _register(note_change)
 
 
+class FastCall:
+    """A module's inference bound to one call into C++ (mnv2_fused._C.NetworkCall or BlockCall)
+    and the value of changes() it is valid for, as one pair: one attribute read gets both,
+    whatever other threads do. Copies and pickles start empty: the next forward binds again.
+
+    A forward right after another finds its Python objects evicted from the caches by the
+    kernel's weights and activations, so every Python step costs a cache miss: the fast path
+    skips the module-tree checks (changes() vouches for them) and the argument parsing of the
+    weights (held in C++), and checks the input and the weights' versions in C++."""
+
+    def __init__(self) -> None:
+        self.state: tuple = (None, -1)
+
+    def clear(self) -> None:
+        self.state = (None, -1)
+
+    def __deepcopy__(self, memo) -> "FastCall":
+        return FastCall()
+
+    def __reduce__(self):
+        return FastCall, ()
+
+
 class _Versions:
     """The version counters of some tensors, compared in C++ when the extension is loaded: about a
     microsecond for a whole network, where reading ~300 versions from Python right after a forward

@@ -6,10 +6,12 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .backends import check_backend_name
-from .ops import inverted_residual
-from .fold_cache import FoldCache, note_change
+from . import fold_cache
+from ._extension import extension_loaded
+from .backends import check_backend_name, select_backend
+from .fold_cache import FastCall, FoldCache, note_change
 from .layout import fold_for_kernel
+from .ops import inverted_residual
 from .reference import FoldedWeights
 
 
@@ -65,6 +67,7 @@ class FusedInvertedResidual(nn.Module):
         self._is_cn = stride > 1
         self.in_channels = inp
         self._fold_cache = FoldCache(fold_for_kernel)
+        self._fast = FastCall()
 
     @classmethod
     def from_block(cls, block: nn.Module, backend: str = "auto") -> "FusedInvertedResidual":
@@ -89,6 +92,7 @@ class FusedInvertedResidual(nn.Module):
         fused._is_cn = getattr(block, "_is_cn", block.stride > 1)
         fused.in_channels = conv[0][0].in_channels
         fused._fold_cache = FoldCache(fold_for_kernel)
+        fused._fast = FastCall()
         fused.train(block.training)
         return fused
 
@@ -107,6 +111,7 @@ class FusedInvertedResidual(nn.Module):
     def refresh(self) -> None:
         """Drop the cached folded weights; the next inference call folds BN again."""
         self._fold_cache.clear()
+        self._fast.clear()
 
     def folded_weights(self) -> FoldedWeights:
         """BN-folded weights for inference, in the layout of their device's kernel; recomputed
@@ -143,10 +148,29 @@ class FusedInvertedResidual(nn.Module):
         return False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The fast path (see fold_cache.FastCall): C++ checks x (a float32 CPU tensor with this
+        # block's channels) and the weights' versions, or returns None for the checked path.
+        call, changes = self._fast.state
+        if (call is not None and changes == fold_cache.changes() and not self.training
+                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+            y = call(x)
+            if y is not None:
+                return y
+        return self._checked_forward(x)
+
+    def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         if self._needs_reference(x):
             return x + self.conv(x) if self.use_res_connect else self.conv(x)
-        return inverted_residual(x, self.folded_weights(), self.stride, self.use_res_connect, self.backend)
+        changes = fold_cache.changes()  # read before the checks it vouches for
+        weights, snapshot = self._fold_cache.get_with_snapshot(self.conv)
+        if (snapshot is not None and extension_loaded() and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling() and select_backend(self.backend, x) == "cpu"):
+            from . import _C
+
+            self._fast.state = (_C.BlockCall(snapshot, *weights, self.stride, self.use_res_connect,
+                                             self.in_channels), changes)
+        return inverted_residual(x, weights, self.stride, self.use_res_connect, self.backend)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

@@ -9,7 +9,7 @@ from torchvision.models.mobilenetv2 import MobileNetV2
 
 from . import fold_cache
 from ._extension import extension_loaded
-from .fold_cache import FoldCache
+from .fold_cache import FastCall, FoldCache
 from .layout import fold_for_kernel, matrix_layout
 from .module import FusedInvertedResidual
 from .ops import inverted_residual
@@ -67,21 +67,6 @@ def _fold_network(features: nn.Sequential, classifier: nn.Module) -> tuple:
     return (stem_w, stem_stride, stride), blocks, head_w, linear_w, one_call
 
 
-class _FastCall:
-    """The network bound to its one-call op in C++ (mnv2_fused._C.NetworkCall) and the
-    structural-change counter it is valid for, as one pair (one attribute read gets both, whatever
-    other threads do). Copies and pickles start empty: the next forward binds again."""
-
-    def __init__(self) -> None:
-        self.state: tuple = (None, -1)
-
-    def __deepcopy__(self, memo) -> "_FastCall":
-        return _FastCall()
-
-    def __reduce__(self):
-        return _FastCall, ()
-
-
 class FusedMobileNetV2(MobileNetV2):
     """torchvision's MobileNetV2 (same attributes, submodules and state_dict keys) whose inference
     forward runs three fused stages on the CPU:
@@ -101,7 +86,7 @@ class FusedMobileNetV2(MobileNetV2):
         # One cache for the whole network: a forward checks its tensors once, not per block.
         self._net_cache = FoldCache(_fold_network)
         self._fusable_for: tuple = ()
-        self._fast = _FastCall()
+        self._fast = FastCall()
 
     def _fusable(self) -> bool:
         # Re-checked only when a stage is replaced.
@@ -117,9 +102,9 @@ class FusedMobileNetV2(MobileNetV2):
         return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
-        # The fast path: the previous forward's checks still hold (nothing registered or assigned
-        # anywhere, no backend set since), and the C++ call checks x and the weights' versions. Kept
-        # this short on purpose: right after a forward, each Python step here is a cache miss.
+        # The fast path (see FastCall): the previous forward's checks still hold (nothing
+        # registered or assigned anywhere, no backend set since); the C++ call checks x and the
+        # weights' versions, and returns None to send anything else down the checked path.
         call, changes = self._fast.state
         if (call is not None and changes == fold_cache.changes() and not self.training
                 and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
@@ -155,7 +140,7 @@ class FusedMobileNetV2(MobileNetV2):
 
     def _apply(self, fn, *args, **kwargs):
         self._net_cache.clear()
-        self._fast.state = (None, -1)
+        self._fast.clear()
         return super()._apply(fn, *args, **kwargs)
 
 

@@ -39,9 +39,10 @@ def test_profiler_shows_fused_op(reference_net):
     x = make_input((1, 3, 64, 64))
     with torch.no_grad(), torch.profiler.profile() as prof:
         net(x)
+        net(x)  # the second through the bound C++ call (FastCall): still the op, seen by profilers
     names = [e.name for e in prof.events()]
     # One call runs every stage (stem + first block, 16 blocks, head + pool, classifier).
-    assert names.count("mnv2_fused::mobilenet_v2_forward") == 1
+    assert names.count("mnv2_fused::mobilenet_v2_forward") == 2
     # No unfused convolution ran at all: the stem and the head are fused too.
     assert sum("convolution" == n.split("::")[-1] for n in names) == 0
 
@@ -61,6 +62,46 @@ def test_profiler_shows_each_fused_stage_when_blocks_pick_their_backend(referenc
     assert names.count("mnv2_fused::inverted_residual") == 15
     assert names.count("mnv2_fused::pointwise_relu6_mean") == 1
     assert names.count("mnv2_fused::linear") == 1
+
+
+def test_block_fast_path_sees_every_change():
+    # After a first inference call binds the block to C++ (FastCall), every later call must
+    # still honour weight edits, backend changes, bad inputs, gradients, copies and refresh().
+    tv = make_block(24, 24, 1, 6, seed=3)
+    fused = FusedInvertedResidual.from_block(copy.deepcopy(tv)).eval()
+    x = make_input((2, 24, 9, 7), "channels_last")
+    with torch.no_grad():
+        assert rel_err(fused(x), tv(x)) <= 1e-5
+        assert fused._fast.state[0] is not None
+        with torch.profiler.profile() as prof:
+            assert rel_err(fused(x), tv(x)) <= 1e-5
+        assert [e.name for e in prof.events()].count("mnv2_fused::inverted_residual") == 1
+        for m in (fused, tv):
+            m.conv[0][1].running_mean.add_(0.5)  # in place: the version moves
+        assert rel_err(fused(x), tv(x)) <= 1e-5
+        fused.backend = "reference"
+        with torch.profiler.profile() as prof:
+            assert rel_err(fused(x), tv(x)) <= 1e-5
+        assert "mnv2_fused::inverted_residual" not in [e.name for e in prof.events()]
+        fused.backend = "auto"
+        fused(x)
+        with pytest.raises(ValueError, match="expects 24 input channels"):
+            fused(make_input((2, 16, 9, 7)))
+        with pytest.raises(ValueError, match="4-D input"):
+            fused(x[0])
+        with pytest.raises(TypeError, match="does not match the weights"):
+            fused(x.double())
+        fused.double()  # drops the bound call with the cached weights
+        assert rel_err(fused(x.double()), tv.double()(x.double())) <= 1e-12
+        tv.float()
+        fused.float()
+        fused(x)
+        assert rel_err(copy.deepcopy(fused)(x), tv(x)) <= 1e-5
+    xg = x.clone().requires_grad_()
+    fused(xg).sum().backward()  # gradients needed: torchvision's math, never the bound call
+    assert xg.grad is not None
+    with pytest.raises(ValueError, match="unknown backend"):
+        fused.backend = "gpu"
 
 
 def test_state_dict_keys_match_torchvision():
