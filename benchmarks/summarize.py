@@ -1,6 +1,6 @@
 """Turn a saved pytest-benchmark run into a comparison table (and optionally a PNG chart).
 
-    python benchmarks/summarize.py benchmarks/results/cpu.json [--plot chart.png] [--peak-gflops 150]
+    python benchmarks/summarize.py benchmarks/results/cpu.json [--plot chart.png] [--markdown] [--peak-gflops 150]
 """
 import argparse
 import json
@@ -11,6 +11,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("json_file")
     p.add_argument("--plot", default=None, help="write a chart of fused speed-ups to this PNG")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
     p.add_argument("--peak-gflops", type=float, default=150.0, help="machine fp32 GEMM peak for the fraction column")
     args = p.parse_args()
     data = json.load(open(args.json_file))
@@ -20,6 +21,9 @@ def main():
         groups[b["group"]][provider] = b
     providers = ["fused", "eager_nchw", "eager_channels_last", "onnxruntime", "compile"]
     header = f"{'configuration':<48}" + "".join(f"{p[:12]:>13}" for p in providers) + f"{'fused/ORT':>10}{'altern.':>8}{'GFLOP/s':>9}{'of peak':>8}{'fused MiB':>10}{'eager MiB':>10}"
+    if args.markdown:
+        print_markdown(groups, providers, args.peak_gflops)
+        return
     print(header)
     rows = []
     for group, entries in groups.items():
@@ -56,6 +60,26 @@ def main():
         ax.legend()
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
+
+
+def print_markdown(groups, providers, peak):
+    names = {"fused": "fused", "eager_nchw": "eager NCHW", "eager_channels_last": "eager CL", "compile": "compile",
+             "onnxruntime": "ONNX Runtime"}
+    order = ["fused", "eager_nchw", "eager_channels_last", "compile", "onnxruntime"]
+    print("| configuration | " + " | ".join(names[p] for p in order)
+          + " | ORT/fused | ORT/fused alternating | fused GFLOP/s | fused peak MiB | eager peak MiB |")
+    print("|---" * (len(order) + 6) + "|")
+    for group, entries in groups.items():
+        med = {p: entries[p]["stats"]["median"] * 1e3 for p in providers if p in entries}
+        info = entries.get("fused", {}).get("extra_info", {})
+        ratio = med["onnxruntime"] / med["fused"] if "fused" in med and "onnxruntime" in med else float("nan")
+        alt, gflops = info.get("ort_over_fused", float("nan")), info.get("gflops", float("nan"))
+        fmem = info.get("peak_bytes")
+        emem = entries.get("eager_nchw", {}).get("extra_info", {}).get("peak_bytes")
+        cells = [f"{med[p]:.3f}" if p in med else "-" for p in order]
+        mib = [f"{m / 2**20:.2f}" if m is not None else "-" for m in (fmem, emem)]
+        print(f"| {group} | " + " | ".join(cells) + f" | {ratio:.2f}x | **{alt:.2f}x** | {gflops:.0f} ({gflops / peak:.0%})"
+              + f" | {mib[0]} | {mib[1]} |")
 
 
 if __name__ == "__main__":
