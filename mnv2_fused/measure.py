@@ -40,16 +40,22 @@ def median_ms(fn: Callable[[], object], warmup: int = 3, repeat: int = 20) -> fl
     return statistics.median(run_times(fn, warmup, repeat)) * 1e3
 
 
-def alternating_medians(fns: dict[str, Callable[[], object]], rounds: int = 4, repeat: int = 20,
-                        pause: float = 0.3) -> dict[str, float]:
-    """Median wall time of each of ``fns``, in seconds, over ``rounds`` alternations of a block of
-    ``repeat`` calls each. On a shared machine a slow spell lasts seconds: timed one after the
-    other, one function can land in it and the other not; alternating, both see it alike, so the
-    ratio of the medians is steady where the medians themselves are not. The pause before each
-    block lets the previous function's idle thread pool stop spinning on the cores."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+def alternating_ratio(fn: Callable[[], object], other: Callable[[], object], rounds: int = 8, repeat: int = 20,
+                      pause: float = 0.1) -> tuple[float, float, float]:
+    """How many times faster fn is than other, timed in alternation: (ratio, fn's median, other's
+    median), in seconds. Each round times a block of ``repeat`` calls of each; the ratio is the
+    median over rounds of the two blocks' median ratio. On a shared machine a slow spell lasts
+    from a fraction of a second to seconds: timed one after the other, one function can land in it
+    and the other not; two adjacent blocks mostly see it alike, and the median over rounds drops
+    the rounds it split. The pause before each block lets the previous function's idle thread pool
+    stop spinning on the cores."""
+    ratios, mine, theirs = [], [], []
     for _ in range(rounds):
-        for name, fn in fns.items():
-            time.sleep(pause)
-            times[name] += run_times(fn, warmup=2, repeat=repeat)
-    return {name: statistics.median(t) for name, t in times.items()}
+        time.sleep(pause)
+        a = statistics.median(run_times(fn, warmup=2, repeat=repeat))
+        time.sleep(pause)
+        b = statistics.median(run_times(other, warmup=2, repeat=repeat))
+        ratios.append(b / a)
+        mine.append(a)
+        theirs.append(b)
+    return statistics.median(ratios), statistics.median(mine), statistics.median(theirs)

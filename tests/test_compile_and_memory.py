@@ -1,5 +1,6 @@
 """opcheck, torch.compile, and the memory claim: the hidden tensor is never allocated."""
 import copy
+import time
 
 import pytest
 import torch
@@ -64,3 +65,13 @@ def test_hidden_tensor_never_allocated():
     assert peak >= out_bytes  # the measurement sees at least the output
     assert peak < out_bytes + hidden_bytes // 4
     assert eager_peak > hidden_bytes  # the yardstick: eager materializes it
+
+
+def test_alternating_ratio_says_which_is_faster():
+    # Sleeps, not computation: the ratio's direction and size, not the machine's speed, under test.
+    from mnv2_fused.measure import alternating_ratio
+
+    ratio, fast, slow = alternating_ratio(lambda: time.sleep(0.002), lambda: time.sleep(0.006), rounds=3, repeat=3,
+                                          pause=0)
+    assert 1.8 < ratio < 4.0
+    assert fast < slow
