@@ -51,6 +51,21 @@ class FastCall:
     def clear(self) -> None:
         self.state = (None, -1)
 
+    def bind(self, call: Any, changes_seen: int) -> None:
+        """Binds ``call``, valid while changes() still reads ``changes_seen`` (read before the
+        checks that made it valid)."""
+        self.state = (call, changes_seen)
+
+    def run(self, x: torch.Tensor, training: bool) -> Optional[torch.Tensor]:
+        """The bound call's output for x, or None when the module must take its checked path:
+        nothing bound, something changed since, training, gradients enabled, compiling, or an
+        input the C++ side declines."""
+        call, changes_seen = self.state
+        if (call is None or changes_seen != _changes or training or torch.is_grad_enabled()
+                or torch.compiler.is_compiling()):
+            return None
+        return call(x)
+
     def __deepcopy__(self, memo) -> "FastCall":
         return FastCall()
 

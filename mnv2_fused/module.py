@@ -149,14 +149,9 @@ class FusedInvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The fast path (see fold_cache.FastCall): C++ checks x (a float32 CPU tensor with this
-        # block's channels) and the weights' versions, or returns None for the checked path.
-        call, changes = self._fast.state
-        if (call is not None and changes == fold_cache.changes() and not self.training
-                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
-            y = call(x)
-            if y is not None:
-                return y
-        return self._checked_forward(x)
+        # block's channels) and the weights' versions.
+        y = self._fast.run(x, self.training)
+        return y if y is not None else self._checked_forward(x)
 
     def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -168,8 +163,8 @@ class FusedInvertedResidual(nn.Module):
                 and not torch.compiler.is_compiling() and select_backend(self.backend, x) == "cpu"):
             from . import _C
 
-            self._fast.state = (_C.BlockCall(snapshot, *weights, self.stride, self.use_res_connect,
-                                             self.in_channels), changes)
+            self._fast.bind(_C.BlockCall(snapshot, *weights, self.stride, self.use_res_connect, self.in_channels),
+                            changes)
         return inverted_residual(x, weights, self.stride, self.use_res_connect, self.backend)
 
     def extra_repr(self) -> str:

@@ -103,15 +103,10 @@ class FusedMobileNetV2(MobileNetV2):
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         # The fast path (see FastCall): the previous forward's checks still hold (nothing
-        # registered or assigned anywhere, no backend set since); the C++ call checks x and the
-        # weights' versions, and returns None to send anything else down the checked path.
-        call, changes = self._fast.state
-        if (call is not None and changes == fold_cache.changes() and not self.training
-                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
-            y = call(x)
-            if y is not None:
-                return y
-        return self._checked_forward(x)
+        # registered or assigned anywhere, no backend set since); C++ checks x and the weights'
+        # versions.
+        y = self._fast.run(x, self.training)
+        return y if y is not None else self._checked_forward(x)
 
     def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._needs_reference(x):
@@ -130,7 +125,7 @@ class FusedMobileNetV2(MobileNetV2):
             if snapshot is not None and extension_loaded() and not torch.is_grad_enabled():
                 from . import _C
 
-                self._fast.state = (_C.NetworkCall(snapshot, *one_call), changes)
+                self._fast.bind(_C.NetworkCall(snapshot, *one_call), changes)
             return y
         y = stem_block(x, stem_w, stem_stride, stride, use_kernel)
         for (w, s, residual), backend in zip(blocks, backends[1:]):

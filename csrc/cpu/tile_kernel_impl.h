@@ -61,7 +61,7 @@ inline const float* b_column(const Gemm& g, int64_t col) {
 // Rows [i0, i0 + m) (m <= MR) times columns [j0, j0 + ncols) (ncols in ((NV-1) L, NV L]).
 // Rows past m repeat the last valid row (never reading outside A) and are not stored.
 // Whole-vector loads of B: a tail vector reads past its row into the next ones (discarded lanes),
-// which stays inside B except on its last `masked` rows (masked_rows()); those load the tail
+// which stays inside B except on its last `masked` rows (counted by panel()); those load the tail
 // masked, after the main loop (a masked load inside it would make the compiler keep the
 // accumulators in memory).
 template <int NV, int MR, bool kPacked>
@@ -213,57 +213,29 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   }
 }
 
-// GEMMs with a short K (the expands of blocks with 16 or 24 input channels, the stem's 27 taps):
-// one column vector at a time, its K rows of B held in registers, the rows of A streamed R at a
-// time. A micro-tile would spend about as long loading and storing its accumulators as multiplying
-// (measured: 60-70% of the long-K speed at K = 16-27); here a row costs K FMAs, a ReLU6 and a store.
-template <int K>
-void column_small_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
+// GEMMs with a short K (the expands of blocks with 16, 24 or 32 input channels, the stem's 27
+// taps, the first block's projection): one column vector at a time, KC rows of B held in
+// registers, the rows of A streamed R at a time. A micro-tile would spend about as long loading
+// and storing its accumulators as multiplying (measured: 60-75% of the long-K speed at
+// K = 16-32); here a row costs K FMAs, a ReLU6 and a store. K = kChunks * KC: with one chunk B is
+// loaded once for all rows, with more it is reloaded chunk by chunk for every R rows.
+template <int KC, int kChunks>
+void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   // Rows in flight, independent FMA chains that cover the FMA latency: as many as the registers
   // left beside B's hold.
-  constexpr int R = K <= 16 ? 8 : 4;
-  const Mask tail = make_mask(ncols);
-  vec b[K];
-  const float* bcol = b_column(g, j0);
-  for (int k = 0; k < K; ++k) b[k] = load_m(bcol + k * g.ldb, tail);
-  const int64_t ak = g.ak;
-  auto finish = [&](vec v, int64_t row) {
-    if (g.store == Store::kRelu6) v = relu6(v);
-    store_m(g.c[row] + j0, v, tail);
-  };
-  int64_t i = 0;
-  for (; i + R <= M; i += R) {
-    const float* ap[R];
-    vec acc[R];
-    for (int r = 0; r < R; ++r) {
-      ap[r] = g.a[i + r];
-      acc[r] = load_m((g.init ? g.init[i + r] : g.bias) + j0, tail);
-    }
-#pragma GCC unroll 32
-    for (int k = 0; k < K; ++k)
-      for (int r = 0; r < R; ++r) acc[r] += splat(ap[r][k * ak]) * b[k];
-    for (int r = 0; r < R; ++r) finish(acc[r], i + r);
-  }
-  for (; i < M; ++i) {
-    const float* ap = g.a[i];
-    vec acc = load_m((g.init ? g.init[i] : g.bias) + j0, tail);
-    for (int k = 0; k < K; ++k) acc += splat(ap[k * ak]) * b[k];
-    finish(acc, i);
-  }
-}
-
-// The same for K = 2 KC (the expand of a block with 32 input channels, the first block's
-// projection): B's rows reloaded KC at a time for every R rows, still one load per R FMAs.
-template <int KC>
-void column_two_chunks(const Gemm& g, int64_t M, int64_t j0, int ncols) {
-  constexpr int R = 8;
+  constexpr int R = KC <= 16 ? 8 : 4;
   const Mask tail = make_mask(ncols);
   const float* bcol = b_column(g, j0);
   const int64_t ak = g.ak, ldb = g.ldb;
+  vec b[KC];
+  auto load_b = [&](int chunk) {
+    for (int k = 0; k < KC; ++k) b[k] = load_m(bcol + (chunk * KC + k) * ldb, tail);
+  };
   auto finish = [&](vec v, int64_t row) {
     if (g.store == Store::kRelu6) v = relu6(v);
     store_m(g.c[row] + j0, v, tail);
   };
+  if constexpr (kChunks == 1) load_b(0);
   int64_t i = 0;
   for (; i + R <= M; i += R) {
     const float* ap[R];
@@ -272,19 +244,19 @@ void column_two_chunks(const Gemm& g, int64_t M, int64_t j0, int ncols) {
       ap[r] = g.a[i + r];
       acc[r] = load_m((g.init ? g.init[i + r] : g.bias) + j0, tail);
     }
-    for (int half = 0; half < 2; ++half) {
-      vec b[KC];
-      for (int k = 0; k < KC; ++k) b[k] = load_m(bcol + (half * KC + k) * ldb, tail);
+    for (int chunk = 0; chunk < kChunks; ++chunk) {
+      if constexpr (kChunks > 1) load_b(chunk);
 #pragma GCC unroll 32
       for (int k = 0; k < KC; ++k)
-        for (int r = 0; r < R; ++r) acc[r] += splat(ap[r][(half * KC + k) * ak]) * b[k];
+        for (int r = 0; r < R; ++r) acc[r] += splat(ap[r][(chunk * KC + k) * ak]) * b[k];
     }
     for (int r = 0; r < R; ++r) finish(acc[r], i + r);
   }
-  for (; i < M; ++i) {
+  for (; i < M; ++i) {  // fewer than R rows left
     const float* ap = g.a[i];
     vec acc = load_m((g.init ? g.init[i] : g.bias) + j0, tail);
-    for (int k = 0; k < 2 * KC; ++k) acc += splat(ap[k * ak]) * load_m(bcol + k * ldb, tail);
+    for (int k = 0; k < kChunks * KC; ++k)
+      acc += splat(ap[k * ak]) * (kChunks == 1 ? b[k % KC] : load_m(bcol + k * ldb, tail));
     finish(acc, i);
   }
 }
@@ -309,23 +281,21 @@ void panels(const Gemm& g, int64_t M, int64_t N) {
 }
 
 void gemm(const Gemm& g, int64_t M, int64_t N) {
-  // Only where the registers hold B's K rows beside the rows in flight: AVX-512's 32.
-  constexpr bool small_k_fits = kMaxAcc >= 24;
-  if (small_k_fits && (g.K == 16 || g.K == 24 || g.K == 27) && (g.store == Store::kRelu6 || g.store == Store::kPlain) &&
-      g.ck == 1 && !g.res) {
+  // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32), and for K = 32
+  // with enough rows: the rows past the last group of R go one at a time.
+  constexpr bool short_k_fits = kMaxAcc >= 24;
+  const bool short_k = (g.K == 16 || g.K == 24 || g.K == 27 || (g.K == 32 && M >= 32)) &&
+                       (g.store == Store::kRelu6 || g.store == Store::kPlain) && g.ck == 1 && !g.res;
+  if (short_k_fits && short_k) {
     for (int64_t j0 = 0; j0 < N; j0 += kLanes) {
       const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));
-      if (g.K == 16) column_small_k<16>(g, M, j0, ncols);
-      else if (g.K == 24) column_small_k<24>(g, M, j0, ncols);
-      else column_small_k<27>(g, M, j0, ncols);  // the stem: 3 x 3 taps of 3 channels
+      switch (g.K) {
+        case 16: column_short_k<16, 1>(g, M, j0, ncols); break;
+        case 24: column_short_k<24, 1>(g, M, j0, ncols); break;
+        case 27: column_short_k<27, 1>(g, M, j0, ncols); break;  // the stem: 3 x 3 taps of 3 channels
+        default: column_short_k<16, 2>(g, M, j0, ncols); break;
+      }
     }
-    return;
-  }
-  // Rows one at a time past the last group of R: only worth it with many rows.
-  if (small_k_fits && g.K == 32 && M >= 32 && (g.store == Store::kRelu6 || g.store == Store::kPlain) &&
-      g.ck == 1 && !g.res) {
-    for (int64_t j0 = 0; j0 < N; j0 += kLanes)
-      column_two_chunks<16>(g, M, j0, static_cast<int>(std::min<int64_t>(kLanes, N - j0)));
     return;
   }
   if (g.group_stride) panels<true>(g, M, N);
