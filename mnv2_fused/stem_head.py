@@ -12,8 +12,8 @@ from torch import nn
 
 from . import _extension
 from .backends import _has_kernel
-from .layout import as_matrix, fold_for_kernel, kernel_layout, matrix_layout
-from .reference import _relu6, fold_bn
+from .layout import fold_for_kernel, kernel_layout, matrix_layout
+from .reference import _relu6, as_matrix, fold_bn
 
 
 class StemWeights(NamedTuple):

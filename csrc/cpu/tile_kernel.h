@@ -37,16 +37,16 @@ struct BlockArgs {
   int64_t sxn, sxc, sxh, sxw;
   float* y;  // output
   int64_t syn, syc, syh, syw;
-  // Weights in the kernel's layout, output channel fastest (see pack_* in inverted_residual.cpp):
-  // Matrices (K, O) are row-major, or packed when flagged (groups of kPackedColumns output
-  // channels, each (K, kPackedColumns) contiguous, one after another; not for the 3x3 expand).
+  // Weights in the kernel's layout, output channel fastest (see weight_layout.h). The matrices
+  // (K, O) are row-major, or packed when flagged: groups of kPackedColumns output channels, each
+  // (K, kPackedColumns) contiguous, one after another (never the 3x3 expand).
   const float* w_expand;  // (K, hidden): K = cin for 1x1, 9 * cin ([c][dy][dx]) for 3x3; null for kNone
   const float* b_expand;  // (hidden)
   const float* w_dw;      // (9, hidden)
   const float* b_dw;      // (hidden)
   const float* w_proj;    // (hidden, cout)
-  bool expand_packed, proj_packed;
   const float* b_proj;    // (cout)
+  bool expand_packed, proj_packed;
   Expand expand;
   int64_t expand_stride;
   int64_t cin, hidden, cout;

@@ -35,7 +35,7 @@ inline const float* contiguous_ptr(const at::Tensor& t, at::Tensor& keep) {
   return keep.data_ptr<float>();
 }
 
-// Pointer to a (O, K) weight as the head and classifier kernels read it: packed as is (3-D, see
+// Pointer to a (O, K) weight matrix as the CPU GEMMs read it: packed as is (3-D, see
 // check_matrix_weight), else (K, O) row-major, copied into `keep` unless stored so.
 inline const float* matrix_columns(const at::Tensor& w, at::Tensor& keep, bool& packed) {
   packed = w.dim() == 3;
