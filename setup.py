@@ -1,16 +1,19 @@
 """Build mnv2_fused._C: the C++ CPU kernel always, the CUDA kernel when it can be compiled.
 
+The extension is compiled against the torch already installed (pip install --no-build-isolation).
 Environment switches:
   MNV2_FUSED_BUILD_CUDA=0/1   force the CUDA sources off / on (default: on when torch is a CUDA
                               build and a CUDA toolkit is found)
   CUDA_HOME                   the toolkit root; otherwise found from nvcc, following wrapper scripts
   TORCH_CUDA_ARCH_LIST        GPU architectures; default "8.0;9.0" (nvcc would otherwise build all)
   MAX_JOBS                    parallel compile jobs (ninja)
+  MNV2_FUSED_SANITIZE=1       AddressSanitizer build of the C++ code
 """
 import glob
 import os
 import re
 import shutil
+import sys
 
 from setuptools import setup
 
@@ -49,14 +52,25 @@ def find_cuda_home():
     return None
 
 
+# Commands that compile; the others (sdist, egg_info, ...) only package the sources and need
+# neither torch nor a compiler.
+_COMPILING = {"build", "build_ext", "bdist_wheel", "editable_wheel", "install", "develop", "bdist_egg"}
+_compiling = any(a in _COMPILING for a in sys.argv[1:])
+
 # torch.utils.cpp_extension reads CUDA_HOME when it is imported, so settle it first.
 _cuda_home = find_cuda_home()
 if _cuda_home:
     os.environ["CUDA_HOME"] = _cuda_home
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-import torch  # noqa: E402
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+try:
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+except ImportError:
+    if _compiling:
+        sys.exit("mnv2_fused is compiled against the installed torch: install torch first, then "
+                 "`pip install --no-build-isolation .` (an isolated build environment has no torch)")
+    torch = None
 
 
 def want_cuda():
@@ -73,7 +87,6 @@ def extensions():
     # the flag it silently runs on one thread.
     cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
     if os.environ.get("MNV2_FUSED_SANITIZE"):
-        # AddressSanitizer build for the robustness run; see README.
         cxx_flags = ["-O1", "-g", "-fopenmp", "-fsanitize=address", "-fno-omit-frame-pointer"]
     extra_link = ["-fopenmp"] + (["-fsanitize=address"] if os.environ.get("MNV2_FUSED_SANITIZE") else [])
     if want_cuda():
@@ -91,7 +104,19 @@ def extensions():
                          extra_compile_args={"cxx": cxx_flags}, extra_link_args=extra_link)]
 
 
-setup(
-    ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension},
-)
+if torch is not None:
+    class ReusingBuildExtension(BuildExtension):
+        """Compiles into build/ in the source tree, where ninja finds the previous build's objects:
+        an editable install builds in a fresh temporary directory every time, so without this a
+        second `pip install -e .` (the test extras after the main job's install) recompiles
+        everything. ninja recompiles what changed, flags included."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            if os.access(HERE, os.W_OK):
+                tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
+                self.build_temp = os.path.join(HERE, "build", f"temp-{tag}")
+
+    setup(ext_modules=extensions(), cmdclass={"build_ext": ReusingBuildExtension})
+else:
+    setup()

@@ -6,19 +6,14 @@ The pytest-benchmark run also records this ratio for every configuration (extra_
 script repeats it for the whole network alone, with more rounds (see measure.alternating_ratio).
 """
 import argparse
-import copy
-import os
 import sys
 
 import torch
 import torchvision
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from helpers import randomize_bn  # noqa: E402
-
-import mnv2_fused  # noqa: E402
-from mnv2_fused.measure import alternating_ratio  # noqa: E402
-from mnv2_fused.onnx_runtime import ort_runner  # noqa: E402
+from mnv2_fused.bench.measure import alternating_ratio
+from mnv2_fused.bench.models import randomize
+from mnv2_fused.bench.providers import PROVIDERS
 
 
 def main():
@@ -27,17 +22,17 @@ def main():
     p.add_argument("--rounds", type=int, default=12, help="alternations of the two providers")
     p.add_argument("--runs", type=int, default=20, help="timed runs per block (a quarter of it at batch > 1)")
     args = p.parse_args()
-    net = randomize_bn(torchvision.models.mobilenet_v2(), seed=0).eval()
-    fused = mnv2_fused.convert(copy.deepcopy(net))
+    net = randomize(torchvision.models.mobilenet_v2(), seed=0).eval()
+    missing = PROVIDERS["onnxruntime"].missing()
+    if missing:
+        sys.exit(missing)
     print(f"{torch.get_num_threads()} threads; medians over {args.rounds} alternating rounds")
     for batch in args.batch:
         x = torch.randn(batch, 3, 224, 224)
-        ort = ort_runner(net, x, torch.get_num_threads())
-        if ort is None:
-            sys.exit("onnxruntime is not installed")
+        fused, ort = PROVIDERS["fused"].make(net, x), PROVIDERS["onnxruntime"].make(net, x)
         runs = args.runs if batch == 1 else max(3, args.runs // 4)
         with torch.no_grad():
-            ratio, f, o = alternating_ratio(lambda: fused(x), ort, rounds=args.rounds, repeat=runs)
+            ratio, f, o = alternating_ratio(fused, ort, rounds=args.rounds, repeat=runs)
         print(f"batch {batch}: fused {f * 1e3:.2f}  onnxruntime {o * 1e3:.2f}  ORT/fused {ratio:.2f}x")
 
 

@@ -6,15 +6,12 @@ torchvision eager (cuDNN) and torch.compile, with peak memory; prints a table la
 import argparse
 import copy
 import json
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from helpers import make_block, rel_err, table2_blocks  # noqa: E402
-
-from mnv2_fused import FusedInvertedResidual  # noqa: E402
+from mnv2_fused import FusedInvertedResidual
+from mnv2_fused.bench.measure import rel_err
+from mnv2_fused.bench.models import make_block, table2_blocks
 
 
 def time_ms(fn):

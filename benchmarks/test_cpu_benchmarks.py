@@ -10,20 +10,17 @@ extra_info also holds ort_over_fused, how many times faster the fused kernel is 
 timed in alternation (measure.alternating_ratio), which a slow spell of the shared machine cannot
 tilt the way it can tilt two medians taken one after the other.
 """
-import copy
 import time
 
 import pytest
 import torch
 import torchvision
 
-from mnv2_fused import convert
-from mnv2_fused.measure import alternating_ratio, peak_cpu_bytes
-from mnv2_fused.onnx_runtime import onnxruntime_available, ort_runner
-from helpers import make_block, randomize_bn, table2_blocks
+from mnv2_fused.bench.measure import alternating_ratio, peak_cpu_bytes
+from mnv2_fused.bench.models import make_block, randomize, table2_blocks
+from mnv2_fused.bench.providers import PROVIDERS
 
 BATCHES = [1, 8]
-PROVIDERS = ["fused", "eager_nchw", "eager_channels_last", "onnxruntime", "compile"]
 BLOCKS = table2_blocks()
 
 
@@ -39,47 +36,35 @@ ALTERNATING_RUNS = {1: 20, 8: 3}
 
 
 def make_runner(provider, model, x):
-    if provider == "fused":
-        fused = convert(copy.deepcopy(model))
-        xc = x.contiguous(memory_format=torch.channels_last)
-        return lambda: fused(xc)
-    if provider == "eager_nchw":
-        return lambda: model(x)
-    if provider == "eager_channels_last":
-        m = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        xc = x.contiguous(memory_format=torch.channels_last)
-        return lambda: m(xc)
-    if provider == "onnxruntime":
-        run = ort_runner(model, x, torch.get_num_threads())
-        if run is None:
-            pytest.skip("onnxruntime not installed")
-        return run
-    if provider == "compile":
-        compiled = torch.compile(copy.deepcopy(model))
-        return lambda: compiled(x)
-    raise ValueError(provider)
+    p = PROVIDERS[provider]
+    reason = p.missing()
+    if reason is not None:
+        pytest.skip(reason)
+    if provider == "fused":  # fed channels_last, which its kernels read in place
+        x = x.contiguous(memory_format=torch.channels_last)
+    return p.make(model, x)
 
 
 def run_benchmark(benchmark, provider, model, x, flops):
     with torch.no_grad():
         fn = make_runner(provider, model, x)
         fn()
-        benchmark.extra_info["peak_bytes"] = peak_cpu_bytes(fn) if provider != "onnxruntime" else None
+        benchmark.extra_info["peak_bytes"] = peak_cpu_bytes(fn) if PROVIDERS[provider].measures_memory else None
         benchmark.extra_info["flops"] = flops
         # Idle thread pools spin for a while after their last job (torch's OpenMP workers, ONNX
         # Runtime's pool): let the previous provider's go quiet so they do not steal this one's cores.
         time.sleep(0.3)
         benchmark.pedantic(fn, rounds=15, iterations=1, warmup_rounds=2)
         if provider == "fused":
-            ort = make_runner("onnxruntime", model, x) if onnxruntime_available() else None
-            if ort is not None:
+            if PROVIDERS["onnxruntime"].missing() is None:
+                ort = make_runner("onnxruntime", model, x)
                 ratio, _, _ = alternating_ratio(fn, ort, rounds=ALTERNATING_ROUNDS,
                                                 repeat=ALTERNATING_RUNS.get(x.shape[0], 3))
                 benchmark.extra_info["ort_over_fused"] = ratio
     benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.median / 1e9
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[f"b{i}_{c}-{o}_s{s}_t{t}_{r}px" for i, (c, o, s, t, r) in enumerate(BLOCKS)])
 def test_block(benchmark, index, batch, provider):
@@ -90,10 +75,10 @@ def test_block(benchmark, index, batch, provider):
     run_benchmark(benchmark, provider, model, x, block_flops(cin, cout, stride, t, res, batch))
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("batch", BATCHES)
 def test_mobilenet_v2(benchmark, batch, provider):
     benchmark.group = f"mobilenet_v2 224x224 batch {batch}"
-    model = randomize_bn(torchvision.models.mobilenet_v2(), seed=0).eval()
+    model = randomize(torchvision.models.mobilenet_v2(), seed=0).eval()
     x = torch.randn(batch, 3, 224, 224)
     run_benchmark(benchmark, provider, model, x, 2 * 300e6 * batch)

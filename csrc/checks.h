@@ -2,7 +2,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#include "cpu/tile_kernel.h"
+#include "layout.h"
 
 namespace mnv2_fused {
 
@@ -14,9 +14,6 @@ struct BlockShape {
   bool expand, residual;
 };
 
-// Output size of a 3x3 convolution with padding 1.
-inline int64_t conv3x3_out(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
-
 inline void check_weight(const at::Tensor& t, const at::Tensor& x, const char* name,
                          at::IntArrayRef shape, const char* op = "mnv2_fused.inverted_residual") {
   TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
@@ -26,16 +23,15 @@ inline void check_weight(const at::Tensor& t, const at::Tensor& x, const char* n
 }
 
 // A (O, K) weight w with bias b (O): either (O, K) with any strides, or packed as the CPU kernels
-// stream it, (ceil(O / 16), K, 16) contiguous: block g holds output channels 16g..16g+15 for
-// every k, zero past O (see mnv2_fused/layout.py, pack_columns).
+// stream it (kPackedColumns in layout.h).
 inline void check_matrix_weight(const at::Tensor& w, const at::Tensor& b, const at::Tensor& x, int64_t k,
                                 const char* op, const char* w_name = "w", const char* b_name = "b") {
   TORCH_CHECK_VALUE(b.dim() == 1, op, ": ", b_name, " must be 1-D, got ", b.sizes());
   const int64_t o = b.size(0);
   if (w.dim() == 3) {
-    const int64_t groups = (o + cpu::kPackedColumns - 1) / cpu::kPackedColumns;
-    TORCH_CHECK_VALUE(w.sizes() == at::IntArrayRef({groups, k, cpu::kPackedColumns}), op, ": packed ", w_name,
-                      " must have shape ", at::IntArrayRef({groups, k, cpu::kPackedColumns}), ", got ", w.sizes());
+    const int64_t groups = (o + kPackedColumns - 1) / kPackedColumns;
+    TORCH_CHECK_VALUE(w.sizes() == at::IntArrayRef({groups, k, kPackedColumns}), op, ": packed ", w_name,
+                      " must have shape ", at::IntArrayRef({groups, k, kPackedColumns}), ", got ", w.sizes());
     check_weight(w, x, w_name, w.sizes(), op);
     TORCH_CHECK_VALUE(w.is_contiguous(), op, ": a packed ", w_name, " must be contiguous");
     TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": packed weights are for the CPU kernels; x is on ", x.device());

@@ -1,9 +1,10 @@
 // The Python module mnv2_fused._C. Importing it loads this library, whose static initializers
 // register the ops (csrc/ops.cpp and each device's kernels). It also holds what keeps a fused
-// module's per-forward bookkeeping out of Python (mnv2_fused/fold_cache.py, FastCall): right
-// after a forward has streamed megabytes of weights through the caches, every Python object and
-// code path a forward touches is a cache miss, and walking ~300 parameters' versions from Python,
-// or parsing ~100 weight tensors into an op call, measurably costs (~0.1-0.2 ms of a 4 ms forward).
+// module's per-forward bookkeeping out of Python (mnv2_fused/bound.py): right after a forward has
+// streamed megabytes of weights through the caches, every Python object and code path a forward
+// touches is a cache miss, and walking ~300 parameters' versions from Python, or parsing ~100
+// weight tensors into an op call, costs a measurable share of a batch-1 forward.
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
 #include <memory>
@@ -13,7 +14,16 @@
 namespace mnv2_fused {
 namespace {
 
-// The version counters of some tensors at construction, and whether any moved since.
+// The input of a bound call when it is a tensor the call may serve with autograd off (the call
+// then runs the op, which records nothing for autograd); nullopt otherwise, so the module takes
+// its full path (FX proxies, gradients to compute, wrong types: that path says what is wrong).
+std::optional<at::Tensor> bound_input(pybind11::handle x) {
+  if (!THPVariable_Check(x.ptr()) || at::GradMode::is_enabled()) return std::nullopt;
+  return THPVariable_Unpack(x.ptr());
+}
+
+// The version counters of some tensors at construction, and whether any moved since. Inference
+// tensors have none: the caller leaves them out.
 class VersionSnapshot {
  public:
   explicit VersionSnapshot(std::vector<at::Tensor> tensors) : tensors_(std::move(tensors)) {
@@ -36,10 +46,11 @@ class VersionSnapshot {
 // versions of the tensors they were folded from.
 class NetworkCall {
  public:
-  NetworkCall(std::shared_ptr<VersionSnapshot> versions, std::vector<at::Tensor> stem, int64_t stem_stride,
+  NetworkCall(std::shared_ptr<VersionSnapshot> versions, int64_t in_channels, std::vector<at::Tensor> stem, int64_t stem_stride,
               int64_t stride, std::vector<std::optional<at::Tensor>> blocks, std::vector<int64_t> block_strides,
               std::vector<int64_t> block_residuals, std::vector<at::Tensor> head, std::vector<at::Tensor> classifier)
       : versions_(std::move(versions)),
+        in_channels_(in_channels),
         stem_(std::move(stem)),
         stem_stride_(stem_stride),
         stride_(stride),
@@ -50,10 +61,17 @@ class NetworkCall {
     for (auto& b : blocks) blocks_.push_back(std::move(b));
   }
 
-  // The network's output for x; nullopt when x is not a float32 CPU tensor or a weight changed
-  // since the fold (the caller then takes the general path, which folds again).
-  std::optional<at::Tensor> operator()(const at::Tensor& x) const {
-    if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || !versions_->unchanged()) return std::nullopt;
+  // The network's output for x; nullopt unless x is a 4-D float32 CPU tensor with the stem's input
+  // channels and no weight changed since the fold (the caller then takes the general path, which
+  // says what is wrong or folds again).
+  std::optional<at::Tensor> operator()(pybind11::handle input) const {
+    const std::optional<at::Tensor> in = bound_input(input);
+    if (!in) return std::nullopt;
+    const at::Tensor& x = *in;
+    if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 4 || x.size(1) != in_channels_ ||
+        !versions_->unchanged())
+      return std::nullopt;
+    pybind11::gil_scoped_release no_gil;
     // Through the dispatcher, so profilers and dispatch modes see the op as from Python.
     static const auto op =
         c10::Dispatcher::singleton()
@@ -66,6 +84,7 @@ class NetworkCall {
 
  private:
   std::shared_ptr<VersionSnapshot> versions_;
+  int64_t in_channels_;
   std::vector<at::Tensor> stem_;
   int64_t stem_stride_, stride_;
   c10::List<std::optional<at::Tensor>> blocks_;
@@ -93,10 +112,14 @@ class BlockCall {
 
   // The block's output for x; nullopt unless x is a 4-D float32 CPU tensor with the block's input
   // channels and no weight changed since the fold (the module's checked path says what is wrong).
-  std::optional<at::Tensor> operator()(const at::Tensor& x) const {
+  std::optional<at::Tensor> operator()(pybind11::handle input) const {
+    const std::optional<at::Tensor> in = bound_input(input);
+    if (!in) return std::nullopt;
+    const at::Tensor& x = *in;
     if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 4 || x.size(1) != in_channels_ ||
         !versions_->unchanged())
       return std::nullopt;
+    pybind11::gil_scoped_release no_gil;
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("mnv2_fused::inverted_residual", "")
                                .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
@@ -125,12 +148,12 @@ PYBIND11_MODULE(_C, m) {
       .def(pybind11::init<std::vector<at::Tensor>>())
       .def("unchanged", &VersionSnapshot::unchanged);
   pybind11::class_<NetworkCall>(m, "NetworkCall")
-      .def(pybind11::init<std::shared_ptr<VersionSnapshot>, std::vector<at::Tensor>, int64_t, int64_t,
+      .def(pybind11::init<std::shared_ptr<VersionSnapshot>, int64_t, std::vector<at::Tensor>, int64_t, int64_t,
                           std::vector<std::optional<at::Tensor>>, std::vector<int64_t>, std::vector<int64_t>,
                           std::vector<at::Tensor>, std::vector<at::Tensor>>())
-      .def("__call__", &NetworkCall::operator(), pybind11::call_guard<pybind11::gil_scoped_release>());
+      .def("__call__", &NetworkCall::operator());
   pybind11::class_<BlockCall>(m, "BlockCall")
       .def(pybind11::init<std::shared_ptr<VersionSnapshot>, std::optional<at::Tensor>, std::optional<at::Tensor>,
                           at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t, bool, int64_t>())
-      .def("__call__", &BlockCall::operator(), pybind11::call_guard<pybind11::gil_scoped_release>());
+      .def("__call__", &BlockCall::operator());
 }

@@ -4,13 +4,12 @@
     model = torchvision.models.mobilenet_v2(block=FusedInvertedResidual).eval()
     # or: model = convert(torchvision.models.mobilenet_v2().eval())
 """
-from . import _extension
+from . import _extension  # noqa: F401  -- loads the compiled ops
 from .backends import BACKENDS, select_backend, why_not
-from .convert import convert
+from .convert import FusionReport, convert, fusion_report
 from .module import FusedInvertedResidual
 from .ops import inverted_residual
 from .reference import FoldedWeights, fold_block, fold_bn, inverted_residual_reference
-
 
 
 def __getattr__(name):
@@ -28,9 +27,11 @@ __all__ = [
     "FoldedWeights",
     "FusedInvertedResidual",
     "FusedMobileNetV2",
+    "FusionReport",
     "convert",
     "fold_block",
     "fold_bn",
+    "fusion_report",
     "inverted_residual",
     "inverted_residual_reference",
     "select_backend",

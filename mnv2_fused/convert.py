@@ -1,40 +1,91 @@
-"""Swap torchvision InvertedResidual blocks for fused ones inside an existing model."""
+"""Swap torchvision MobileNetV2 InvertedResidual blocks for fused ones inside an existing model, and
+say what was fused."""
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from .backends import check_backend_name
-from .module import FusedInvertedResidual
+from .module import FusedInvertedResidual, unfusable_reason
+
+logger = logging.getLogger("mnv2_fused")
 
 
-def _is_torchvision_block(m: nn.Module) -> bool:
-    # Checked by name so that importing mnv2_fused never needs torchvision.
-    cls = type(m)
-    return cls.__name__ == "InvertedResidual" and cls.__module__.startswith("torchvision.")
+def _class_path(m: nn.Module) -> str:
+    return f"{type(m).__module__}.{type(m).__qualname__}"
 
 
-def _is_torchvision_mobilenet_v2(m: nn.Module) -> bool:
-    cls = type(m)
-    return cls.__name__ == "MobileNetV2" and cls.__module__.startswith("torchvision.")
+def _is_mobilenet_v2_block(m: nn.Module) -> bool:
+    # Checked by name so that importing mnv2_fused never needs torchvision. Other classes named
+    # InvertedResidual (torchvision's MobileNetV3, timm) have other layouts.
+    return _class_path(m) == "torchvision.models.mobilenetv2.InvertedResidual"
+
+
+def _is_candidate(m: nn.Module) -> bool:
+    """A block of the inverted-residual family that a caller may expect to be fused."""
+    return "InvertedResidual" in type(m).__name__ and not isinstance(m, FusedInvertedResidual)
+
+
+def _why_unfused(m: nn.Module) -> str:
+    if _is_mobilenet_v2_block(m):
+        return unfusable_reason(m) or "not converted (call convert)"
+    return f"{_class_path(m)} is not supported (only MobileNetV2's InvertedResidual is fused)"
+
+
+@dataclass
+class FusionReport:
+    """What runs fused in a model: the fused blocks' names, whether a MobileNetV2's stem and head
+    are fused too, and every other inverted-residual block with the reason it is not."""
+
+    fused_blocks: list[str] = field(default_factory=list)
+    whole_network: bool = False
+    unfused: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"mnv2_fused: {len(self.fused_blocks)} fused block(s)"
+                 + ("; stem and head fused too (whole network)" if self.whole_network else "")]
+        lines += [f"  left unfused: {name or '(the model itself)'}: {why}" for name, why in self.unfused.items()]
+        return "\n".join(lines)
+
+
+def fusion_report(model: nn.Module) -> FusionReport:
+    """What runs fused in ``model`` (see FusionReport)."""
+    report = FusionReport()
+    for name, m in model.named_modules():
+        if isinstance(m, FusedInvertedResidual):
+            report.fused_blocks.append(name)
+        elif _is_candidate(m):
+            report.unfused[name] = _why_unfused(m)
+    if type(model).__name__ == "FusedMobileNetV2":
+        report.whole_network = True
+    return report
 
 
 def convert(model: nn.Module, backend: str = "auto", whole_network: bool = True) -> nn.Module:
-    """Replace every torchvision InvertedResidual inside ``model``, in place, keeping its weights
-    (the same tensors) and state_dict keys; returns ``model``. A bare block is returned converted.
+    """Replace every torchvision MobileNetV2 InvertedResidual inside ``model``, in place, keeping
+    its weights (the same tensors) and state_dict keys; returns ``model``. A bare block is returned
+    converted. Blocks that cannot be fused (other layouts, other families) are left as they are;
+    ``fusion_report(model)`` lists both, and convert logs it (logger "mnv2_fused", level INFO).
 
     For a torchvision MobileNetV2, ``whole_network`` also fuses the stem with the first block and
     the last 1x1 convolution with the average pool (see FusedMobileNetV2); the model's class
     becomes FusedMobileNetV2, a subclass, and everything else about it stays as it was.
     """
     check_backend_name(backend)
-    if _is_torchvision_block(model):
-        return FusedInvertedResidual.from_block(model, backend)
+    if _is_mobilenet_v2_block(model):
+        return FusedInvertedResidual.from_block(model, backend) if unfusable_reason(model) is None else model
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if _is_torchvision_block(child):
+            if _is_mobilenet_v2_block(child) and unfusable_reason(child) is None:
                 setattr(parent, name, FusedInvertedResidual.from_block(child, backend))
-    if whole_network and _is_torchvision_mobilenet_v2(model):
-        from .network import fuse_network  # imports torchvision, which the model's owner has
+    if whole_network and _class_path(model) == "torchvision.models.mobilenetv2.MobileNetV2":
+        from .network import (
+            fuse_network,  # imports torchvision, which the model's owner has
+        )
 
         fuse_network(model)
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("%s", fusion_report(model))
     return model

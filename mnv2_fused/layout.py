@@ -29,7 +29,7 @@ def kernel_layout(w: torch.Tensor) -> torch.Tensor:
     return out_channel_fastest(w) if w.device.type == "cpu" else w.contiguous()
 
 
-PACKED_COLUMNS = 16
+PACKED_COLUMNS = 16  # kPackedColumns in csrc/layout.h
 
 
 def pack_columns(w: torch.Tensor) -> torch.Tensor:

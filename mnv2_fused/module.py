@@ -6,13 +6,12 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from . import fold_cache
-from ._extension import extension_loaded
-from .backends import check_backend_name, select_backend
-from .fold_cache import FastCall, FoldCache, note_change
+from . import backends
+from .bound import Bound, generation, note_change, refresh_after_load
 from .layout import fold_for_kernel
-from .ops import inverted_residual
+from .ops import run_block
 from .reference import FoldedWeights
+from .tracing import fx_leaf_call, is_fx_proxy
 
 
 def _conv_bn_relu6(inp: int, oup: int, kernel: int, stride: int, groups: int,
@@ -26,6 +25,58 @@ def _conv_bn_relu6(inp: int, oup: int, kernel: int, stride: int, groups: int,
     )
 
 
+def check_input(x: torch.Tensor, who: str, channels: int, weight: torch.Tensor) -> None:
+    """Raises what a wrong input to a fused module is, before any kernel sees it: not a 4-D
+    floating-point tensor with ``channels`` channels and ``weight``'s device and dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{who} expects a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{who} expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{who}: the input has {x.shape[1]} channels, {channels} expected "
+                         f"(input shape {tuple(x.shape)})")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{who} expects a floating-point input, got {x.dtype}")
+    if x.device != weight.device:
+        raise RuntimeError(f"{who}: input is on {x.device} but the weights are on {weight.device}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"{who}: input dtype {x.dtype} does not match the weights' {weight.dtype} "
+                        "(convert one of them, e.g. model.to(x.dtype))")
+
+
+def _layer_is(m: nn.Module, kind: type, **attrs) -> bool:
+    return isinstance(m, kind) and all(getattr(m, k) == v for k, v in attrs.items())
+
+
+def unfusable_reason(block: nn.Module) -> Optional[str]:
+    """None when ``block`` has torchvision MobileNetV2's InvertedResidual layout with layers the
+    fused kernels compute exactly, else what differs."""
+    conv = getattr(block, "conv", None)
+    if not isinstance(conv, nn.Sequential) or len(conv) not in (3, 4) or not hasattr(block, "use_res_connect"):
+        return f"{type(block).__name__} does not have MobileNetV2's InvertedResidual layout (conv, use_res_connect)"
+    *stages, proj, bn = list(conv)
+    for stage in stages:
+        if not (isinstance(stage, nn.Sequential) and len(stage) == 3 and isinstance(stage[1], nn.BatchNorm2d)
+                and type(stage[2]) is nn.ReLU6):
+            return f"expected Conv2d + BatchNorm2d + ReLU6 stages, got {stage}"
+    if len(stages) == 2 and not _layer_is(stages[0][0], nn.Conv2d, kernel_size=(1, 1), stride=(1, 1), groups=1,
+                                          padding=(0, 0), dilation=(1, 1)):
+        return f"the expand layer is not a plain 1x1 convolution: {stages[0][0]}"
+    dw = stages[-1][0]
+    if not (_layer_is(dw, nn.Conv2d, kernel_size=(3, 3), padding=(1, 1), dilation=(1, 1), groups=dw.in_channels,
+                      out_channels=dw.in_channels)
+            and dw.stride in ((1, 1), (2, 2)) and dw.stride[0] == block.stride):
+        return f"the fused kernels need a 3x3 depthwise convolution with padding 1 and stride 1 or 2, got {dw}"
+    if not (_layer_is(proj, nn.Conv2d, kernel_size=(1, 1), stride=(1, 1), groups=1) and isinstance(bn, nn.BatchNorm2d)):
+        return f"the projection is not a 1x1 convolution and BatchNorm2d: {proj}, {bn}"
+    for m in conv.modules():
+        if isinstance(m, nn.Conv2d) and m.bias is not None:
+            return f"convolutions with a bias are not folded: {m}"
+        if isinstance(m, nn.BatchNorm2d) and not m.track_running_stats:
+            return f"BatchNorm2d without running statistics cannot be folded: {m}"
+    return None
+
+
 class FusedInvertedResidual(nn.Module):
     """MobileNetV2 inverted-residual block that runs as one fused kernel at inference.
 
@@ -34,26 +85,26 @@ class FusedInvertedResidual(nn.Module):
     checkpoints load unchanged.
 
     - eval mode with no gradient needed: BN folded into the convolutions (cached, refreshed when
-      any parameter or buffer changes) and the fused kernel of ``backend``;
-    - training mode, or a gradient needed: torchvision's exact unfused math, so fine-tuning works.
+      any parameter or buffer changes, see bound.py) and the fused kernel of ``backend``;
+    - training mode, a gradient needed, ONNX export or TorchScript: torchvision's exact unfused
+      math, through the block's own layers.
 
     backend: "auto" (the fastest back end that supports the input), "cpu", "cuda", "triton" or
     "reference". An explicit back end that cannot run an input raises RuntimeError saying why.
-    In-place edits made through ``.data`` bypass version tracking: call ``refresh()`` after them.
+    Edits that bypass version tracking (``.data``, in-place edits of inference tensors) need
+    ``refresh()``.
     """
+
+    __jit_unused_properties__ = ["backend"]
 
     def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int,
                  norm_layer: Optional[Callable[..., nn.Module]] = None, *, backend: str = "auto") -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride should be 1 or 2 instead of {stride}")
-        check_backend_name(backend)
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
-        self.stride = stride
-        self.backend = backend
         hidden_dim = int(round(inp * expand_ratio))
-        self.use_res_connect = self.stride == 1 and inp == oup
         layers: list[nn.Module] = []
         if expand_ratio != 1:
             layers.append(_conv_bn_relu6(inp, hidden_dim, 1, 1, 1, norm_layer))
@@ -62,39 +113,34 @@ class FusedInvertedResidual(nn.Module):
             nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
             norm_layer(oup),
         ])
-        self.conv = nn.Sequential(*layers)
-        self.out_channels = oup
-        self._is_cn = stride > 1
-        self.in_channels = inp
-        self._fold_cache = FoldCache(fold_for_kernel)
-        self._fast = FastCall()
+        self._adopt(nn.Sequential(*layers), stride, stride == 1 and inp == oup, oup, backend)
 
     @classmethod
     def from_block(cls, block: nn.Module, backend: str = "auto") -> "FusedInvertedResidual":
         """A fused block that adopts ``block``'s submodules (the same tensors, no copy).
 
-        ``block`` has torchvision's InvertedResidual layout: ``conv``, ``stride``, ``use_res_connect``.
+        ``block`` has torchvision MobileNetV2's InvertedResidual layout; ValueError says what
+        differs otherwise.
         """
-        check_backend_name(backend)
-        conv = block.conv
-        if len(conv) not in (3, 4) or not isinstance(conv[-2], nn.Conv2d):
-            raise ValueError(f"not an InvertedResidual layout: {type(block).__name__} with conv {conv}")
-        dw = conv[-3][0]
-        if dw.kernel_size != (3, 3) or dw.groups != dw.in_channels or dw.padding != (1, 1):
-            raise ValueError(f"the fused block needs a 3x3 depthwise convolution with padding 1, got {dw}")
+        reason = unfusable_reason(block)
+        if reason is not None:
+            raise ValueError(f"mnv2_fused: cannot fuse {type(block).__name__}: {reason}")
         fused = cls.__new__(cls)
         nn.Module.__init__(fused)
-        fused.stride = block.stride
-        fused.backend = backend
-        fused.use_res_connect = block.use_res_connect
-        fused.conv = conv
-        fused.out_channels = block.out_channels
-        fused._is_cn = getattr(block, "_is_cn", block.stride > 1)
-        fused.in_channels = conv[0][0].in_channels
-        fused._fold_cache = FoldCache(fold_for_kernel)
-        fused._fast = FastCall()
+        fused._adopt(block.conv, block.stride, block.use_res_connect, block.out_channels, backend)
         fused.train(block.training)
         return fused
+
+    def _adopt(self, conv: nn.Sequential, stride: int, use_res_connect: bool, oup: int, backend: str) -> None:
+        self.conv = conv
+        self.stride = stride
+        self.use_res_connect = use_res_connect
+        self.out_channels = oup
+        self._is_cn = stride > 1
+        self.in_channels = conv[0][0].in_channels
+        self.backend = backend
+        self._bound = Bound(fold_for_kernel)
+        self.register_load_state_dict_post_hook(refresh_after_load)
 
     @property
     def backend(self) -> str:
@@ -103,69 +149,52 @@ class FusedInvertedResidual(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        check_backend_name(value)
+        backends.check_backend_name(value)
         self._backend = value
-        note_change()  # a converted network's fast path depends on every block's backend
+        note_change()  # a converted network's bound call depends on every block's backend
 
-    # -- folded-weight cache ------------------------------------------------------------------
     def refresh(self) -> None:
         """Drop the cached folded weights; the next inference call folds BN again."""
-        self._fold_cache.clear()
-        self._fast.clear()
+        self._bound.clear()
 
     def folded_weights(self) -> FoldedWeights:
         """BN-folded weights for inference, in the layout of their device's kernel; recomputed
         only when a parameter or buffer changed."""
-        return self._fold_cache.get(self.conv)
+        return self._bound.weights(self.conv)
 
     def _apply(self, fn, *args, **kwargs):
         self.refresh()
         return super()._apply(fn, *args, **kwargs)
 
-    # -- forward --------------------------------------------------------------------------------
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"FusedInvertedResidual expects a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"FusedInvertedResidual expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"FusedInvertedResidual expects {self.in_channels} input channels, got {x.shape[1]} "
-                             f"(input shape {tuple(x.shape)})")
-        if not x.dtype.is_floating_point:
-            raise TypeError(f"FusedInvertedResidual expects a floating-point input, got {x.dtype}")
-        weight = self.conv[-2].weight
-        if x.device != weight.device:
-            raise RuntimeError(f"FusedInvertedResidual: input is on {x.device} but the weights are on {weight.device}")
-        if x.dtype != weight.dtype:
-            raise TypeError(f"FusedInvertedResidual: input dtype {x.dtype} does not match the weights' {weight.dtype} "
-                            "(convert one of them, e.g. model.to(x.dtype))")
-
-    def _needs_reference(self, x: torch.Tensor) -> bool:
-        if self.training:
-            return True
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.conv.parameters())):
-            return True
-        return False
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The fast path (see fold_cache.FastCall): C++ checks x (a float32 CPU tensor with this
-        # block's channels) and the weights' versions.
-        y = self._fast.run(x, self.training)
-        return y if y is not None else self._checked_forward(x)
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            return self._unfused(x)
+        y = self._bound.run(x, self.training)
+        return y if y is not None else self._dispatch(x)
 
-    def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        if self._needs_reference(x):
-            return x + self.conv(x) if self.use_res_connect else self.conv(x)
-        changes = fold_cache.changes()  # read before the checks it vouches for
-        weights, snapshot = self._fold_cache.get_with_snapshot(self.conv)
-        if (snapshot is not None and extension_loaded() and not torch.is_grad_enabled()
-                and not torch.compiler.is_compiling() and select_backend(self.backend, x) == "cpu"):
-            from . import _C
+    def _unfused(self, x: torch.Tensor) -> torch.Tensor:
+        """torchvision's InvertedResidual.forward, through this block's own layers."""
+        if self.use_res_connect:
+            return x + self.conv(x)
+        return self.conv(x)
 
-            self._fast.bind(_C.BlockCall(snapshot, *weights, self.stride, self.use_res_connect, self.in_channels),
-                            changes)
-        return inverted_residual(x, weights, self.stride, self.use_res_connect, self.backend)
+    def _dispatch(self, x: torch.Tensor) -> torch.Tensor:
+        if is_fx_proxy(x):
+            return fx_leaf_call(self, x, self._unfused)
+        check_input(x, "FusedInvertedResidual", self.in_channels, self.conv[-2].weight)
+        seen = generation()  # read before the checks a binding relies on
+        chosen = backends.route(self.backend, x, self.training, self.conv.parameters)
+        if chosen == backends.UNFUSED:
+            return self._unfused(x)
+        weights = self.folded_weights()
+        if backends.may_bind(chosen):
+            self._bound.bind(self._block_call, seen)
+        return run_block(x, weights, self.stride, self.use_res_connect, chosen)
+
+    def _block_call(self, weights: FoldedWeights, versions):
+        from . import _C
+
+        return _C.BlockCall(versions, *weights, self.stride, self.use_res_connect, self.in_channels)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

@@ -3,47 +3,47 @@ the inverted-residual blocks, and the last 1x1 convolution with the average pool
 a torchvision mobilenet_v2 into one in place; attributes and state_dict keys stay the same."""
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import torch
 from torch import nn
 from torchvision.models.mobilenetv2 import MobileNetV2
 
-from . import fold_cache
-from ._extension import extension_loaded
-from .fold_cache import FastCall, FoldCache
-from .layout import fold_for_kernel, matrix_layout
-from .module import FusedInvertedResidual
-from .ops import inverted_residual
-from .stem_head import cpu_kernel_runs, fold_head, fold_stem, head_pool, linear, stem_block
+from . import backends
+from .bound import Bound, generation, refresh_after_load
+from .layout import matrix_layout
+from .module import FusedInvertedResidual, check_input
+from .ops import head_pool, linear, run_block, stem_block
+from .stem_head import StemWeights, fold_head, fold_stem
+from .tracing import is_fx_proxy
 
 
 def _is_plain_stem(m: nn.Module) -> bool:
     conv = m[0] if isinstance(m, nn.Sequential) and len(m) == 3 else None
     return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
-            and conv.groups == 1 and conv.bias is None and conv.stride[0] == conv.stride[1]
-            and conv.stride[0] in (1, 2) and isinstance(m[1], nn.BatchNorm2d) and isinstance(m[2], nn.ReLU6))
+            and conv.groups == 1 and conv.bias is None and conv.dilation == (1, 1)
+            and conv.stride[0] == conv.stride[1] and conv.stride[0] in (1, 2)
+            and isinstance(m[1], nn.BatchNorm2d) and type(m[2]) is nn.ReLU6)
 
 
 def _is_plain_head(m: nn.Module) -> bool:
     conv = m[0] if isinstance(m, nn.Sequential) and len(m) == 3 else None
     return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
             and conv.groups == 1 and conv.bias is None and isinstance(m[1], nn.BatchNorm2d)
-            and isinstance(m[2], nn.ReLU6))
-
-
-def _is_first_block(m: nn.Module) -> bool:
-    conv = getattr(m, "conv", None)
-    return conv is not None and len(conv) == 3 and not getattr(m, "use_res_connect", True)
+            and type(m[2]) is nn.ReLU6)
 
 
 def fusable(model: nn.Module) -> bool:
-    """Whether ``model`` has torchvision MobileNetV2's stem, first (expand-free) block, fused
+    """Whether ``model`` has torchvision MobileNetV2's stem, an expand-free first block, fused
     blocks and head."""
     f = getattr(model, "features", None)
     if not (isinstance(model, MobileNetV2) and isinstance(f, nn.Sequential) and len(f) >= 3):
         return False
     mods = list(f)
-    return (_is_plain_stem(mods[0]) and _is_first_block(mods[1]) and _is_plain_head(mods[-1])
-            and all(isinstance(m, FusedInvertedResidual) for m in mods[2:-1]))
+    first = mods[1]
+    return (_is_plain_stem(mods[0]) and _is_plain_head(mods[-1])
+            and all(isinstance(m, FusedInvertedResidual) for m in mods[1:-1])
+            and len(first.conv) == 3 and not first.use_res_connect)
 
 
 def _plain_classifier(m: nn.Module) -> bool:
@@ -52,96 +52,122 @@ def _plain_classifier(m: nn.Module) -> bool:
             and isinstance(m[1], nn.Linear) and m[1].bias is not None)
 
 
-def _fold_network(features: nn.Sequential, classifier: nn.Module) -> tuple:
-    """Every stage's folded weights, in the layout of their device's kernel, and the same weights
-    as the arguments of the one-call op."""
+class NetworkWeights(NamedTuple):
+    """Every stage's folded weights, in the layout of their device's kernels."""
+
+    stem: StemWeights  # the stem with the first block
+    stem_stride: int
+    stride: int  # the first block's
+    blocks: tuple  # (FoldedWeights, stride, residual) of features[2:-1]
+    head: tuple  # (w, b) of the last 1x1 convolution
+    classifier: Optional[tuple]  # (w, b) of the Linear, or None when the classifier is not torchvision's
+
+    def op_arguments(self) -> tuple:
+        """The arguments of torch.ops.mnv2_fused.mobilenet_v2_forward after x."""
+        return (list(self.stem), self.stem_stride, self.stride, [t for w, _, _ in self.blocks for t in w],
+                [s for _, s, _ in self.blocks], [int(r) for _, _, r in self.blocks], list(self.head),
+                [] if self.classifier is None else list(self.classifier))
+
+
+def _fold_network(features: nn.Sequential, classifier: nn.Module) -> NetworkWeights:
+    # The blocks' own caches hold their folds: only a block whose tensors changed folds again.
     mods = list(features)
-    stem, first, head = mods[0], mods[1], mods[-1]
-    blocks = tuple((fold_for_kernel(m.conv), m.stride, m.use_res_connect) for m in mods[2:-1])
+    stem, first = mods[0], mods[1]
+    blocks = tuple((m.folded_weights(), m.stride, m.use_res_connect) for m in mods[2:-1])
     linear_w = ((matrix_layout(classifier[1].weight), classifier[1].bias.detach())
                 if _plain_classifier(classifier) else None)
-    stem_w, stem_stride, stride = fold_stem(stem, first.conv), stem[0].stride[0], first.conv[0][0].stride[0]
-    head_w = fold_head(head)
-    one_call = (list(stem_w), stem_stride, stride, [t for blk in blocks for t in blk[0]], [blk[1] for blk in blocks],
-                [int(blk[2]) for blk in blocks], list(head_w), [] if linear_w is None else list(linear_w))
-    return (stem_w, stem_stride, stride), blocks, head_w, linear_w, one_call
+    return NetworkWeights(fold_stem(stem, first.folded_weights()), stem[0].stride[0], first.stride, blocks,
+                          fold_head(mods[-1]), linear_w)
 
 
 class FusedMobileNetV2(MobileNetV2):
     """torchvision's MobileNetV2 (same attributes, submodules and state_dict keys) whose inference
-    forward runs three fused stages on the CPU:
+    forward runs three fused stages:
 
     - the stem (3x3 conv, BN, ReLU6) together with ``features[1]``, so the (32, H/2, W/2) tensor
       never exists;
     - ``features[2:-1]``, the fused blocks, handing channels_last tensors to each other;
     - ``features[-1]`` (1x1 conv to 1280, BN, ReLU6) together with the global average pool, so the
       (1280, H/32, W/32) tensor never exists either; then the classifier's Linear (Dropout is the
-      identity at inference), with its weight cached in the layout the kernel streams.
+      identity at inference).
 
-    Training, or a forward that needs gradients, runs torchvision's own forward. ``model.features``
-    itself stays torchvision's unfused Sequential. Not constructed directly: see ``convert``.
+    On CPU float32 input with every block on "auto" or "cpu", the whole forward is one call into the
+    library. Training, gradients, ONNX export and TorchScript run torchvision's forward (the blocks
+    decide for themselves); FX traces torchvision's forward with each fused block as one call.
+    ``model.features`` itself stays torchvision's Sequential. Not constructed directly: see
+    ``convert``.
     """
 
     def _init_fused(self) -> None:
-        # One cache for the whole network: a forward checks its tensors once, not per block.
-        self._net_cache = FoldCache(_fold_network)
-        self._fusable_for: tuple = ()
-        self._fast = FastCall()
+        self._bound = Bound(_fold_network)
+        self.register_load_state_dict_post_hook(refresh_after_load)
 
-    def _fusable(self) -> bool:
-        # Re-checked only when a stage is replaced.
-        mods = tuple(self.features) if isinstance(self.features, nn.Sequential) else ()
-        key = tuple(map(id, mods))
-        if self._fusable_for != key:
-            self._fusable_for, self._fusable_now = key, fusable(self)
-        return self._fusable_now
-
-    def _needs_reference(self, x: torch.Tensor) -> bool:
-        if self.training or not self._fusable():
-            return True
-        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-
-    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
-        # The fast path (see FastCall): the previous forward's checks still hold (nothing
-        # registered or assigned anywhere, no backend set since); C++ checks x and the weights'
-        # versions.
-        y = self._fast.run(x, self.training)
-        return y if y is not None else self._checked_forward(x)
-
-    def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._needs_reference(x):
-            return super()._forward_impl(x)
-        changes = fold_cache.changes()  # read before the checks it vouches for
-        value, snapshot = self._net_cache.get_with_snapshot(self.features, self.classifier)
-        (stem_w, stem_stride, stride), blocks, head_w, linear_w, one_call = value
-        # Each block's backend is read per call: it is a plain attribute the cache cannot watch.
-        backends = [getattr(m, "backend", "auto") for m in list(self.features)[1:-1]]
-        use_kernel = backends[0] in ("auto", "cpu")  # the stem follows the first block's choice
-        if (use_kernel and all(b in ("auto", "cpu") for b in backends) and cpu_kernel_runs(x)
-                and not torch.compiler.is_compiling()):
-            y = torch.ops.mnv2_fused.mobilenet_v2_forward(x, *one_call)
-            if linear_w is None:
-                return self.classifier(y)
-            if snapshot is not None and extension_loaded() and not torch.is_grad_enabled():
-                from . import _C
-
-                self._fast.bind(_C.NetworkCall(snapshot, *one_call), changes)
-            return y
-        y = stem_block(x, stem_w, stem_stride, stride, use_kernel)
-        for (w, s, residual), backend in zip(blocks, backends[1:]):
-            y = inverted_residual(y, w, s, residual, backend)
-        y = head_pool(y, *head_w, use_kernel=use_kernel)
-        return self.classifier(y) if linear_w is None else linear(y, *linear_w, use_kernel=use_kernel)
+    def refresh(self) -> None:
+        """Drop the cached folded weights of the network and its blocks."""
+        self._bound.clear()
+        for m in self.modules():
+            if isinstance(m, FusedInvertedResidual):
+                m.refresh()
 
     def _apply(self, fn, *args, **kwargs):
-        self._net_cache.clear()
-        self._fast.clear()
+        self._bound.clear()
         return super()._apply(fn, *args, **kwargs)
 
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            return self._torchvision_forward(x)
+        y = self._bound.run(x, self.training)
+        return y if y is not None else self._dispatch(x)
 
-def fuse_network(model: MobileNetV2) -> MobileNetV2:
-    """Makes ``model`` (its blocks already converted) a FusedMobileNetV2, in place."""
+    def _torchvision_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # MobileNetV2._forward_impl, written out: TorchScript cannot call super().
+        x = self.features(x)
+        x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+    def _dispatch(self, x: torch.Tensor) -> torch.Tensor:
+        if is_fx_proxy(x) or not fusable(self):
+            # Traced by FX, or a stage replaced by something else: torchvision's forward, in which
+            # every fused block still runs (or is traced as) one fused call.
+            return super()._forward_impl(x)
+        blocks = list(self.features)[1:-1]
+        stem = self.features[0][0]
+        check_input(x, "FusedMobileNetV2", stem.in_channels, stem.weight)
+        seen = generation()  # read before the checks a binding relies on
+        chosen = backends.network_route([b.backend for b in blocks], x, self.training, self.parameters)
+        if chosen == backends.UNFUSED:
+            return super()._forward_impl(x)
+        w: NetworkWeights = self._bound.weights(self.features, self.classifier)
+        if chosen == "network":
+            y = torch.ops.mnv2_fused.mobilenet_v2_forward(x, *w.op_arguments())
+            if w.classifier is None:
+                return self.classifier(y)
+            if backends.may_bind(chosen):
+                self._bound.bind(self._network_call, seen)
+            return y
+        # Stage by stage: each block on its own back end; the stem (fused with the first block) and
+        # the head on the CPU kernels when the first block's back end is the CPU one.
+        use_kernel = backends.select_backend(blocks[0].backend, x) == "cpu"
+        y = stem_block(x, w.stem, w.stem_stride, w.stride, use_kernel)
+        for block, (bw, s, residual) in zip(blocks[1:], w.blocks):
+            y = run_block(y, bw, s, residual, backends.select_backend(block.backend, y))
+        y = head_pool(y, *w.head, use_kernel=use_kernel)
+        return self.classifier(y) if w.classifier is None else linear(y, *w.classifier, use_kernel=use_kernel)
+
+    def _network_call(self, weights: NetworkWeights, versions):
+        from . import _C
+
+        return _C.NetworkCall(versions, self.features[0][0].in_channels, *weights.op_arguments())
+
+
+def fuse_network(model: MobileNetV2) -> bool:
+    """Makes ``model`` (its blocks already converted) a FusedMobileNetV2, in place; whether it could."""
+    if isinstance(model, FusedMobileNetV2):
+        return True
     if fusable(model) and type(model) is MobileNetV2:
         model.__class__ = FusedMobileNetV2
         model._init_fused()
-    return model
+        return True
+    return False
+

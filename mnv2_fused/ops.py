@@ -1,34 +1,33 @@
-"""Python face of torch.ops.mnv2_fused.inverted_residual: fake (meta) kernel for tracing, and the
-typed entry point that picks a back end."""
+"""Python face of the torch.ops.mnv2_fused ops: their fake (meta) kernels for tracing, and typed
+entry points that run a back end already chosen (see backends.py)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import _extension
 from .backends import select_backend
-from .reference import FoldedWeights, inverted_residual_reference, output_memory_format, unpacked
+from .reference import (
+    FoldedWeights,
+    as_matrix,
+    conv3x3_out,
+    inverted_residual_reference,
+    output_memory_format,
+    unpacked,
+)
+from .stem_head import StemWeights, head_reference, stem_reference
 
 
-def output_shape(x_shape, cout: int, stride: int) -> tuple:
-    n, _, h, w = x_shape
-    return (n, cout, (h - 1) // stride + 1, (w - 1) // stride + 1)
+def run_block(x: torch.Tensor, weights: FoldedWeights, stride: int, residual: bool, backend: str) -> torch.Tensor:
+    """One inverted-residual block on a concrete back end ("cpu", "cuda", "triton" or "reference")."""
+    if backend == "reference":
+        return inverted_residual_reference(x, weights, stride, residual)
+    if backend == "triton":
+        from .triton import inverted_residual_triton
 
-
-if _extension.extension_loaded():
-
-    @torch.library.register_fake("mnv2_fused::inverted_residual")
-    def _inverted_residual_fake(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual):
-        torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
-        torch._check(stride in (1, 2), lambda: f"stride must be 1 or 2, got {stride}")
-        torch._check(w_dw.shape[0] == w_proj.shape[1], lambda: "w_dw and w_proj disagree on the hidden width")
-        for name, t in (("w_expand", w_expand), ("w_dw", w_dw), ("w_proj", w_proj)):
-            torch._check(t is None or t.device == x.device, lambda: f"{name} is on {t.device} but x is on {x.device}")
-        out = x.new_empty(output_shape(x.shape, b_proj.shape[0], stride))
-        return out.contiguous(memory_format=output_memory_format(x))
-
-    @torch.library.register_fake("mnv2_fused::inverted_residual_out")
-    def _inverted_residual_out_fake(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual, out):
-        return None
+        return inverted_residual_triton(x, unpacked(weights), stride, residual)
+    _extension.require_extension()
+    return torch.ops.mnv2_fused.inverted_residual(x, *weights, stride, residual)
 
 
 def inverted_residual(x: torch.Tensor, weights: FoldedWeights, stride: int, residual: bool,
@@ -38,12 +37,69 @@ def inverted_residual(x: torch.Tensor, weights: FoldedWeights, stride: int, resi
     backend: "auto" | "cpu" | "cuda" | "triton" | "reference". An explicit back end that cannot
     run x raises RuntimeError with the reason.
     """
-    chosen = select_backend(backend, x)
-    if chosen == "reference":
-        return inverted_residual_reference(x, weights, stride, residual)
-    if chosen == "triton":
-        from .triton import inverted_residual_triton
+    return run_block(x, weights, stride, residual, select_backend(backend, x))
 
-        return inverted_residual_triton(x, unpacked(weights), stride, residual)
-    _extension.require_extension()
-    return torch.ops.mnv2_fused.inverted_residual(x, *weights, stride, residual)
+
+def stem_block(x: torch.Tensor, w: StemWeights, stem_stride: int, stride: int, use_kernel: bool) -> torch.Tensor:
+    """Stem convolution + ReLU6, depthwise + ReLU6, projection; channels_last output. With the
+    kernel (CPU float32) the stem's output never exists."""
+    if use_kernel:
+        return torch.ops.mnv2_fused.stem_inverted_residual(x, w.w_stem, w.b_stem, stem_stride, w.w_dw, w.b_dw,
+                                                           w.w_proj, w.b_proj, stride)
+    return stem_reference(x, w, stem_stride, stride)
+
+
+def head_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, use_kernel: bool) -> torch.Tensor:
+    """mean over pixels of relu6(1x1 conv): (N, Cin, H, W) -> (N, Cout); with the kernel (CPU
+    float32) without the (N, Cout, H, W) tensor."""
+    if use_kernel:
+        return torch.ops.mnv2_fused.pointwise_relu6_mean(x, w, b)
+    return head_reference(x, w, b)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, use_kernel: bool) -> torch.Tensor:
+    """F.linear with w (O, K) or packed, on the CPU kernel or through PyTorch."""
+    if use_kernel:
+        return torch.ops.mnv2_fused.linear(x, w, b)
+    return F.linear(x, as_matrix(w, b.shape[0]), b)
+
+
+if _extension.extension_loaded():
+
+    @torch.library.register_fake("mnv2_fused::inverted_residual")
+    def _inverted_residual_fake(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual):
+        torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
+        torch._check(stride in (1, 2), lambda: f"stride must be 1 or 2, got {stride}")
+        # w_proj is (Cout, hidden) or packed, (groups, hidden, 16): hidden is dim 1 either way.
+        torch._check(w_dw.shape[0] == w_proj.shape[1], lambda: "w_dw and w_proj disagree on the hidden width")
+        for name, t in (("w_expand", w_expand), ("w_dw", w_dw), ("w_proj", w_proj)):
+            torch._check(t is None or t.device == x.device, lambda: f"{name} is on {t.device} but x is on {x.device}")
+        n, _, h, w = x.shape
+        out = x.new_empty((n, b_proj.shape[0], conv3x3_out(h, stride), conv3x3_out(w, stride)))
+        return out.contiguous(memory_format=output_memory_format(x))
+
+    @torch.library.register_fake("mnv2_fused::inverted_residual_out")
+    def _inverted_residual_out_fake(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual, out):
+        return None
+
+    @torch.library.register_fake("mnv2_fused::stem_inverted_residual")
+    def _stem_fake(x, w_stem, b_stem, stem_stride, w_dw, b_dw, w_proj, b_proj, stride):
+        torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
+        n, _, h, w = x.shape
+        oh, ow = conv3x3_out(conv3x3_out(h, stem_stride), stride), conv3x3_out(conv3x3_out(w, stem_stride), stride)
+        return x.new_empty((n, b_proj.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake("mnv2_fused::pointwise_relu6_mean")
+    def _head_fake(x, w, b):
+        torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
+        return x.new_empty((x.shape[0], b.shape[0]))
+
+    @torch.library.register_fake("mnv2_fused::linear")
+    def _linear_fake(x, w, b):
+        torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+        return x.new_empty((x.shape[0], b.shape[0]))
+
+    @torch.library.register_fake("mnv2_fused::mobilenet_v2_forward")
+    def _network_fake(x, stem, stem_stride, stride, blocks, block_strides, block_residuals, head, classifier):
+        torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
+        return x.new_empty((x.shape[0], (classifier or head)[1].shape[0]))

@@ -67,6 +67,11 @@ def fold_block(conv: nn.Sequential) -> FoldedWeights:
     return FoldedWeights(*[None if p is None else p.detach().contiguous() for p in parts])
 
 
+def conv3x3_out(size: int, stride: int) -> int:
+    """Output size of a 3x3 convolution with padding 1 (csrc/layout.h has the same rule)."""
+    return (size - 1) // stride + 1
+
+
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     """channels_last when x is channels_last-contiguous (and not also NCHW-contiguous), else NCHW."""
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
@@ -74,7 +79,7 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _relu6(t: torch.Tensor) -> torch.Tensor:
+def relu6(t: torch.Tensor) -> torch.Tensor:
     return torch.clamp(t, 0.0, 6.0)  # keeps NaN, as nn.ReLU6 does
 
 
@@ -83,8 +88,8 @@ def inverted_residual_reference(x: torch.Tensor, w: FoldedWeights, stride: int, 
     h = x
     w = unpacked(w)
     if w.w_expand is not None:
-        h = _relu6(F.conv2d(h, w.w_expand[:, :, None, None], w.b_expand))
-    h = _relu6(F.conv2d(h, w.w_dw[:, None], w.b_dw, stride=stride, padding=1, groups=w.w_dw.shape[0]))
+        h = relu6(F.conv2d(h, w.w_expand[:, :, None, None], w.b_expand))
+    h = relu6(F.conv2d(h, w.w_dw[:, None], w.b_dw, stride=stride, padding=1, groups=w.w_dw.shape[0]))
     y = F.conv2d(h, w.w_proj[:, :, None, None], w.b_proj)
     if residual:
         y = y + x

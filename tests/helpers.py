@@ -1,52 +1,78 @@
-"""The oracle (torchvision with randomized weights and BN statistics) and error measures."""
+"""The oracle (torchvision with randomized weights and BN statistics), inputs, and the one table
+of tolerances every back end is held to."""
 from __future__ import annotations
 
+import copy
+
 import torch
-from torch import nn
-from torchvision.models.mobilenetv2 import InvertedResidual
 
-# Table 2 of the paper: (t, c, n, s) per stage, from the 32-channel stem at 112x112.
-TABLE2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+from mnv2_fused import FusedInvertedResidual
+from mnv2_fused.bench.measure import rel_err
+from mnv2_fused.bench.models import make_block, randomize, table2_blocks
 
+__all__ = ["BACKEND_DTYPES", "check_block", "device_of", "make_block", "make_input", "randomize_bn", "rel_err",
+           "table2_blocks", "within_tolerance"]
 
-def table2_blocks():
-    """Every distinct block of MobileNetV2: (cin, cout, stride, t, resolution at 224x224 input)."""
-    blocks, cin, res = [], 32, 112
-    for t, c, n, s in TABLE2:
-        for i in range(n):
-            stride = s if i == 0 else 1
-            blocks.append((cin, c, stride, t, res))
-            res = (res - 1) // stride + 1
-            cin = c
-    return blocks
+randomize_bn = randomize
+
+GPU = torch.cuda.is_available()
 
 
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random conv weights and BN affine params and running stats (defaults would hide folding bugs)."""
-    g = torch.Generator().manual_seed(seed)
+def device_of(backend: str) -> str:
+    """Where a back end's tensors live in these tests: Triton runs in its interpreter without a GPU."""
+    if backend == "cuda" or (backend == "triton" and GPU):
+        return "cuda"
+    return "cpu"
+
+
+def _param(backend, dtype, needs_gpu=False):
+    import pytest
+
+    marks = [pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")] if needs_gpu else []
+    return pytest.param(backend, dtype, marks=marks, id=f"{backend}-{str(dtype).split('.')[-1]}")
+
+
+# Every back end with every dtype it supports. The interpreter has no bf16 arithmetic, so Triton's
+# bf16 needs a GPU.
+BACKEND_DTYPES = [
+    _param("cpu", torch.float32),
+    _param("triton", torch.float32),
+    _param("triton", torch.float16),
+    _param("triton", torch.bfloat16, needs_gpu=True),
+    _param("cuda", torch.float32, needs_gpu=True),
+    _param("cuda", torch.float16, needs_gpu=True),
+    _param("cuda", torch.bfloat16, needs_gpu=True),
+]
+
+# Relative error against the float64 oracle: at most the dtype's bound, or twice PyTorch's own
+# error in that dtype where that is larger (a near-zero output loses digits to cancellation in any
+# implementation), plus a floor for outputs PyTorch gets exactly.
+BOUND = {torch.float32: 1e-5, torch.float16: 0.0, torch.bfloat16: 0.0}
+TORCH_ERROR_FACTOR, FLOOR = 2.0, 1e-6
+
+
+def within_tolerance(out: torch.Tensor, ref64: torch.Tensor, torch_out) -> bool:
+    """``torch_out()``: PyTorch's own output in ``out``'s dtype (only computed when needed)."""
+    err = rel_err(out.cpu(), ref64)
+    bound = BOUND[out.dtype]
+    if err <= bound + FLOOR:
+        return True
+    return err <= max(bound, TORCH_ERROR_FACTOR * rel_err(torch_out().cpu(), ref64)) + FLOOR
+
+
+def check_block(backend: str, dtype: torch.dtype, block, x: torch.Tensor) -> torch.Tensor:
+    """Runs torchvision ``block`` fused on ``backend`` in ``dtype`` and asserts the tolerance above;
+    returns the fused output."""
+    device = device_of(backend)
+    fused = FusedInvertedResidual.from_block(copy.deepcopy(block), backend=backend).eval().to(device, dtype)
+    xd = x.to(device, dtype)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-            elif isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-    return model
-
-
-def make_block(cin, cout, stride, t, seed=0):
-    return randomize_bn(InvertedResidual(cin, cout, stride, t), seed).eval()
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    denom = ref.norm().item()
-    diff = (out - ref).norm().item()
-    return diff / denom if denom > 0 else diff
+        ref64 = copy.deepcopy(block).double()(x.double())
+        out = fused(xd)
+        low = copy.deepcopy(block).to(device, dtype)
+        assert out.dtype == dtype and out.shape == ref64.shape
+        assert within_tolerance(out, ref64, lambda: low(xd)), f"relative error {rel_err(out.cpu(), ref64):.2e}"
+    return out
 
 
 def make_input(shape, layout="nchw", dtype=torch.float32, seed=0):
@@ -55,7 +81,7 @@ def make_input(shape, layout="nchw", dtype=torch.float32, seed=0):
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "noncontig":
-        # A strided view: every other column of a wider tensor, channels permuted.
+        # A strided view: every other column of a wider tensor.
         n, c, h, w = shape
         wide = torch.randn(n, c, h, 2 * w, generator=g).to(dtype)
         x = wide[..., ::2]

@@ -5,11 +5,11 @@ import time
 import pytest
 import torch
 import torchvision
+from helpers import make_block, make_input, randomize_bn, rel_err
 
 import mnv2_fused
 from mnv2_fused import FusedInvertedResidual, convert, fold_block
-from helpers import make_block, make_input, randomize_bn, rel_err
-from memory import peak_cpu_bytes
+from mnv2_fused.bench.measure import peak_cpu_bytes
 
 
 @pytest.mark.parametrize("cin,cout,stride,t", [(16, 24, 2, 6), (24, 24, 1, 6), (32, 16, 1, 1)])
@@ -25,7 +25,7 @@ def test_opcheck(cin, cout, stride, t, layout):
 
 def test_dispatcher_kernels_registered():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("mnv2_fused::inverted_residual", "CPU")
-    if torch.version.cuda is not None and mnv2_fused.backends._has_kernel("CUDA"):
+    if torch.version.cuda is not None and mnv2_fused.backends.has_kernel("CUDA"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key("mnv2_fused::inverted_residual", "CUDA")
 
 
@@ -69,7 +69,7 @@ def test_hidden_tensor_never_allocated():
 
 def test_alternating_ratio_says_which_is_faster():
     # Sleeps, not computation: the ratio's direction and size, not the machine's speed, under test.
-    from mnv2_fused.measure import alternating_ratio
+    from mnv2_fused.bench.measure import alternating_ratio
 
     ratio, fast, slow = alternating_ratio(lambda: time.sleep(0.002), lambda: time.sleep(0.006), rounds=3, repeat=3,
                                           pause=0)

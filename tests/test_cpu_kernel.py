@@ -1,58 +1,30 @@
-"""The fused CPU kernel against torchvision's InvertedResidual (the oracle), fp32."""
+"""What is particular to the CPU kernel: its GEMM paths, tiling across threads, determinism and the
+out= variant's checks. The shapes every back end must get right are in test_blocks.py."""
 import pytest
 import torch
+from helpers import make_block, make_input, rel_err
 
 import mnv2_fused
 from mnv2_fused import FusedInvertedResidual, fold_block
-from helpers import make_block, make_input, rel_err, table2_blocks
 
 TOL = 1e-5
-BLOCKS = sorted(set(table2_blocks()))
 
 
 def fused_copy(block, backend="cpu"):
     return FusedInvertedResidual.from_block(block, backend).eval()
 
 
-@pytest.mark.parametrize("cin,cout,stride,t,res", BLOCKS, ids=[f"{a}-{b}-s{c}-t{d}" for a, b, c, d, _ in BLOCKS])
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_table2_block(cin, cout, stride, t, res, layout):
-    block = make_block(cin, cout, stride, t)
-    side = max(3, res // 8)  # spatial size scaled down for speed
-    x = make_input((2, cin, side, side + 1), layout)
-    with torch.no_grad():
-        ref = block(x)
-        out = fused_copy(block)(x)
-    assert out.shape == ref.shape
-    assert rel_err(out, ref) <= TOL
-    if layout == "channels_last":
-        assert out.is_contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.parametrize("h,w", [(1, 1), (2, 2), (7, 9), (13, 17), (1, 9), (9, 1), (56, 56)])
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("t", [1, 6])
+# Images large enough for several bands and strips: the ring of hidden rows carried across bands,
+# chunked hidden channels, and the last band's and strip's partial sizes.
+@pytest.mark.parametrize("h,w", [(56, 56), (33, 47), (64, 9)])
+@pytest.mark.parametrize("stride,t", [(1, 1), (1, 6), (2, 6)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig"])
-def test_odd_sizes(h, w, stride, t, layout):
-    cin, cout = (8, 8) if stride == 1 else (8, 12)
-    block = make_block(cin, cout, stride, t, seed=h * 31 + w)
-    x = make_input((3, cin, h, w), layout, seed=h + w)
+def test_tiles_across_large_images(h, w, stride, t, layout):
+    cin, cout = (24, 24) if stride == 1 else (24, 32)
+    block = make_block(cin, cout, stride, t, seed=h + w)
+    x = make_input((2, cin, h, w), layout, seed=h)
     with torch.no_grad():
-        ref = block(x)
-        out = fused_copy(block)(x)
-    assert rel_err(out, ref) <= TOL
-
-
-@pytest.mark.parametrize("batch", [0, 1, 5])
-def test_batch_sizes(batch):
-    block = make_block(24, 24, 1, 6)
-    x = make_input((batch, 24, 9, 11))
-    with torch.no_grad():
-        ref = block(x)
-        out = fused_copy(block)(x)
-    assert out.shape == ref.shape == (batch, 24, 9, 11)
-    if batch:
-        assert rel_err(out, ref) <= TOL
+        assert rel_err(fused_copy(block)(x), block(x)) <= TOL
 
 
 # GEMMs with K = 16 or 24 (and the stem's 27) take their own path on AVX-512 (B held in
@@ -83,22 +55,6 @@ def test_channel_counts_not_multiple_of_tile(cin, cout, hidden):
                                                      stride, residual)
         out = mnv2_fused.inverted_residual(x, w, stride, residual, backend="cpu")
         assert rel_err(out, ref) <= TOL
-
-
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_out_variant_writes_every_element(layout):
-    """The output buffer is poisoned with NaN first: an element the kernel forgets cannot pass."""
-    block = make_block(16, 24, 2, 6)
-    x = make_input((3, 16, 15, 13), layout)
-    w = fold_block(block.conv)
-    with torch.no_grad():
-        ref = block(x)
-    out = torch.full_like(ref, float("nan"))
-    if layout == "channels_last":
-        out = out.contiguous(memory_format=torch.channels_last)
-    torch.ops.mnv2_fused.inverted_residual_out(x, *w, 2, False, out)
-    assert not out.isnan().any()
-    assert rel_err(out, ref) <= TOL
 
 
 def test_out_variant_rejects_aliasing_and_bad_shape():

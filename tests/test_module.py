@@ -4,11 +4,11 @@ import copy
 import pytest
 import torch
 import torchvision
+from helpers import make_block, make_input, randomize_bn, rel_err
 from torchvision.models.mobilenetv2 import InvertedResidual
 
 import mnv2_fused
 from mnv2_fused import FusedInvertedResidual, convert
-from helpers import make_block, make_input, randomize_bn, rel_err
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +65,14 @@ def test_profiler_shows_each_fused_stage_when_blocks_pick_their_backend(referenc
 
 
 def test_block_fast_path_sees_every_change():
-    # After a first inference call binds the block to C++ (FastCall), every later call must
+    # After a first inference call binds the block to C++ (bound.py), every later call must
     # still honour weight edits, backend changes, bad inputs, gradients, copies and refresh().
     tv = make_block(24, 24, 1, 6, seed=3)
     fused = FusedInvertedResidual.from_block(copy.deepcopy(tv)).eval()
     x = make_input((2, 24, 9, 7), "channels_last")
     with torch.no_grad():
         assert rel_err(fused(x), tv(x)) <= 1e-5
-        assert fused._fast.state[0] is not None
+        assert fused._bound._call[0] is not None
         with torch.profiler.profile() as prof:
             assert rel_err(fused(x), tv(x)) <= 1e-5
         assert [e.name for e in prof.events()].count("mnv2_fused::inverted_residual") == 1
@@ -85,7 +85,7 @@ def test_block_fast_path_sees_every_change():
         assert "mnv2_fused::inverted_residual" not in [e.name for e in prof.events()]
         fused.backend = "auto"
         fused(x)
-        with pytest.raises(ValueError, match="expects 24 input channels"):
+        with pytest.raises(ValueError, match="the input has 16 channels, 24 expected"):
             fused(make_input((2, 16, 9, 7)))
         with pytest.raises(ValueError, match="4-D input"):
             fused(x[0])
@@ -188,7 +188,7 @@ def test_auto_falls_back_to_reference_for_float64():
 
 
 @pytest.mark.parametrize("bad,exc,msg", [
-    (lambda: torch.randn(1, 3, 5, 5), ValueError, "expects 8 input channels, got 3"),
+    (lambda: torch.randn(1, 3, 5, 5), ValueError, "the input has 3 channels, 8 expected"),
     (lambda: torch.randn(8, 5, 5), ValueError, "4-D"),
     (lambda: torch.ones(1, 8, 5, 5, dtype=torch.int64), TypeError, "floating-point"),
     (lambda: torch.randn(1, 8, 5, 5, dtype=torch.complex64), TypeError, "floating-point"),

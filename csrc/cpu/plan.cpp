@@ -1,3 +1,5 @@
+// The tiling of a CPU kernel call, chosen by a cost model: estimated vector FMAs on the busiest
+// worker, over a search of band, strip, chunk and hidden-group sizes.
 #include "plan.h"
 
 #include <algorithm>
@@ -27,6 +29,10 @@ int64_t padded_rows(int64_t M, int64_t nv, const Isa& isa) {
   return rows;
 }
 
+// Fixed cost of one micro-tile, in vector-FMA units: loading and storing its accumulators (up to
+// 24 vectors each way) and setting up its row pointers, about as long as 40 FMAs.
+constexpr double kTileOverhead = 40;
+
 // Vector FMAs (plus a per-micro-tile overhead) of an M x N x K GEMM, with gemm()'s panels.
 double gemm_cost(int64_t M, int64_t N, int64_t K, const Isa& isa) {
   if (M <= 0 || N <= 0) return 0;
@@ -35,7 +41,7 @@ double gemm_cost(int64_t M, int64_t N, int64_t K, const Isa& isa) {
   for (int64_t p = 0; p < panels; ++p) {
     const int64_t nv = vectors / panels + (p < vectors % panels ? 1 : 0);
     const int64_t rows = padded_rows(M, nv, isa);
-    cost += double(rows) * nv * K + double(ceil_div(rows, tile_rows(nv, isa.max_acc))) * 40;
+    cost += double(rows) * nv * K + double(ceil_div(rows, tile_rows(nv, isa.max_acc))) * kTileOverhead;
   }
   return cost;
 }
@@ -102,6 +108,16 @@ double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t t
   return worst;
 }
 
+// The search's bounds. Beyond 16 strips the column halo costs more than any tile saves. Hidden
+// channels go in at most 16 chunks: narrower chunks leave the projection's K too short to pay for
+// a micro-tile's fixed cost. A band holds at most 4 blocks of GEMM rows (1024 output pixels):
+// larger bands gained nothing and their buffers leave the L2 cache.
+constexpr int64_t kMaxStrips = 16, kMaxChunks = 16, kMaxBandPixels = 4 * kRowBlock;
+
+// Plans remembered; past this many shapes (inputs whose size varies call after call) the cache
+// starts over rather than grow without bound.
+constexpr size_t kMaxCachedPlans = 4096;
+
 using Key = std::array<int64_t, 14>;
 
 TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget) {
@@ -120,14 +136,13 @@ TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& i
     const int64_t partial_floats = groups > 1 ? groups * batch * a.oh * a.ow * round_up(a.cout, isa.lanes) : 0;
     if (partial_floats > budget * threads) continue;
     std::vector<int64_t> chunks{group_size};
-    for (int64_t k = 2; k <= 16; ++k) {
+    for (int64_t k = 2; k <= kMaxChunks; ++k) {
       const int64_t c = round_up(ceil_div(group_size, k), isa.lanes);
       if (c < chunks.back()) chunks.push_back(c);
     }
     bool fits = false;
     int64_t prev_cols = 0;
-    // Beyond 16 strips the column halo costs more than any tile saves.
-    for (int64_t strips = 1; strips <= std::min<int64_t>(a.ow, 16); ++strips) {
+    for (int64_t strips = 1; strips <= std::min(a.ow, kMaxStrips); ++strips) {
       const int64_t cols = ceil_div(a.ow, strips);
       if (cols == prev_cols) continue;
       prev_cols = cols;
@@ -136,7 +151,7 @@ TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& i
           const TilePlan p = make_plan(a, rows, cols, chunk, isa.lanes, group_size);
           if (!smallest.floats || p.floats < smallest.floats) smallest = p;
           if (p.floats > budget) break;
-          if (rows * cols > 4 * kRowBlock) break;
+          if (rows * cols > kMaxBandPixels) break;
           fits = true;
           const double cost = plan_cost(a, p, batch, threads, isa);
           if (!found || cost < best_cost) found = true, best = p, best_cost = cost;
@@ -162,7 +177,7 @@ TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const I
   }
   const TilePlan plan = search(a, batch, threads, isa, budget_floats);
   std::lock_guard<std::mutex> lock(mutex);
-  if (cache.size() > 4096) cache.clear();  // shapes that vary call after call
+  if (cache.size() > kMaxCachedPlans) cache.clear();
   cache.emplace(key, plan);
   return plan;
 }

@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "../layout.h"
+
 namespace mnv2_fused {
 namespace cpu {
 
@@ -71,9 +73,6 @@ struct TilePlan {
   bool carry;                    // one chunk holds every hidden channel of the group: bands share halo rows
   int64_t plane_pixels = 0;      // with groups: output pixels of the call, one partial plane each
 };
-
-// Output channels per group of a packed weight (see check_matrix_weight in ../checks.h).
-constexpr int64_t kPackedColumns = 16;
 
 // Rows of a GEMM micro-tile NV vectors wide, with max_acc vector accumulators: as many as the
 // accumulators allow, but no more than 12 (one vector) or 8 (wider), because each row's A pointer

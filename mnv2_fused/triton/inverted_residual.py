@@ -32,7 +32,6 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ..backends import triton_interpreter_enabled
 from ..reference import FoldedWeights, output_memory_format
 
 
@@ -151,7 +150,9 @@ def inverted_residual_triton_op(x: torch.Tensor, w_expand: Optional[torch.Tensor
 
 
 def inverted_residual_triton(x: torch.Tensor, weights: FoldedWeights, stride: int, residual: bool) -> torch.Tensor:
-    if x.device.type == "cpu" and not triton_interpreter_enabled():
+    from . import INTERPRETER
+
+    if x.device.type == "cpu" and not INTERPRETER:
         raise RuntimeError("mnv2_fused: the Triton back end needs a GPU, or Triton's interpreter "
                            "(TRITON_INTERPRET=1 set before triton is imported) for CPU tensors")
     return inverted_residual_triton_op(x, *weights, stride, residual)

@@ -8,20 +8,19 @@ from typing import Callable, Optional
 import torch
 
 
-def onnxruntime_available() -> bool:
+def onnxruntime_missing() -> Optional[str]:
+    """None when ONNX Runtime can be used here, else what to install."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ImportError as e:
+        return f"{e.name} is not installed (pip install 'mnv2_fused[bench]')"
+    return None
 
 
-def ort_runner(model: torch.nn.Module, example: torch.Tensor, threads: int) -> Optional[Callable[[], object]]:
-    """A no-argument callable running `model` on `example` in ONNX Runtime's CPUExecutionProvider
-    with `threads` intra-op threads, or None when onnxruntime is not installed."""
-    if not onnxruntime_available():
-        return None
+def ort_runner(model: torch.nn.Module, example: torch.Tensor, threads: int) -> Callable[[], object]:
+    """A no-argument callable running ``model`` on ``example`` in ONNX Runtime's
+    CPUExecutionProvider with ``threads`` intra-op threads."""
     import onnxruntime as ort
 
     buf = io.BytesIO()

@@ -1,18 +1,47 @@
 """Latency and peak-memory measurement shared by the command line and the benchmarks."""
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null inside: the profiler's native libraries log there
+    (`profiler_start`, `gpuGetDeviceCount failed` on a machine without a GPU), which is noise to
+    whoever reads the measurements."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Norm of the difference over the norm of the reference, in float64 (the difference's norm
+    when the reference is zero)."""
+    out, ref = out.double(), ref.double()
+    denom = ref.norm().item()
+    diff = (out - ref).norm().item()
+    return diff / denom if denom > 0 else diff
 
 
 def peak_cpu_bytes(fn: Callable[[], object]) -> int:
     """Most bytes allocated during fn() and live at once on the CPU: every allocation and free that
     torch.profiler records, replayed in time order. Tensors that exist before the call (inputs,
     weights) are not counted; anything fn allocates is, workspaces included."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with native_stderr_silenced(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                          profile_memory=True) as prof:
         fn()
     events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
               if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]

@@ -1,0 +1,231 @@
+// The block pipeline of the CPU kernel, compiled once per instruction set (included by
+// tile_kernel_impl.h): a band's hidden rows (expand), the depthwise convolution, the projection,
+// and the tile loop that carries the ring of hidden rows from band to band.
+#pragma once
+#include "kernel_gemm.h"
+
+namespace mnv2_fused {
+namespace cpu {
+namespace {
+
+struct Band {
+  int64_t n, r0, rows, q0, cols;  // output rows [r0, r0 + rows), columns [q0, q0 + cols) of image n
+  int64_t hr0, hc0;               // first hidden row / column the band reads (may be padding)
+};
+
+inline int64_t ring_slot(int64_t hr, int64_t ring_rows) { return ((hr % ring_rows) + ring_rows) % ring_rows; }
+
+// 3x3 input patches ([c][dy][dx], zeros outside the input) of the hidden pixels [jlo, jhi) of ring
+// row hr, one after another in dst. The three taps of a row are neighbours in the input, so each
+// patch is written front to back.
+void im2col_row(const BlockArgs& a, const Band& b, int64_t hr, int64_t jlo, int64_t jhi, float* dst) {
+  const int64_t K = 9 * a.cin, es = a.expand_stride;
+  // Pixels whose three columns all fall inside the input: no checks for them.
+  int64_t in_lo = jlo, in_hi = jhi;
+  while (in_lo < in_hi && (b.hc0 + in_lo) * es - 1 < 0) ++in_lo;
+  while (in_hi > in_lo && (b.hc0 + in_hi - 1) * es + 1 >= a.w) --in_hi;
+  for (int64_t c = 0; c < a.cin; ++c) {
+    for (int64_t dy = 0; dy < 3; ++dy) {
+      const int64_t ih = hr * es - 1 + dy;
+      float* d = dst + (c * 3 + dy) * 3;
+      if (ih < 0 || ih >= a.h) {
+        for (int64_t j = jlo; j < jhi; ++j) d[(j - jlo) * K] = d[(j - jlo) * K + 1] = d[(j - jlo) * K + 2] = 0.f;
+        continue;
+      }
+      const float* row = a.x + b.n * a.sxn + c * a.sxc + ih * a.sxh;
+      auto tap = [&](int64_t iw) { return iw >= 0 && iw < a.w ? row[iw * a.sxw] : 0.f; };
+      for (int64_t j = jlo; j < jhi; ++j) {
+        float* p = d + (j - jlo) * K;
+        const int64_t iw = (b.hc0 + j) * es - 1;
+        if (j >= in_lo && j < in_hi) {
+          const float* s = row + iw * a.sxw;
+          p[0] = s[0], p[1] = s[a.sxw], p[2] = s[2 * a.sxw];
+        } else {
+          p[0] = tap(iw), p[1] = tap(iw + 1), p[2] = tap(iw + 2);
+        }
+      }
+    }
+  }
+}
+
+// Fills the ring rows [hr_begin, hr_end) with hidden channels [c0, c0 + hc), for the band's columns.
+void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t hr_begin, int64_t hr_end,
+                      int64_t c0, int64_t hc, float* ring, float* im2col) {
+  const int64_t row_floats = p.ring_cols * p.ld;
+  const int64_t ncols = (b.cols - 1) * a.stride + 3;
+  // Columns of the ring inside the hidden image.
+  const int64_t jlo = std::max<int64_t>(0, -b.hc0), jhi = std::min(ncols, a.hw - b.hc0);
+  const float* a_rows[kRowBlock];
+  float* c_rows[kRowBlock];
+  int64_t pending = 0;
+  const int64_t K = a.expand == Expand::kConv3x3 ? 9 * a.cin : a.cin;
+  auto flush = [&]() {
+    if (pending == 0) return;
+    Gemm g;
+    g.set_weights(a.w_expand, a.expand_packed, K, 0, K, a.hidden, c0);
+    g.a = a_rows;
+    g.ak = a.expand == Expand::kConv3x3 ? 1 : a.sxc;
+    g.bias = a.b_expand + c0;
+    g.c = c_rows;
+    g.store = Store::kRelu6;
+    gemm(g, pending, hc);
+    pending = 0;
+  };
+  for (int64_t hr = hr_begin; hr < hr_end; ++hr) {
+    float* row = ring + ring_slot(hr, p.ring_rows) * row_floats;
+    if (hr < 0 || hr >= a.hh || jlo >= jhi) {  // the depthwise's zero padding
+      std::memset(row, 0, sizeof(float) * row_floats);
+      continue;
+    }
+    if (jlo > 0) std::memset(row, 0, sizeof(float) * jlo * p.ld);
+    if (jhi < ncols) std::memset(row + jhi * p.ld, 0, sizeof(float) * (ncols - jhi) * p.ld);
+    if (a.expand == Expand::kConv3x3) {
+      for (int64_t j0 = jlo; j0 < jhi; j0 += kRowBlock) {
+        const int64_t j1 = std::min(jhi, j0 + kRowBlock);
+        if (pending + (j1 - j0) > kRowBlock) flush();
+        im2col_row(a, b, hr, j0, j1, im2col + pending * K);
+        for (int64_t j = j0; j < j1; ++j, ++pending) {
+          a_rows[pending] = im2col + pending * K;
+          c_rows[pending] = row + j * p.ld;
+        }
+      }
+      continue;
+    }
+    for (int64_t j = jlo; j < jhi; ++j) {
+      const int64_t hcol = b.hc0 + j;
+      float* dst = row + j * p.ld;
+      if (a.expand == Expand::kNone) {
+        const float* src = a.x + b.n * a.sxn + hr * a.sxh + hcol * a.sxw + c0 * a.sxc;
+        if (a.sxc == 1) std::memcpy(dst, src, sizeof(float) * hc);
+        else for (int64_t c = 0; c < hc; ++c) dst[c] = src[c * a.sxc];
+        continue;
+      }
+      a_rows[pending] = a.x + b.n * a.sxn + hr * a.sxh + hcol * a.sxw;
+      c_rows[pending] = dst;
+      if (++pending == kRowBlock) flush();
+    }
+  }
+  flush();
+}
+
+// dw[p, c] = relu6(b_dw[c0 + c] + 3x3 taps over the ring) for the band's pixels p = r * cols + q.
+void depthwise(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
+               float* dw) {
+  const int64_t s = a.stride, ld = p.ld, row_floats = p.ring_cols * ld;
+  for (int64_t cv = 0; cv < hc; cv += kLanes) {
+    const Mask mk = make_mask(static_cast<int>(std::min<int64_t>(kLanes, hc - cv)));
+    vec wt[9];
+    for (int t = 0; t < 9; ++t) wt[t] = load_m(a.w_dw + t * a.hidden + c0 + cv, mk);
+    const vec bias = load_m(a.b_dw + c0 + cv, mk);
+    for (int64_t r = 0; r < b.rows; ++r) {
+      const int64_t hr = b.hr0 + r * s;
+      const float* r0 = ring + ring_slot(hr, p.ring_rows) * row_floats + cv;
+      const float* r1 = ring + ring_slot(hr + 1, p.ring_rows) * row_floats + cv;
+      const float* r2 = ring + ring_slot(hr + 2, p.ring_rows) * row_floats + cv;
+      float* out = dw + r * b.cols * ld + cv;
+      for (int64_t q = 0; q < b.cols; ++q) {
+        const int64_t o = q * s * ld;
+        vec v = bias + load(r0 + o) * wt[0] + load(r0 + o + ld) * wt[1] + load(r0 + o + 2 * ld) * wt[2];
+        v += load(r1 + o) * wt[3] + load(r1 + o + ld) * wt[4] + load(r1 + o + 2 * ld) * wt[5];
+        v += load(r2 + o) * wt[6] + load(r2 + o + ld) * wt[7] + load(r2 + o + 2 * ld) * wt[8];
+        store(out + q * ld, relu6(v));
+      }
+    }
+  }
+}
+
+// Projects chunk [c0, c0 + hc) of the band's depthwise output (hidden group [h_lo, h_hi)): into
+// the accumulator, or, for the group's last chunk, into y with the residual (or into `partial`).
+void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, int64_t h_lo,
+             int64_t h_hi, const float* dw, float* acc, const float* zeros, float* partial) {
+  const bool first = c0 == h_lo, last = c0 + hc >= h_hi, to_y = last && !partial;
+  const int64_t M = b.rows * b.cols;
+  const float* a_rows[kRowBlock];
+  const float* init_rows[kRowBlock];
+  float* c_rows[kRowBlock];
+  const float* res_rows[kRowBlock];
+  for (int64_t i0 = 0; i0 < M; i0 += kRowBlock) {
+    const int64_t m = std::min(kRowBlock, M - i0);
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t pix = i0 + i, r = b.r0 + pix / b.cols, q = b.q0 + pix % b.cols;
+      a_rows[i] = dw + pix * p.ld;
+      init_rows[i] = acc + pix * p.acc_ld;
+      c_rows[i] = to_y ? a.y + b.n * a.syn + r * a.syh + q * a.syw
+                       : last ? partial + ((b.n * a.oh + r) * a.ow + q) * p.acc_ld : acc + pix * p.acc_ld;
+      if (to_y && a.residual) res_rows[i] = a.x + b.n * a.sxn + r * a.sxh + q * a.sxw;
+    }
+    Gemm g;
+    g.set_weights(a.w_proj, a.proj_packed, a.hidden, c0, hc, a.cout, 0);
+    g.a = a_rows;
+    g.init = first ? nullptr : init_rows;
+    g.bias = h_lo == 0 ? a.b_proj : zeros;
+    g.c = c_rows;
+    g.ck = to_y ? a.syc : 1;
+    g.res = to_y && a.residual ? res_rows : nullptr;
+    g.rk = a.sxc;
+    gemm(g, m, a.cout);
+  }
+}
+
+}  // namespace
+
+void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64_t t0, int64_t t1, int64_t group,
+                                    float* scratch, float* partial) {
+  float* ring = scratch;
+  float* dw = scratch + p.off_dw;
+  float* acc = scratch + p.off_acc;
+  float* im2col = scratch + p.off_im2col;
+  const float* zeros = scratch + p.off_zero;
+  const int64_t h_lo = group * p.group_size, h_hi = std::min(a.hidden, h_lo + p.group_size);
+  // Which hidden rows the ring already holds (every channel of the group; only when the plan carries).
+  int64_t ring_n = -1, ring_strip = -1, ring_next = 0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t band = t % p.bands, strip = (t / p.bands) % p.strips;
+    Band b;
+    b.n = t / (p.bands * p.strips);
+    b.r0 = band * p.rows_out;
+    b.rows = std::min(p.rows_out, a.oh - b.r0);
+    b.q0 = strip * p.cols_out;
+    b.cols = std::min(p.cols_out, a.ow - b.q0);
+    b.hr0 = b.r0 * a.stride - 1;
+    b.hc0 = b.q0 * a.stride - 1;
+    const int64_t hr_end = b.hr0 + (b.rows - 1) * a.stride + 3;
+    const bool reuse = p.carry && ring_n == b.n && ring_strip == strip && ring_next > b.hr0;
+    const int64_t hr_begin = reuse ? ring_next : b.hr0;
+    for (int64_t c0 = h_lo; c0 < h_hi; c0 += p.chunk) {
+      const int64_t hc = std::min(p.chunk, h_hi - c0);
+      fill_hidden_rows(a, p, b, hr_begin, hr_end, c0, hc, ring, im2col);
+      depthwise(a, p, b, c0, hc, ring, dw);
+      project(a, p, b, c0, hc, h_lo, h_hi, dw, acc, zeros, partial);
+    }
+    ring_n = b.n, ring_strip = strip, ring_next = hr_end;
+  }
+}
+
+void MNV2_CAT(sum_groups_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, const float* partial, int64_t p0,
+                                     int64_t p1) {
+  const int64_t plane = (p.plane_pixels) * p.acc_ld;
+  for (int64_t i = p0; i < p1; ++i) {
+    const int64_t n = i / (a.oh * a.ow), r = i / a.ow % a.oh, q = i % a.ow;
+    float* y = a.y + n * a.syn + r * a.syh + q * a.syw;
+    const float* res = a.x + n * a.sxn + r * a.sxh + q * a.sxw;
+    const float* part = partial + i * p.acc_ld;
+    for (int64_t o = 0; o < a.cout; o += kLanes) {
+      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, a.cout - o));
+      vec v = load(part + o);  // the accumulator rows are padded to whole vectors
+      for (int64_t g = 1; g < p.groups; ++g) v += load(part + g * plane + o);
+      if (a.syc == 1 && (!a.residual || a.sxc == 1)) {
+        const Mask mk = make_mask(lanes);
+        if (a.residual) v += load_m(res + o, mk);
+        store_m(y + o, v, mk);
+      } else {
+        float lane[kLanes];
+        store(lane, v);
+        for (int l = 0; l < lanes; ++l)
+          y[(o + l) * a.syc] = lane[l] + (a.residual ? res[(o + l) * a.sxc] : 0.f);
+      }
+    }
+  }
+}
+}  // namespace cpu
+}  // namespace mnv2_fused

@@ -1,0 +1,308 @@
+// GEMM micro-kernels of the CPU kernel, compiled once per instruction set (included by
+// tile_kernel_impl.h, after the instruction set's vector primitives).
+#pragma once
+#include <algorithm>
+#include <cstring>
+
+namespace mnv2_fused {
+namespace cpu {
+namespace {
+
+inline vec load(const float* p) {
+  vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
+
+// ---------------------------------------------------------------------------------------------
+// GEMM: C[i, j] = epilogue(init[i, j] + sum_k A[i, k] B[k, j]). Rows are addressed through
+// pointer arrays, so A can be the input tensor itself (any strides), the ring, or a patch buffer,
+// and C can be the ring, the accumulator or the output tensor.
+
+enum class Store { kRelu6, kPlain, kPool };
+
+struct Gemm {
+  int64_t K = 0;
+  const float* B = nullptr;  // row k at B + k * ldb; columns are output channels
+  int64_t ldb = 0;           // packed B: kPackedColumns
+  const float* const* a = nullptr;  // element k of row i at a[i][k * ak]
+  int64_t ak = 1;
+  const float* const* init = nullptr;  // rows the sums start from (accumulating a chunk), or null: the bias
+  const float* bias = nullptr;
+  float* const* c = nullptr;  // element j of row i at c[i][j * ck]
+  int64_t ck = 1;
+  const float* const* res = nullptr;  // added before the store when not null; element j at res[i][j * rk]
+  int64_t rk = 1;
+  Store store = Store::kPlain;
+  float* pool = nullptr;  // kPool: relu6 of each row is summed into pool[j]
+  // Packed B when not 0: columns in groups of kPackedColumns, group g at B + g * group_stride, and
+  // the GEMM's column j is B's column b_col0 + j.
+  int64_t group_stride = 0;
+  int64_t b_col0 = 0;
+
+  // B: rows [k0, k0 + k) and the columns from j0 on of a (k_total, o) weight matrix w, row-major
+  // or packed (see kPackedColumns).
+  void set_weights(const float* w, bool packed, int64_t k_total, int64_t k0, int64_t k, int64_t o, int64_t j0) {
+    K = k;
+    ldb = packed ? kPackedColumns : o;
+    B = w + k0 * ldb + (packed ? 0 : j0);
+    group_stride = packed ? kPackedColumns * k_total : 0;
+    b_col0 = packed ? j0 : 0;
+  }
+};
+
+// Where column `col` of B starts (row 0); rows follow every g.ldb floats.
+inline const float* b_column(const Gemm& g, int64_t col) {
+  if (!g.group_stride) return g.B + col;
+  col += g.b_col0;
+  return g.B + col / kPackedColumns * g.group_stride + col % kPackedColumns;
+}
+
+// Rows [i0, i0 + m) (m <= MR) times columns [j0, j0 + ncols) (ncols in ((NV-1) L, NV L]).
+// Rows past m repeat the last valid row (never reading outside A) and are not stored.
+// Whole-vector loads of B: a tail vector reads past its row into the next ones (discarded lanes),
+// which stays inside B except on its last `masked` rows (counted by panel()); those load the tail
+// masked, after the main loop (a masked load inside it would make the compiler keep the
+// accumulators in memory).
+template <int NV, int MR, bool kPacked>
+void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t masked) {
+  const Mask tail = make_mask(ncols - (NV - 1) * kLanes);
+  // Plain conditionals, not std::min: its reference result made GCC build every row index on the
+  // stack, which with K = 16 cost a third of the tile's time.
+  const float* ap[MR];
+  const float* start[MR];  // where each row's sums start: its init row or the bias
+  for (int i = 0; i < MR; ++i) {
+    const int64_t row = i0 + (i < m ? i : m - 1);
+    ap[i] = g.a[row];
+    start[i] = (g.init ? g.init[row] : g.bias) + j0;
+  }
+  vec acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j)
+      acc[i][j] = j < NV - 1 ? load(start[i] + j * kLanes) : load_m(start[i] + j * kLanes, tail);
+  const float* brow = g.B + j0;
+  const int64_t K = g.K, ldb = g.ldb, ak = g.ak;
+  auto step = [&](const vec* b, int64_t k) {
+    for (int i = 0; i < MR; ++i) {
+      const vec av = splat(ap[i][k * ak]);
+      for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
+    }
+  };
+  if constexpr (kPacked) {  // every vector inside its zero-padded group: no masks
+    const float* bp[NV];
+    for (int j = 0; j < NV; ++j) bp[j] = b_column(g, j0 + j * kLanes);
+    for (int64_t k = 0; k < K; ++k) {
+      vec b[NV];
+      for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + k * kPackedColumns);
+      step(b, k);
+    }
+  } else {
+    int64_t k = 0;
+    for (; k < K - masked; ++k, brow += ldb) {
+      vec b[NV];
+      for (int j = 0; j < NV; ++j) b[j] = load(brow + j * kLanes);
+      step(b, k);
+    }
+    for (; k < K; ++k, brow += ldb) {
+      vec b[NV];
+      for (int j = 0; j < NV - 1; ++j) b[j] = load(brow + j * kLanes);
+      b[NV - 1] = load_m(brow + (NV - 1) * kLanes, tail);
+      step(b, k);
+    }
+  }
+
+  if (g.store == Store::kPool) {
+    vec sum[NV];
+    for (int j = 0; j < NV; ++j) sum[j] = splat(0.f);
+    for (int i = 0; i < MR; ++i) {  // compile-time bounds keep acc in registers
+      if (i >= m) break;
+      for (int j = 0; j < NV; ++j) sum[j] += relu6(acc[i][j]);
+    }
+    for (int j = 0; j < NV; ++j) {
+      float* p = g.pool + j0 + j * kLanes;
+      if (j < NV - 1) store(p, load(p) + sum[j]);
+      else store_m(p, load_m(p, tail) + sum[j], tail);
+    }
+    return;
+  }
+  const bool vector_io = g.ck == 1 && (!g.res || g.rk == 1);
+  for (int i = 0; i < MR; ++i) {
+    if (i >= m) break;
+    float* crow = g.c[i0 + i] + j0 * g.ck;
+    const float* rrow = g.res ? g.res[i0 + i] + j0 * g.rk : nullptr;
+    for (int j = 0; j < NV; ++j) {
+      vec v = acc[i][j];
+      if (g.store == Store::kRelu6) v = relu6(v);
+      const int lanes = j < NV - 1 ? kLanes : ncols - (NV - 1) * kLanes;
+      if (vector_io) {
+        if (rrow) v += j < NV - 1 ? load(rrow + j * kLanes) : load_m(rrow + j * kLanes, tail);
+        if (j < NV - 1) store(crow + j * kLanes, v);
+        else store_m(crow + j * kLanes, v, tail);
+      } else {  // NCHW output or input: one element at a time
+        float lane[kLanes];
+        store(lane, v);
+        for (int l = 0; l < lanes; ++l) {
+          const int64_t col = j * kLanes + l;
+          crow[col * g.ck] = lane[l] + (rrow ? rrow[col * g.rk] : 0.f);
+        }
+      }
+    }
+  }
+}
+
+// micro() for the common case: all MR rows valid, packed B (no masked rows), a plain or ReLU6
+// store into rows of contiguous columns, no residual. Straight-line code around the k-loop lets
+// the compiler keep the accumulators in registers from the first load to the last store; the
+// general micro() spills them around its branches, which costs ~10% of a tile at K ~ 100.
+template <int NV, int MR>
+void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
+  const Mask tail = make_mask(ncols - (NV - 1) * kLanes);
+  const float* ap[MR];
+  vec acc[MR][NV];
+  for (int i = 0; i < MR; ++i) {
+    ap[i] = g.a[i0 + i];
+    const float* start = (g.init ? g.init[i0 + i] : g.bias) + j0;
+    for (int j = 0; j < NV; ++j)
+      acc[i][j] = j < NV - 1 ? load(start + j * kLanes) : load_m(start + j * kLanes, tail);
+  }
+  const float* bp[NV];
+  for (int j = 0; j < NV; ++j) bp[j] = b_column(g, j0 + j * kLanes);
+  const int64_t K = g.K, ak = g.ak;
+  for (int64_t k = 0; k < K; ++k) {
+    vec b[NV];
+    for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + k * kPackedColumns);
+    for (int i = 0; i < MR; ++i) {
+      const vec av = splat(ap[i][k * ak]);
+      for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
+    }
+  }
+  const bool relu = g.store == Store::kRelu6;
+  for (int i = 0; i < MR; ++i) {
+    float* c = g.c[i0 + i] + j0;
+    for (int j = 0; j < NV; ++j) {
+      const vec v = relu ? relu6(acc[i][j]) : acc[i][j];
+      if (j < NV - 1) store(c + j * kLanes, v);
+      else store_m(c + j * kLanes, v, tail);
+    }
+  }
+}
+
+// Every row of one column panel, in micro-tiles of MR rows, then MR/2 and MR/4 for the remainder.
+template <int NV, bool kPacked>
+void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
+  constexpr int MR1 = static_cast<int>(tile_rows(NV, kMaxAcc)), MR2 = (MR1 + 1) / 2, MR3 = (MR1 + 3) / 4;
+  // B's last rows that a whole tail vector would read past (see micro).
+  const int64_t masked = std::min<int64_t>(g.K, (NV * kLanes + g.ldb - 1) / std::max<int64_t>(g.ldb, 1));
+  const bool full_ok = kPacked && g.ck == 1 && !g.res && g.store != Store::kPool;
+  int64_t i = 0;
+  while (i < M) {
+    const int64_t rem = M - i;
+    if (full_ok && rem >= MR1) {
+      micro_full<NV, MR1>(g, i, j0, ncols);
+      i += MR1;
+    } else if (rem > MR2) {
+      micro<NV, MR1, kPacked>(g, i, static_cast<int>(std::min<int64_t>(rem, MR1)), j0, ncols, masked);
+      i += MR1;
+    } else if (rem > MR3) {
+      micro<NV, MR2, kPacked>(g, i, static_cast<int>(rem), j0, ncols, masked);
+      i += MR2;
+    } else {
+      micro<NV, MR3, kPacked>(g, i, static_cast<int>(rem), j0, ncols, masked);
+      i += MR3;
+    }
+  }
+}
+
+// GEMMs with a short K (the expands of blocks with 16, 24 or 32 input channels, the stem's 27
+// taps, the first block's projection): one column vector at a time, KC rows of B held in
+// registers, the rows of A streamed R at a time. A micro-tile would spend about as long loading
+// and storing its accumulators as multiplying (measured: 60-75% of the long-K speed at
+// K = 16-32); here a row costs K FMAs, a ReLU6 and a store. K = kChunks * KC: with one chunk B is
+// loaded once for all rows, with more it is reloaded chunk by chunk for every R rows.
+template <int KC, int kChunks>
+void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
+  // Rows in flight, independent FMA chains that cover the FMA latency: as many as the registers
+  // left beside B's hold.
+  constexpr int R = KC <= 16 ? 8 : 4;
+  const Mask tail = make_mask(ncols);
+  const float* bcol = b_column(g, j0);
+  const int64_t ak = g.ak, ldb = g.ldb;
+  vec b[KC];
+  auto load_b = [&](int chunk) {
+    for (int k = 0; k < KC; ++k) b[k] = load_m(bcol + (chunk * KC + k) * ldb, tail);
+  };
+  auto finish = [&](vec v, int64_t row) {
+    if (g.store == Store::kRelu6) v = relu6(v);
+    store_m(g.c[row] + j0, v, tail);
+  };
+  if constexpr (kChunks == 1) load_b(0);
+  int64_t i = 0;
+  for (; i + R <= M; i += R) {
+    const float* ap[R];
+    vec acc[R];
+    for (int r = 0; r < R; ++r) {
+      ap[r] = g.a[i + r];
+      acc[r] = load_m((g.init ? g.init[i + r] : g.bias) + j0, tail);
+    }
+    for (int chunk = 0; chunk < kChunks; ++chunk) {
+      if constexpr (kChunks > 1) load_b(chunk);
+#pragma GCC unroll 32
+      for (int k = 0; k < KC; ++k)
+        for (int r = 0; r < R; ++r) acc[r] += splat(ap[r][(chunk * KC + k) * ak]) * b[k];
+    }
+    for (int r = 0; r < R; ++r) finish(acc[r], i + r);
+  }
+  for (; i < M; ++i) {  // fewer than R rows left
+    const float* ap = g.a[i];
+    vec acc = load_m((g.init ? g.init[i] : g.bias) + j0, tail);
+    for (int k = 0; k < kChunks * KC; ++k)
+      acc += splat(ap[k * ak]) * (kChunks == 1 ? b[k % KC] : load_m(bcol + k * ldb, tail));
+    finish(acc, i);
+  }
+}
+
+// Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
+// narrow panels have taller micro-tiles, whose row pointers crowd the registers.
+template <bool kPacked>
+void panels(const Gemm& g, int64_t M, int64_t N) {
+  const int64_t vectors = (N + kLanes - 1) / kLanes, count = (vectors + 3) / 4;
+  int64_t j0 = 0;
+  for (int64_t p = 0; p < count; ++p) {
+    const int64_t nv = vectors / count + (p < vectors % count ? 1 : 0);
+    const int ncols = static_cast<int>(std::min<int64_t>(nv * kLanes, N - j0));
+    switch (nv) {
+      case 1: panel<1, kPacked>(g, M, j0, ncols); break;
+      case 2: panel<2, kPacked>(g, M, j0, ncols); break;
+      case 3: panel<3, kPacked>(g, M, j0, ncols); break;
+      default: panel<4, kPacked>(g, M, j0, ncols); break;
+    }
+    j0 += nv * kLanes;
+  }
+}
+
+void gemm(const Gemm& g, int64_t M, int64_t N) {
+  // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32), and for K = 32
+  // with enough rows: the rows past the last group of R go one at a time.
+  constexpr bool short_k_fits = kMaxAcc >= 24;
+  const bool short_k = (g.K == 16 || g.K == 24 || g.K == 27 || (g.K == 32 && M >= 32)) &&
+                       (g.store == Store::kRelu6 || g.store == Store::kPlain) && g.ck == 1 && !g.res;
+  if (short_k_fits && short_k) {
+    for (int64_t j0 = 0; j0 < N; j0 += kLanes) {
+      const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));
+      switch (g.K) {
+        case 16: column_short_k<16, 1>(g, M, j0, ncols); break;
+        case 24: column_short_k<24, 1>(g, M, j0, ncols); break;
+        case 27: column_short_k<27, 1>(g, M, j0, ncols); break;  // the stem: 3 x 3 taps of 3 channels
+        default: column_short_k<16, 2>(g, M, j0, ncols); break;
+      }
+    }
+    return;
+  }
+  if (g.group_stride) panels<true>(g, M, N);
+  else panels<false>(g, M, N);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace mnv2_fused

@@ -1,0 +1,56 @@
+"""The implementations compared, one list for the command line and the benchmarks: each makes a
+no-argument callable that runs a model (torchvision's, unconverted) on an input."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .onnx_runtime import onnxruntime_missing, ort_runner
+
+
+def _fused(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    from .. import convert
+
+    fused = convert(copy.deepcopy(model))
+    return lambda: fused(x)
+
+
+def _eager(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    return lambda: model(x)
+
+
+def _eager_channels_last(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    return lambda: m(xc)
+
+
+def _onnxruntime(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    return ort_runner(model, x, torch.get_num_threads())
+
+
+def _compile(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    compiled = torch.compile(copy.deepcopy(model))
+    return lambda: compiled(x)
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    label: str
+    make: Callable[[nn.Module, torch.Tensor], Callable[[], object]]
+    missing: Callable[[], Optional[str]] = lambda: None  # why it cannot run here, e.g. a package not installed
+    measures_memory: bool = True  # peak CPU memory is visible to torch's profiler
+
+
+PROVIDERS = {p.name: p for p in [
+    Provider("fused", "mnv2_fused", _fused),
+    Provider("eager_nchw", "torchvision eager", _eager),
+    Provider("eager_channels_last", "torchvision eager, channels_last", _eager_channels_last),
+    Provider("onnxruntime", "onnxruntime", _onnxruntime, onnxruntime_missing, measures_memory=False),
+    Provider("compile", "torch.compile", _compile),
+]}

@@ -1,0 +1,55 @@
+"""What only a GPU can show: 64-bit offsets on huge tensors, and whole converted networks on the
+CUDA and Triton back ends, under torch.compile too. Skipped without a GPU."""
+import copy
+
+import pytest
+import torch
+import torchvision
+from helpers import make_block, make_input, randomize_bn, rel_err
+
+import mnv2_fused
+from mnv2_fused import FusedInvertedResidual
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    # The references run cuDNN convolutions, which take TF32 by default: hold them to fp32.
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_large_tensor_over_2_31_elements(backend):
+    """int64 offsets: an input of more than 2^31 elements (fp16, about 4.3 GB)."""
+    block = make_block(8, 8, 1, 1)
+    n, h, w = 2, 4096, 32768
+    x = torch.randn(n, 8, h, w + 8, device="cuda", dtype=torch.float16)
+    assert x.numel() > 2**31
+    fused = FusedInvertedResidual.from_block(copy.deepcopy(block), backend=backend).eval().to("cuda", torch.float16)
+    with torch.no_grad():
+        out = fused(x)
+        ref_tail = copy.deepcopy(block).cuda()(x[-1:, :, -9:, :].float())[..., -1:, -7:]
+    assert torch.isfinite(out[-1, :, -1, -7:]).all()
+    assert rel_err(out[-1:, :, -1:, -7:].float().cpu(), ref_tail.cpu()) <= 1e-2
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_whole_network_on_gpu(backend):
+    net = randomize_bn(torchvision.models.mobilenet_v2(), seed=5).eval()
+    fused = mnv2_fused.convert(copy.deepcopy(net), backend=backend).cuda()
+    x = make_input((4, 3, 224, 224), "channels_last")
+    with torch.no_grad():
+        assert rel_err(fused(x.cuda()).cpu(), net(x)) <= 1e-4
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_compile_converted_model(backend):
+    net = randomize_bn(torchvision.models.mobilenet_v2(), seed=4).eval().cuda()
+    fused = torch.compile(mnv2_fused.convert(copy.deepcopy(net), backend=backend), fullgraph=True)
+    x = torch.randn(2, 3, 96, 96, device="cuda")
+    with torch.no_grad():
+        assert rel_err(fused(x), net(x)) <= 1e-4
