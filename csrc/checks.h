@@ -67,6 +67,8 @@ inline BlockShape check_block(const at::Tensor& x, const std::optional<at::Tenso
                     w_dw.sizes());
   s.hidden = w_dw.size(0);
   constexpr const char* op = "mnv2_fused.inverted_residual";
+  TORCH_CHECK_VALUE(s.hidden > 0 && s.cin > 0, op, ": the input and hidden widths must be positive, got Cin ", s.cin,
+                    " and hidden ", s.hidden);
   TORCH_CHECK_VALUE(b_proj.dim() == 1, op, ": b_proj must be 1-D (Cout), got ", b_proj.sizes());
   s.cout = b_proj.size(0);
   s.expand = w_expand.has_value();

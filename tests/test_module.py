@@ -213,6 +213,10 @@ def test_op_rejects_bad_weights():
         torch.ops.mnv2_fused.inverted_residual(x, w.w_expand.double(), *w[1:], 1, False)
     with pytest.raises(ValueError, match="residual block needs stride 1"):
         torch.ops.mnv2_fused.inverted_residual(x, *w, 2, True)
+    empty = mnv2_fused.FoldedWeights(torch.zeros(0, 8), torch.zeros(0), torch.zeros(0, 3, 3), torch.zeros(0),
+                                     torch.zeros(8, 0), torch.zeros(8))
+    with pytest.raises(ValueError, match="hidden widths must be positive"):
+        torch.ops.mnv2_fused.inverted_residual(x, *empty, 1, True)
 
 
 def test_nan_and_inf_propagate_like_torchvision():

@@ -1,7 +1,7 @@
 """Triton kernel for the fused inverted-residual block, registered as mnv2_fused::inverted_residual_triton.
 
-Each program owns BLOCK_P output pixels of one image (flattened over rows and columns) and
-BLOCK_CO output channels, and walks the hidden channels in chunks of BLOCK_H:
+Each program owns BLOCK_P output pixels of one image (flattened over rows and columns) and every
+output channel, and walks the hidden channels in chunks of BLOCK_H:
 
     for each hidden chunk:
         for each of the 9 depthwise taps:
@@ -10,6 +10,11 @@ BLOCK_CO output channels, and walks the hidden channels in chunks of BLOCK_H:
         d = ReLU6(d + b_dw)
         acc += d @ W_proj[chunk, :]                               (tl.dot, fp32 accumulate)
     y = acc + b_proj (+ x)
+
+Output channels go in blocks of at most MAX_BLOCK_CO: with one block, acc is a register tile; with
+more (Cout 160, 320), each block's partial sums are kept in an fp32 workspace (a row per output
+pixel, read and written by this program alone), so neither does a wide accumulator spill nor does
+a second program redo the expand and depthwise for the other channels.
 
 Halo pixels are *recomputed*, not staged: a Triton block cannot index a neighbour's row of a
 register tile, so the expand of each tap's shifted pixels is computed afresh. That costs up to
@@ -25,6 +30,7 @@ results match a non-TF32 reference; fp16/bf16 accumulate in fp32.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -43,23 +49,29 @@ def _relu6(v):
 
 @triton.jit
 def _inverted_residual_kernel(
-    x_ptr, we_ptr, be_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr,
+    x_ptr, we_ptr, be_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr, acc_ptr,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-    CIN, HID, COUT, H, W, OH, OW,
+    N, CIN, HID, COUT, H, W, OH, OW,
     STRIDE: tl.constexpr, HAS_EXPAND: tl.constexpr, RESIDUAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_CO: tl.constexpr,
+    ONE_CO_BLOCK: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    pid_co = tl.program_id(2)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    # One program: BLOCK_P output pixels of one image (batch and pixel blocks share grid axis 0,
+    # which has no 65,535 limit), every output channel.
+    blocks_per_image = tl.cdiv(OH * OW, BLOCK_P)
+    pid = tl.program_id(0)
+    n = (pid // blocks_per_image).to(tl.int64)
+    offs_p = (pid % blocks_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = offs_p < OH * OW
     oy = offs_p // OW
     ox = offs_p % OW
-    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    co_mask = offs_co < COUT
     x_n = x_ptr + n * sxn
+    offs_b = tl.arange(0, BLOCK_CO)
+    # With one block of output channels the projection accumulates in registers; with more, each
+    # block's partial sums live in the fp32 workspace rows of this program's pixels (a register
+    # accumulator for 320 channels would spill, and a program per block would redo the expand).
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+    ws_rows = acc_ptr + (n * OH * OW + offs_p.to(tl.int64))[:, None] * COUT
 
     for h0 in range(0, HID, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
@@ -90,28 +102,51 @@ def _inverted_residual_kernel(
             dacc += e * wd[None, :]
         bd = tl.load(bd_ptr + offs_h, mask=h_mask, other=0.0).to(tl.float32)
         d = _relu6(dacc + bd[None, :])
-        wp = tl.load(wp_ptr + offs_co[None, :] * HID + offs_h[:, None],
-                     mask=h_mask[:, None] & co_mask[None, :], other=0.0)
-        acc = tl.dot(d.to(wp.dtype), wp, acc=acc, input_precision=DOT_PRECISION)
+        if ONE_CO_BLOCK:
+            wp = tl.load(wp_ptr + offs_b[None, :] * HID + offs_h[:, None],
+                         mask=h_mask[:, None] & (offs_b < COUT)[None, :], other=0.0)
+            acc = tl.dot(d.to(wp.dtype), wp, acc=acc, input_precision=DOT_PRECISION)
+        else:
+            for co0 in range(0, COUT, BLOCK_CO):
+                offs_co = co0 + offs_b
+                co_mask = offs_co < COUT
+                wp = tl.load(wp_ptr + offs_co[None, :] * HID + offs_h[:, None],
+                             mask=h_mask[:, None] & co_mask[None, :], other=0.0)
+                ws_mask = p_mask[:, None] & co_mask[None, :]
+                part = tl.load(ws_rows + offs_co[None, :], mask=ws_mask & (h0 > 0), other=0.0)
+                part = tl.dot(d.to(wp.dtype), wp, acc=part, input_precision=DOT_PRECISION)
+                tl.store(ws_rows + offs_co[None, :], part, mask=ws_mask)
 
-    acc += tl.load(bp_ptr + offs_co, mask=co_mask, other=0.0).to(tl.float32)[None, :]
-    out_mask = p_mask[:, None] & co_mask[None, :]
-    if RESIDUAL:
-        res = tl.load(x_n + offs_co[None, :].to(tl.int64) * sxc + oy[:, None].to(tl.int64) * sxh
-                      + ox[:, None].to(tl.int64) * sxw, mask=out_mask, other=0.0)
-        acc += res.to(tl.float32)
-    y_off = (n * syn + offs_co[None, :].to(tl.int64) * syc + oy[:, None].to(tl.int64) * syh
-             + ox[:, None].to(tl.int64) * syw)
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+    for co0 in range(0, COUT, BLOCK_CO):
+        offs_co = co0 + offs_b
+        co_mask = offs_co < COUT
+        out_mask = p_mask[:, None] & co_mask[None, :]
+        if not ONE_CO_BLOCK:
+            acc = tl.load(ws_rows + offs_co[None, :], mask=out_mask, other=0.0)
+        acc += tl.load(bp_ptr + offs_co, mask=co_mask, other=0.0).to(tl.float32)[None, :]
+        if RESIDUAL:
+            res = tl.load(x_n + offs_co[None, :].to(tl.int64) * sxc + oy[:, None].to(tl.int64) * sxh
+                          + ox[:, None].to(tl.int64) * sxw, mask=out_mask, other=0.0)
+            acc += res.to(tl.float32)
+        y_off = (n * syn + offs_co[None, :].to(tl.int64) * syc + oy[:, None].to(tl.int64) * syh
+                 + ox[:, None].to(tl.int64) * syw)
+        tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-# A small autotune space of tile shapes for GPUs; the interpreter uses one fixed shape.
+# A small autotune space of tile shapes for GPUs, keyed by the whole shape (the batch included);
+# MNV2_FUSED_TRITON_AUTOTUNE=0 keeps the first config only (quick test runs). The interpreter uses
+# one fixed shape.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_P": bp, "BLOCK_H": bh}, num_warps=nw, num_stages=2)
-    for bp, bh, nw in [(32, 32, 4), (64, 32, 4), (64, 16, 4), (128, 32, 8), (32, 64, 4)]
+    for bp, bh, nw in [(64, 32, 4), (32, 32, 4), (64, 16, 4), (128, 32, 8), (32, 64, 4)]
 ]
-_autotuned_kernel = triton.autotune(configs=_GPU_CONFIGS, key=["CIN", "HID", "COUT", "OH", "OW", "STRIDE"])(
+if os.environ.get("MNV2_FUSED_TRITON_AUTOTUNE", "1") == "0":
+    _GPU_CONFIGS = _GPU_CONFIGS[:1]
+_autotuned_kernel = triton.autotune(configs=_GPU_CONFIGS, key=["N", "CIN", "HID", "COUT", "OH", "OW", "STRIDE"])(
     _inverted_residual_kernel)
+
+# Output channels per block: more would need a register accumulator that spills.
+MAX_BLOCK_CO = 128
 
 
 def _pow2_at_least_16(v: int, cap: int) -> int:
@@ -132,15 +167,17 @@ def inverted_residual_triton_op(x: torch.Tensor, w_expand: Optional[torch.Tensor
     has_expand = w_expand is not None
     we = w_expand.contiguous() if has_expand else w_dw  # placeholder pointer, never read
     be = b_expand.contiguous() if has_expand else b_dw
-    block_co = _pow2_at_least_16(cout, 256 if x.is_cuda else 512)
+    block_co = _pow2_at_least_16(cout, MAX_BLOCK_CO)
+    one_block = cout <= block_co
+    workspace = y if one_block else torch.empty((n * oh * ow, cout), device=x.device, dtype=torch.float32)
     common = dict(STRIDE=stride, HAS_EXPAND=has_expand, RESIDUAL=residual,
                   DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-                  BLOCK_CI=_pow2_at_least_16(cin, 64), BLOCK_CO=block_co)
-    args = (x, we, be, w_dw.contiguous(), b_dw.contiguous(), w_proj.contiguous(), b_proj.contiguous(), y,
-            *x.stride(), *y.stride(), cin, hidden, cout, h, w, oh, ow)
+                  BLOCK_CI=_pow2_at_least_16(cin, 64), BLOCK_CO=block_co, ONE_CO_BLOCK=one_block)
+    args = (x, we, be, w_dw.contiguous(), b_dw.contiguous(), w_proj.contiguous(), b_proj.contiguous(), y, workspace,
+            *x.stride(), *y.stride(), n, cin, hidden, cout, h, w, oh, ow)
 
     def grid(meta):
-        return (triton.cdiv(oh * ow, meta["BLOCK_P"]), n, triton.cdiv(cout, meta["BLOCK_CO"]))
+        return (n * triton.cdiv(oh * ow, meta["BLOCK_P"]),)
 
     if x.is_cuda:
         wrap_triton(_autotuned_kernel)[grid](*args, **common)
@@ -150,9 +187,4 @@ def inverted_residual_triton_op(x: torch.Tensor, w_expand: Optional[torch.Tensor
 
 
 def inverted_residual_triton(x: torch.Tensor, weights: FoldedWeights, stride: int, residual: bool) -> torch.Tensor:
-    from . import INTERPRETER
-
-    if x.device.type == "cpu" and not INTERPRETER:
-        raise RuntimeError("mnv2_fused: the Triton back end needs a GPU, or Triton's interpreter "
-                           "(TRITON_INTERPRET=1 set before triton is imported) for CPU tensors")
     return inverted_residual_triton_op(x, *weights, stride, residual)
