@@ -58,6 +58,7 @@ class NetworkCall {
         block_residuals_(std::move(block_residuals)),
         head_(std::move(head)),
         classifier_(std::move(classifier)) {
+    TORCH_CHECK(versions_, "mnv2_fused: a bound call needs a version snapshot");
     for (auto& b : blocks) blocks_.push_back(std::move(b));
   }
 
@@ -108,7 +109,9 @@ class BlockCall {
         b_proj_(std::move(b_proj)),
         stride_(stride),
         residual_(residual),
-        in_channels_(in_channels) {}
+        in_channels_(in_channels) {
+    TORCH_CHECK(versions_, "mnv2_fused: a bound call needs a version snapshot");
+  }
 
   // The block's output for x; nullopt unless x is a 4-D float32 CPU tensor with the block's input
   // channels and no weight changed since the fold (the module's checked path says what is wrong).

@@ -88,10 +88,6 @@ class Bound:
     def __init__(self, fold: Callable[..., Any]) -> None:
         self._fold = fold
         self._lock = threading.Lock()
-        self.clear()
-
-    def clear(self) -> None:
-        """Drops the folded weights and the bound call: the next forward folds again."""
         self._value: Any = None
         self._watch: Optional[list] = None
         self._versions: Any = None
@@ -99,6 +95,14 @@ class Bound:
         # The bound call and the generation it is valid for, as one pair: one read gets both,
         # whatever other threads do.
         self._call: tuple = (None, -1)
+
+    def clear(self) -> None:
+        """Drops the folded weights and the bound call: the next forward folds again. Under the
+        lock: a fold or a binding in another thread sees the weights and versions both or neither."""
+        with self._lock:
+            self._call = (None, -1)
+            self._value = self._watch = self._versions = None
+            self._checked = -1
 
     # -- the bound call ---------------------------------------------------------------------
     def run(self, x: Any, training: bool) -> Optional[torch.Tensor]:
@@ -116,8 +120,8 @@ class Bound:
         the call valid)."""
         with self._lock:
             value, versions = self._value, self._versions
-        if value is not None and extension_loaded():
-            self._call = (make_call(value, versions), generation)
+            if value is not None and versions is not None and extension_loaded():
+                self._call = (make_call(value, versions), generation)
 
     # -- the folded weights -----------------------------------------------------------------
     def _current(self) -> bool:

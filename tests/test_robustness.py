@@ -81,6 +81,35 @@ def test_cache_under_concurrent_refresh():
     assert all(rel_err(r, ref_a) <= 1e-5 for r in results)
 
 
+def test_forward_while_another_thread_refreshes():
+    """refresh() drops the folds and the bound call while readers fold and bind again: a reader must
+    never bind weights without their version snapshot (that would crash in C++)."""
+    fused = FusedInvertedResidual.from_block(make_block(16, 16, 1, 6), backend="cpu").eval()
+    x = make_input((1, 16, 4, 4))
+    with torch.no_grad():
+        expected = fused(x)
+    errors, stop = [], threading.Event()
+
+    def reader():
+        try:
+            with torch.no_grad():
+                while not stop.is_set():
+                    if not torch.equal(fused(x), expected):
+                        errors.append("wrong output")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for _ in range(1000):
+        fused.refresh()
+    stop.set()
+    for th in threads:
+        th.join()
+    assert not errors
+
+
 def test_no_leak_over_10000_calls():
     psutil = pytest.importorskip("psutil")
     fused = FusedInvertedResidual.from_block(make_block(24, 24, 1, 6), backend="cpu").eval()
