@@ -12,6 +12,9 @@ struct BlockShape {
   int64_t oh, ow;            // output spatial size
   int64_t stride;
   bool expand, residual;
+  int64_t k = 3, dilation = 1;        // depthwise kernel size and dilation
+  int64_t pad_top = 1, pad_left = 1;  // depthwise zero padding before the first row / column
+  int64_t se = 0;                     // squeeze-and-excite width; 0: none
 };
 
 inline void check_weight(const at::Tensor& t, const at::Tensor& x, const char* name,
@@ -43,30 +46,38 @@ inline void check_matrix_weight(const at::Tensor& w, const at::Tensor& b, const 
   check_weight(b, x, b_name, {o}, op);
 }
 
-inline BlockShape check_block(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
-                              const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
-                              const at::Tensor& b_dw, const at::Tensor& w_proj,
-                              const at::Tensor& b_proj, int64_t stride, bool residual) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "mnv2_fused.inverted_residual: x must be 4-D (N, C, H, W), got ",
-                    x.dim(), "-D");
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
-                   "mnv2_fused.inverted_residual: x must be a floating-point tensor, got ",
+// The squeeze-and-excite's weights: all four or none; w_reduce (se, hidden), b_reduce (se),
+// w_expand (hidden, se), b_expand (hidden).
+struct SEWeights {
+  const std::optional<at::Tensor>& w_reduce;
+  const std::optional<at::Tensor>& b_reduce;
+  const std::optional<at::Tensor>& w_expand;
+  const std::optional<at::Tensor>& b_expand;
+};
+
+// The arguments of mnv2_fused::mbconv (and, k = 3 without SE, of mnv2_fused::inverted_residual).
+inline BlockShape check_mbconv(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
+                               const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
+                               const at::Tensor& b_dw, const SEWeights& se, const at::Tensor& w_proj,
+                               const at::Tensor& b_proj, int64_t stride, int64_t dilation, bool same_padding,
+                               bool residual) {
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ",
                    x.scalar_type());
-  TORCH_CHECK_VALUE(stride == 1 || stride == 2,
-                    "mnv2_fused.inverted_residual: stride must be 1 or 2, got ", stride);
-  TORCH_CHECK_VALUE(w_expand.has_value() == b_expand.has_value(),
-                    "mnv2_fused.inverted_residual: w_expand and b_expand must both be given or both be None");
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
+  TORCH_CHECK_VALUE(dilation >= 1 && dilation <= 8, op, ": dilation must be 1 to 8, got ", dilation);
+  TORCH_CHECK_VALUE(w_expand.has_value() == b_expand.has_value(), op,
+                    ": w_expand and b_expand must both be given or both be None");
   BlockShape s;
   s.n = x.size(0);
   s.cin = x.size(1);
   s.h = x.size(2);
   s.w = x.size(3);
-  TORCH_CHECK_VALUE(s.h > 0 && s.w > 0, "mnv2_fused.inverted_residual: H and W must be positive, got ",
-                    x.sizes());
-  TORCH_CHECK_VALUE(w_dw.dim() == 3, "mnv2_fused.inverted_residual: w_dw must be (hidden, 3, 3), got ",
-                    w_dw.sizes());
+  TORCH_CHECK_VALUE(s.h > 0 && s.w > 0, op, ": H and W must be positive, got ", x.sizes());
+  TORCH_CHECK_VALUE(w_dw.dim() == 3 && w_dw.size(1) == w_dw.size(2) && w_dw.size(1) % 2 == 1 && w_dw.size(1) <= 7,
+                    op, ": w_dw must be (hidden, k, k) with k 1, 3, 5 or 7, got ", w_dw.sizes());
   s.hidden = w_dw.size(0);
-  constexpr const char* op = "mnv2_fused.inverted_residual";
+  s.k = w_dw.size(1);
   TORCH_CHECK_VALUE(s.hidden > 0 && s.cin > 0, op, ": the input and hidden widths must be positive, got Cin ", s.cin,
                     " and hidden ", s.hidden);
   TORCH_CHECK_VALUE(b_proj.dim() == 1, op, ": b_proj must be 1-D (Cout), got ", b_proj.sizes());
@@ -77,20 +88,50 @@ inline BlockShape check_block(const at::Tensor& x, const std::optional<at::Tenso
                       s.hidden, "], got ", b_expand->sizes());
     check_matrix_weight(*w_expand, *b_expand, x, s.cin, op, "w_expand", "b_expand");
   } else {
-    TORCH_CHECK_VALUE(s.hidden == s.cin, "mnv2_fused.inverted_residual: without an expand layer the depthwise "
-                      "width must equal the input channels (", s.cin, "), got ", s.hidden);
+    TORCH_CHECK_VALUE(s.hidden == s.cin, op, ": without an expand layer the depthwise width must equal the input "
+                      "channels (", s.cin, "), got ", s.hidden);
   }
-  check_weight(w_dw, x, "w_dw", {s.hidden, 3, 3});
-  check_weight(b_dw, x, "b_dw", {s.hidden});
+  check_weight(w_dw, x, "w_dw", {s.hidden, s.k, s.k}, op);
+  check_weight(b_dw, x, "b_dw", {s.hidden}, op);
+  const int given = se.w_reduce.has_value() + se.b_reduce.has_value() + se.w_expand.has_value() +
+                    se.b_expand.has_value();
+  TORCH_CHECK_VALUE(given == 0 || given == 4, op, ": the squeeze-and-excite needs all four weights or none");
+  if (given == 4) {
+    TORCH_CHECK_VALUE(se.w_reduce->dim() == 2 && se.w_reduce->size(0) > 0, op,
+                      ": w_se_reduce must be (se, hidden), got ", se.w_reduce->sizes());
+    s.se = se.w_reduce->size(0);
+    check_weight(*se.w_reduce, x, "w_se_reduce", {s.se, s.hidden}, op);
+    check_weight(*se.b_reduce, x, "b_se_reduce", {s.se}, op);
+    check_weight(*se.w_expand, x, "w_se_expand", {s.hidden, s.se}, op);
+    check_weight(*se.b_expand, x, "b_se_expand", {s.hidden}, op);
+  }
   check_matrix_weight(w_proj, b_proj, x, s.hidden, op, "w_proj", "b_proj");
   s.stride = stride;
+  s.dilation = dilation;
   s.residual = residual;
-  TORCH_CHECK_VALUE(!residual || (stride == 1 && s.cin == s.cout),
-                    "mnv2_fused.inverted_residual: a residual block needs stride 1 and Cin == Cout, got stride ",
-                    stride, ", Cin ", s.cin, ", Cout ", s.cout);
-  s.oh = conv3x3_out(s.h, stride);
-  s.ow = conv3x3_out(s.w, stride);
+  TORCH_CHECK_VALUE(!residual || (stride == 1 && s.cin == s.cout), op,
+                    ": a residual block needs stride 1 and Cin == Cout, got stride ", stride, ", Cin ", s.cin,
+                    ", Cout ", s.cout);
+  // Symmetric padding keeps the size at stride 1; TensorFlow's "same" pads so that the output is
+  // ceil(size / stride), the extra pixel at the end. Both give the same output size.
+  s.oh = conv_out(s.h, stride);
+  s.ow = conv_out(s.w, stride);
+  const int64_t span = (s.k - 1) * dilation + 1;
+  s.pad_top = same_padding ? same_pad_before(s.h, s.oh, stride, span) : (span - 1) / 2;
+  s.pad_left = same_padding ? same_pad_before(s.w, s.ow, stride, span) : (span - 1) / 2;
   return s;
+}
+
+inline BlockShape check_block(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
+                              const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
+                              const at::Tensor& b_dw, const at::Tensor& w_proj,
+                              const at::Tensor& b_proj, int64_t stride, bool residual) {
+  constexpr const char* op = "mnv2_fused.inverted_residual";
+  TORCH_CHECK_VALUE(w_dw.dim() == 3 && w_dw.size(1) == 3 && w_dw.size(2) == 3, op,
+                    ": w_dw must be (hidden, 3, 3), got ", w_dw.sizes());
+  const std::optional<at::Tensor> none;
+  return check_mbconv(op, x, w_expand, b_expand, w_dw, b_dw, SEWeights{none, none, none, none}, w_proj, b_proj,
+                      stride, 1, false, residual);
 }
 
 // The output keeps the input's memory format: channels_last when x is channels_last-contiguous
@@ -150,10 +191,10 @@ inline StemShape check_stem(const at::Tensor& x, const at::Tensor& w_stem, const
   s.expand = true;
   s.residual = false;
   st.stem_stride = stem_stride;
-  st.hh = conv3x3_out(s.h, stem_stride);
-  st.hw = conv3x3_out(s.w, stem_stride);
-  s.oh = conv3x3_out(st.hh, stride);
-  s.ow = conv3x3_out(st.hw, stride);
+  st.hh = conv_out(s.h, stem_stride);
+  st.hw = conv_out(s.w, stem_stride);
+  s.oh = conv_out(st.hh, stride);
+  s.ow = conv_out(st.hw, stride);
   return st;
 }
 

@@ -11,7 +11,14 @@ namespace mnv2_fused {
 // every row (layout.pack_columns).
 constexpr int64_t kPackedColumns = 16;
 
-// Output size of a 3x3 convolution with padding 1.
-constexpr int64_t conv3x3_out(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
+// Output size of the block's convolutions: a k x k convolution (odd k, dilation d) with the
+// symmetric padding d (k - 1) / 2, or TensorFlow's "same" padding, at stride 1 or 2.
+constexpr int64_t conv_out(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
+
+// "same" padding before the first pixel, for a window `span` = (k - 1) d + 1 wide: half the total,
+// rounded down (the rest goes after the last pixel).
+constexpr int64_t same_pad_before(int64_t size, int64_t out, int64_t stride, int64_t span) {
+  return ((out - 1) * stride + span - size) > 0 ? ((out - 1) * stride + span - size) / 2 : 0;
+}
 
 }  // namespace mnv2_fused

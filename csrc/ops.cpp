@@ -19,6 +19,17 @@ TORCH_LIBRARY(mnv2_fused, m) {
   m.def(
       "inverted_residual_out(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw, "
       "Tensor w_proj, Tensor b_proj, int stride, bool residual, Tensor(a!) out) -> ()");
+  // The inverted-residual family's block (MobileNetV2/V3, MnasNet, EfficientNet):
+  //   expand 1x1 (w_expand (hidden, Cin) or None) + act -> depthwise k x k (w_dw (hidden, k, k),
+  //   k 1/3/5/7, stride 1/2, dilation; symmetric padding (k - 1) * dilation / 2, or TensorFlow's
+  //   "same" when same_padding) + act -> optional squeeze-and-excite (w_se_reduce (se, hidden),
+  //   b_se_reduce, se_activation, w_se_expand (hidden, se), b_se_expand, se_gate) -> projection
+  //   w_proj (Cout, hidden) (+ x). act: relu, relu6, silu, hardswish; se_gate: sigmoid or hardsigmoid.
+  //   BN is folded into every convolution. Returns (N, Cout, H', W') in x's memory format.
+  m.def(
+      "mbconv(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw, Tensor? w_se_reduce, "
+      "Tensor? b_se_reduce, Tensor? w_se_expand, Tensor? b_se_expand, Tensor w_proj, Tensor b_proj, int stride, "
+      "int dilation, bool same_padding, str activation, str se_activation, str se_gate, bool residual) -> Tensor");
   // The network's stem fused with the expand-free block after it: a 3x3 convolution
   //   w_stem (hidden, Cin, 3, 3), b_stem (hidden), stride stem_stride, padding 1, ReLU6
   // takes the place of the expand layer, so its output never exists. Returns channels_last.

@@ -10,7 +10,7 @@ from .backends import select_backend
 from .reference import (
     FoldedWeights,
     as_matrix,
-    conv3x3_out,
+    conv_out,
     inverted_residual_reference,
     output_memory_format,
     unpacked,
@@ -75,7 +75,7 @@ if _extension.extension_loaded():
         for name, t in (("w_expand", w_expand), ("w_dw", w_dw), ("w_proj", w_proj)):
             torch._check(t is None or t.device == x.device, lambda: f"{name} is on {t.device} but x is on {x.device}")
         n, _, h, w = x.shape
-        out = x.new_empty((n, b_proj.shape[0], conv3x3_out(h, stride), conv3x3_out(w, stride)))
+        out = x.new_empty((n, b_proj.shape[0], conv_out(h, stride), conv_out(w, stride)))
         return out.contiguous(memory_format=output_memory_format(x))
 
     @torch.library.register_fake("mnv2_fused::inverted_residual_out")
@@ -86,7 +86,7 @@ if _extension.extension_loaded():
     def _stem_fake(x, w_stem, b_stem, stem_stride, w_dw, b_dw, w_proj, b_proj, stride):
         torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
         n, _, h, w = x.shape
-        oh, ow = conv3x3_out(conv3x3_out(h, stem_stride), stride), conv3x3_out(conv3x3_out(w, stem_stride), stride)
+        oh, ow = conv_out(conv_out(h, stem_stride), stride), conv_out(conv_out(w, stem_stride), stride)
         return x.new_empty((n, b_proj.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake("mnv2_fused::pointwise_relu6_mean")

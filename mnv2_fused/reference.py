@@ -67,9 +67,15 @@ def fold_block(conv: nn.Sequential) -> FoldedWeights:
     return FoldedWeights(*[None if p is None else p.detach().contiguous() for p in parts])
 
 
-def conv3x3_out(size: int, stride: int) -> int:
-    """Output size of a 3x3 convolution with padding 1 (csrc/layout.h has the same rule)."""
+def conv_out(size: int, stride: int) -> int:
+    """Output size of the block's convolutions: odd k x k with symmetric padding (k - 1) d / 2, or
+    TensorFlow's "same" padding (csrc/layout.h has the same rule)."""
     return (size - 1) // stride + 1
+
+
+def same_pad_before(size: int, stride: int, span: int) -> int:
+    """TensorFlow's "same" padding before the first pixel, for a window span = (k - 1) d + 1 wide."""
+    return max((conv_out(size, stride) - 1) * stride + span - size, 0) // 2
 
 
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -81,6 +87,38 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
 
 def relu6(t: torch.Tensor) -> torch.Tensor:
     return torch.clamp(t, 0.0, 6.0)  # keeps NaN, as nn.ReLU6 does
+
+
+_ACT = {"relu": torch.relu, "relu6": relu6, "silu": F.silu, "hardswish": F.hardswish, "sigmoid": torch.sigmoid,
+        "hardsigmoid": F.hardsigmoid}
+
+
+def mbconv_reference(x: torch.Tensor, w: FoldedWeights, se, spec) -> torch.Tensor:
+    """The inverted-residual family's block (spec.BlockSpec) from folded weights, with F.conv2d;
+    se: spec.SEWeights or None. The output keeps x's memory format."""
+    w = unpacked(w)
+    act = _ACT[spec.activation]
+    h = x
+    if w.w_expand is not None:
+        h = act(F.conv2d(h, w.w_expand[:, :, None, None], w.b_expand))
+    k, d, s = w.w_dw.shape[-1], spec.dilation, spec.stride
+    span = (k - 1) * d + 1
+    if spec.same_padding:
+        top, left = same_pad_before(h.shape[2], s, span), same_pad_before(h.shape[3], s, span)
+        bottom = max((conv_out(h.shape[2], s) - 1) * s + span - h.shape[2], 0) - top
+        right = max((conv_out(h.shape[3], s) - 1) * s + span - h.shape[3], 0) - left
+        h = F.pad(h, (left, right, top, bottom))
+        padding = 0
+    else:
+        padding = (span - 1) // 2
+    h = act(F.conv2d(h, w.w_dw[:, None], w.b_dw, stride=s, padding=padding, dilation=d, groups=w.w_dw.shape[0]))
+    if se is not None:
+        z = _ACT[spec.se_activation](F.conv2d(h.mean((2, 3), keepdim=True), se.w_reduce[:, :, None, None], se.b_reduce))
+        h = h * _ACT[spec.se_gate](F.conv2d(z, se.w_expand[:, :, None, None], se.b_expand))
+    y = F.conv2d(h, w.w_proj[:, :, None, None], w.b_proj)
+    if spec.residual:
+        y = y + x
+    return y.contiguous(memory_format=output_memory_format(x))
 
 
 def inverted_residual_reference(x: torch.Tensor, w: FoldedWeights, stride: int, residual: bool) -> torch.Tensor:

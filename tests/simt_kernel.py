@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from mnv2_fused.reference import FoldedWeights, conv3x3_out, unpacked
+from mnv2_fused.reference import FoldedWeights, conv_out, unpacked
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -94,7 +94,7 @@ def run(dll: ctypes.CDLL, x: torch.Tensor, weights: FoldedWeights, stride: int, 
     if plan_only:
         x = torch.empty(0, dtype=x.dtype)
     xn = x.permute(0, 2, 3, 1).contiguous() if x.dim() == 4 else x  # NHWC, as the launcher hands it over
-    y = torch.full((0,) if plan_only else (n, conv3x3_out(h, stride), conv3x3_out(wd, stride), cout),
+    y = torch.full((0,) if plan_only else (n, conv_out(h, stride), conv_out(wd, stride), cout),
                    float("nan"), dtype=x.dtype)
     expand = w.w_expand is not None
     tensors = [w.w_expand if expand else w.w_dw, w.b_expand if expand else w.b_dw, w.w_dw.reshape(hidden, 9),

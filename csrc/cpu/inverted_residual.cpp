@@ -44,8 +44,11 @@ void set_io(BlockArgs& a, const at::Tensor& x, at::Tensor& y) {
 }
 
 // Splits the plan's tiles into contiguous ranges, one per worker, each with its own scratch slab
-// from the framework's allocator (so memory tools see it).
-void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::Tensor& y) {
+// from the framework's allocator (so memory tools see it). With channel_sums ((N, hidden), zeroed:
+// the squeeze-and-excite's first pass) the workers add up the depthwise output in copies of their
+// own, summed into channel_sums at the end, and write no output.
+void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::Tensor& y,
+              at::Tensor channel_sums = at::Tensor()) {
   const Isa& isa = cpu_isa();
   const int64_t threads = at::get_num_threads();
   TilePlan plan = choose_plan(a, batch, threads, isa, scratch_budget_floats(x, y, threads));
@@ -61,22 +64,48 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   float* base = scratch.data_ptr<float>();
   if (!ragged)
     for (int64_t w = 0; w < workers; ++w) std::fill_n(base + w * plan.floats + plan.off_zero, plan.acc_ld, 0.f);
+  const bool summing = channel_sums.defined();
+  at::Tensor worker_sums = summing ? at::zeros({workers, batch * a.hidden}, x.options()) : at::Tensor();
+  auto sums_of = [&](int64_t w) { return summing ? worker_sums.data_ptr<float>() + w * batch * a.hidden : nullptr; };
   if (plan.groups == 1) {
     at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
       for (int64_t w = begin; w < end; ++w)
-        isa.run_tiles(a, plan, tiles * w / workers, tiles * (w + 1) / workers, 0, base + w * plan.floats, nullptr);
+        isa.run_tiles(a, plan, tiles * w / workers, tiles * (w + 1) / workers, 0, base + w * plan.floats, nullptr,
+                      sums_of(w));
     });
-    return;
+  } else {
+    // Hidden groups: each worker projects its share of every pixel, then the shares are summed.
+    const int64_t pixels = plan.plane_pixels, plane = pixels * plan.acc_ld;
+    at::Tensor partial = summing ? at::Tensor() : at::empty({plan.groups, plane}, x.options());
+    float* part = summing ? nullptr : partial.data_ptr<float>();
+    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        isa.run_tiles(a, plan, 0, tiles, g, base + g * plan.floats, summing ? nullptr : part + g * plane, sums_of(g));
+    });
+    if (!summing)
+      at::parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) { isa.sum_groups(a, plan, part, begin, end); });
   }
-  // Hidden groups: each worker projects its share of every pixel, then the shares are summed.
-  const int64_t pixels = plan.plane_pixels, plane = pixels * plan.acc_ld;
-  at::Tensor partial = at::empty({plan.groups, plane}, x.options());
-  float* part = partial.data_ptr<float>();
-  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t g = begin; g < end; ++g)
-      isa.run_tiles(a, plan, 0, tiles, g, base + g * plan.floats, part + g * plane);
-  });
-  at::parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) { isa.sum_groups(a, plan, part, begin, end); });
+  if (summing) at::sum_out(channel_sums, worker_sums.view({workers, batch, a.hidden}), {0});
+}
+
+Act parse_act(c10::string_view name, const char* op, const char* what) {
+  for (const auto& [text, act] : {std::pair<const char*, Act>{"relu", Act::kReLU}, {"relu6", Act::kReLU6},
+                                  {"silu", Act::kSiLU}, {"hardswish", Act::kHardswish}, {"sigmoid", Act::kSigmoid},
+                                  {"hardsigmoid", Act::kHardsigmoid}})
+    if (name == text) return act;
+  TORCH_CHECK_VALUE(false, op, ": unknown ", what, " '", std::string(name),
+                    "'; expected relu, relu6, silu, hardswish, sigmoid or hardsigmoid");
+  return Act::kNone;  // not reached
+}
+
+void set_shape(BlockArgs& a, const BlockShape& s) {
+  a.expand = s.expand ? Expand::kPointwise : Expand::kNone;
+  a.expand_stride = 1;
+  a.cin = s.cin, a.hidden = s.hidden, a.cout = s.cout;
+  a.h = s.h, a.w = s.w, a.hh = s.h, a.hw = s.w, a.oh = s.oh, a.ow = s.ow;
+  a.stride = s.stride;
+  a.k = s.k, a.dilation = s.dilation, a.pad_top = s.pad_top, a.pad_left = s.pad_left;
+  a.residual = s.residual;
 }
 
 // Writes the block's output into y (any strides; y must not overlap x).
@@ -89,12 +118,7 @@ void run_block(const at::Tensor& x, const BlockShape& s, const std::optional<at:
   KernelWeights kw;
   set_io(a, x, y);
   kw.set_block(a, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj);
-  a.expand = s.expand ? Expand::kPointwise : Expand::kNone;
-  a.expand_stride = 1;
-  a.cin = s.cin, a.hidden = s.hidden, a.cout = s.cout;
-  a.h = s.h, a.w = s.w, a.hh = s.h, a.hw = s.w, a.oh = s.oh, a.ow = s.ow;
-  a.stride = s.stride;
-  a.residual = s.residual;
+  set_shape(a, s);
   run_plan(a, s.n, x, y);
 }
 
@@ -129,7 +153,61 @@ at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem,
   return y;
 }
 
+// The squeeze-and-excite's gate from the mean of the depthwise output: two small matrix products,
+// through ATen (a matrix-vector product per image).
+at::Tensor se_gate(const at::Tensor& sums, int64_t pixels, const at::Tensor& w1, const at::Tensor& b1,
+                   const at::Tensor& w2, const at::Tensor& b2, Act act, Act gate) {
+  at::Tensor z = at::linear(sums / static_cast<double>(pixels), w1, b1);
+  z = act == Act::kReLU ? at::relu(z) : act == Act::kReLU6 ? at::hardtanh(z, 0, 6)
+      : act == Act::kSiLU ? at::silu(z) : act == Act::kHardswish ? at::hardswish(z) : z;
+  z = at::linear(z, w2, b2);
+  return gate == Act::kSigmoid ? at::sigmoid(z) : at::hardsigmoid(z);
+}
+
+at::Tensor mbconv(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
+                  const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                  const std::optional<at::Tensor>& w_se_reduce, const std::optional<at::Tensor>& b_se_reduce,
+                  const std::optional<at::Tensor>& w_se_expand, const std::optional<at::Tensor>& b_se_expand,
+                  const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride, int64_t dilation,
+                  bool same_padding, c10::string_view activation, c10::string_view se_activation,
+                  c10::string_view se_gate_name, bool residual) {
+  constexpr const char* op = "mnv2_fused.mbconv";
+  const BlockShape s = check_mbconv(op, x, w_expand, b_expand, w_dw, b_dw,
+                                    SEWeights{w_se_reduce, b_se_reduce, w_se_expand, b_se_expand}, w_proj, b_proj,
+                                    stride, dilation, same_padding, residual);
+  const Act act = parse_act(activation, op, "activation");
+  TORCH_CHECK_VALUE(act != Act::kSigmoid && act != Act::kHardsigmoid, op,
+                    ": the block's activation must be relu, relu6, silu or hardswish, got '", std::string(activation),
+                    "'");
+  const Act se_act = parse_act(se_activation, op, "se_activation");
+  const Act gate = parse_act(se_gate_name, op, "se_gate");
+  TORCH_CHECK_VALUE(gate == Act::kSigmoid || gate == Act::kHardsigmoid, op,
+                    ": se_gate must be sigmoid or hardsigmoid, got '", std::string(se_gate_name), "'");
+  check_cpu_float(x, op);
+  at::Tensor y = empty_output(x, s);
+  if (y.numel() == 0) return y;
+  BlockArgs a;
+  KernelWeights kw;
+  set_io(a, x, y);
+  kw.set_block(a, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj);
+  set_shape(a, s);
+  a.act = act;
+  at::Tensor gate_values;
+  if (s.se > 0) {
+    // Two passes over the block, so that the hidden tensor never exists: the first only sums the
+    // depthwise output of each image and channel, the second runs the whole block with the gate.
+    at::Tensor sums = at::zeros({s.n, s.hidden}, x.options());
+    run_plan(a, s.n, x, y, sums);
+    gate_values = se_gate(sums, s.oh * s.ow, *w_se_reduce, *b_se_reduce, *w_se_expand, *b_se_expand, se_act, gate)
+                      .contiguous();
+    a.gate = gate_values.data_ptr<float>();
+  }
+  run_plan(a, s.n, x, y);
+  return y;
+}
+
 TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) {
+  m.impl("mbconv", &mbconv);
   m.impl("inverted_residual", &inverted_residual);
   m.impl("inverted_residual_out", &inverted_residual_out<run_block>);
   m.impl("stem_inverted_residual", &stem_inverted_residual);

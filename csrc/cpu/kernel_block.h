@@ -52,7 +52,7 @@ void im2col_row(const BlockArgs& a, const Band& b, int64_t hr, int64_t jlo, int6
 void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t hr_begin, int64_t hr_end,
                       int64_t c0, int64_t hc, float* ring, float* im2col) {
   const int64_t row_floats = p.ring_cols * p.ld;
-  const int64_t ncols = (b.cols - 1) * a.stride + 3;
+  const int64_t ncols = (b.cols - 1) * a.stride + dw_span(a);
   // Columns of the ring inside the hidden image.
   const int64_t jlo = std::max<int64_t>(0, -b.hc0), jhi = std::min(ncols, a.hw - b.hc0);
   const float* a_rows[kRowBlock];
@@ -67,7 +67,8 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
     g.ak = a.expand == Expand::kConv3x3 ? 1 : a.sxc;
     g.bias = a.b_expand + c0;
     g.c = c_rows;
-    g.store = Store::kRelu6;
+    g.store = Store::kAct;
+    g.act = a.act;
     gemm(g, pending, hc);
     pending = 0;
   };
@@ -108,29 +109,69 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
   flush();
 }
 
-// dw[p, c] = relu6(b_dw[c0 + c] + 3x3 taps over the ring) for the band's pixels p = r * cols + q.
-void depthwise(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
-               float* dw) {
-  const int64_t s = a.stride, ld = p.ld, row_floats = p.ring_cols * ld;
+// dw[p, c] = act(b_dw[c0 + c] + the K x K (dilated) taps over the ring), times the
+// squeeze-and-excite gate when there is one, for the band's pixels p = r * cols + q.
+template <int K, Act kAct>
+void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
+                 float* dw) {
+  const int64_t s = a.stride, ld = p.ld, row_floats = p.ring_cols * ld, dil = a.dilation;
+  const float* gate = a.gate ? a.gate + b.n * a.hidden + c0 : nullptr;
   for (int64_t cv = 0; cv < hc; cv += kLanes) {
     const Mask mk = make_mask(static_cast<int>(std::min<int64_t>(kLanes, hc - cv)));
-    vec wt[9];
-    for (int t = 0; t < 9; ++t) wt[t] = load_m(a.w_dw + t * a.hidden + c0 + cv, mk);
+    vec wt[K * K];
+    for (int t = 0; t < K * K; ++t) wt[t] = load_m(a.w_dw + t * a.hidden + c0 + cv, mk);
     const vec bias = load_m(a.b_dw + c0 + cv, mk);
+    const vec factor = gate ? load_m(gate + cv, mk) : splat(1.f);
     for (int64_t r = 0; r < b.rows; ++r) {
       const int64_t hr = b.hr0 + r * s;
-      const float* r0 = ring + ring_slot(hr, p.ring_rows) * row_floats + cv;
-      const float* r1 = ring + ring_slot(hr + 1, p.ring_rows) * row_floats + cv;
-      const float* r2 = ring + ring_slot(hr + 2, p.ring_rows) * row_floats + cv;
+      const float* rows[K];
+      for (int ky = 0; ky < K; ++ky) rows[ky] = ring + ring_slot(hr + ky * dil, p.ring_rows) * row_floats + cv;
       float* out = dw + r * b.cols * ld + cv;
       for (int64_t q = 0; q < b.cols; ++q) {
         const int64_t o = q * s * ld;
-        vec v = bias + load(r0 + o) * wt[0] + load(r0 + o + ld) * wt[1] + load(r0 + o + 2 * ld) * wt[2];
-        v += load(r1 + o) * wt[3] + load(r1 + o + ld) * wt[4] + load(r1 + o + 2 * ld) * wt[5];
-        v += load(r2 + o) * wt[6] + load(r2 + o + ld) * wt[7] + load(r2 + o + 2 * ld) * wt[8];
-        store(out + q * ld, relu6(v));
+        vec v = bias;
+        for (int ky = 0; ky < K; ++ky)
+          for (int kx = 0; kx < K; ++kx) v += load(rows[ky] + o + kx * dil * ld) * wt[ky * K + kx];
+        v = activate(v, kAct);  // a constant: the branch folds away
+        if (gate) v *= factor;
+        store(out + q * ld, v);
       }
     }
+  }
+}
+
+template <int K>
+void depthwise_act(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
+                   float* dw) {
+  switch (a.act) {
+    case Act::kReLU6: depthwise_k<K, Act::kReLU6>(a, p, b, c0, hc, ring, dw); break;
+    case Act::kReLU: depthwise_k<K, Act::kReLU>(a, p, b, c0, hc, ring, dw); break;
+    case Act::kSiLU: depthwise_k<K, Act::kSiLU>(a, p, b, c0, hc, ring, dw); break;
+    default: depthwise_k<K, Act::kHardswish>(a, p, b, c0, hc, ring, dw); break;  // the op allows these four
+  }
+}
+
+void depthwise(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
+               float* dw) {
+  switch (a.k) {
+    case 1: depthwise_act<1>(a, p, b, c0, hc, ring, dw); break;
+    case 3: depthwise_act<3>(a, p, b, c0, hc, ring, dw); break;
+    case 5: depthwise_act<5>(a, p, b, c0, hc, ring, dw); break;
+    default: depthwise_act<7>(a, p, b, c0, hc, ring, dw); break;  // the checks allow 1, 3, 5, 7
+  }
+}
+
+// The squeeze-and-excite's first pass: adds the band's depthwise output, channel by channel, to
+// its image's sums.
+void sum_channels(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* dw,
+                  float* channel_sums) {
+  float* sums = channel_sums + b.n * a.hidden + c0;
+  const int64_t pixels = b.rows * b.cols;
+  for (int64_t cv = 0; cv < hc; cv += kLanes) {
+    const Mask mk = make_mask(static_cast<int>(std::min<int64_t>(kLanes, hc - cv)));
+    vec total = splat(0.f);
+    for (int64_t i = 0; i < pixels; ++i) total += load(dw + i * p.ld + cv);
+    store_m(sums + cv, load_m(sums + cv, mk) + total, mk);
   }
 }
 
@@ -170,7 +211,7 @@ void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, i
 }  // namespace
 
 void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64_t t0, int64_t t1, int64_t group,
-                                    float* scratch, float* partial) {
+                                    float* scratch, float* partial, float* channel_sums) {
   float* ring = scratch;
   float* dw = scratch + p.off_dw;
   float* acc = scratch + p.off_acc;
@@ -187,16 +228,17 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
     b.rows = std::min(p.rows_out, a.oh - b.r0);
     b.q0 = strip * p.cols_out;
     b.cols = std::min(p.cols_out, a.ow - b.q0);
-    b.hr0 = b.r0 * a.stride - 1;
-    b.hc0 = b.q0 * a.stride - 1;
-    const int64_t hr_end = b.hr0 + (b.rows - 1) * a.stride + 3;
+    b.hr0 = b.r0 * a.stride - a.pad_top;
+    b.hc0 = b.q0 * a.stride - a.pad_left;
+    const int64_t hr_end = b.hr0 + (b.rows - 1) * a.stride + dw_span(a);
     const bool reuse = p.carry && ring_n == b.n && ring_strip == strip && ring_next > b.hr0;
     const int64_t hr_begin = reuse ? ring_next : b.hr0;
     for (int64_t c0 = h_lo; c0 < h_hi; c0 += p.chunk) {
       const int64_t hc = std::min(p.chunk, h_hi - c0);
       fill_hidden_rows(a, p, b, hr_begin, hr_end, c0, hc, ring, im2col);
       depthwise(a, p, b, c0, hc, ring, dw);
-      project(a, p, b, c0, hc, h_lo, h_hi, dw, acc, zeros, partial);
+      if (channel_sums) sum_channels(a, p, b, c0, hc, dw, channel_sums);
+      else project(a, p, b, c0, hc, h_lo, h_hi, dw, acc, zeros, partial);
     }
     ring_n = b.n, ring_strip = strip, ring_next = hr_end;
   }

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernel_act.h"
+
 namespace mnv2_fused {
 namespace cpu {
 namespace {
@@ -20,7 +22,7 @@ inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
 // pointer arrays, so A can be the input tensor itself (any strides), the ring, or a patch buffer,
 // and C can be the ring, the accumulator or the output tensor.
 
-enum class Store { kRelu6, kPlain, kPool };
+enum class Store { kAct, kPlain, kPool };
 
 struct Gemm {
   int64_t K = 0;
@@ -35,6 +37,7 @@ struct Gemm {
   const float* const* res = nullptr;  // added before the store when not null; element j at res[i][j * rk]
   int64_t rk = 1;
   Store store = Store::kPlain;
+  Act act = Act::kNone;   // kAct: the activation applied before the store
   float* pool = nullptr;  // kPool: relu6 of each row is summed into pool[j]
   // Packed B when not 0: columns in groups of kPackedColumns, group g at B + g * group_stride, and
   // the GEMM's column j is B's column b_col0 + j.
@@ -133,7 +136,7 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
     const float* rrow = g.res ? g.res[i0 + i] + j0 * g.rk : nullptr;
     for (int j = 0; j < NV; ++j) {
       vec v = acc[i][j];
-      if (g.store == Store::kRelu6) v = relu6(v);
+      if (g.store == Store::kAct) v = activate(v, g.act);
       const int lanes = j < NV - 1 ? kLanes : ncols - (NV - 1) * kLanes;
       if (vector_io) {
         if (rrow) v += j < NV - 1 ? load(rrow + j * kLanes) : load_m(rrow + j * kLanes, tail);
@@ -177,11 +180,11 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
       for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
     }
   }
-  const bool relu = g.store == Store::kRelu6;
+  const bool act = g.store == Store::kAct;
   for (int i = 0; i < MR; ++i) {
     float* c = g.c[i0 + i] + j0;
     for (int j = 0; j < NV; ++j) {
-      const vec v = relu ? relu6(acc[i][j]) : acc[i][j];
+      const vec v = act ? activate(acc[i][j], g.act) : acc[i][j];
       if (j < NV - 1) store(c + j * kLanes, v);
       else store_m(c + j * kLanes, v, tail);
     }
@@ -233,7 +236,7 @@ void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
     for (int k = 0; k < KC; ++k) b[k] = load_m(bcol + (chunk * KC + k) * ldb, tail);
   };
   auto finish = [&](vec v, int64_t row) {
-    if (g.store == Store::kRelu6) v = relu6(v);
+    if (g.store == Store::kAct) v = activate(v, g.act);
     store_m(g.c[row] + j0, v, tail);
   };
   if constexpr (kChunks == 1) load_b(0);
@@ -286,7 +289,7 @@ void gemm(const Gemm& g, int64_t M, int64_t N) {
   // with enough rows: the rows past the last group of R go one at a time.
   constexpr bool short_k_fits = kMaxAcc >= 24;
   const bool short_k = (g.K == 16 || g.K == 24 || g.K == 27 || (g.K == 32 && M >= 32)) &&
-                       (g.store == Store::kRelu6 || g.store == Store::kPlain) && g.ck == 1 && !g.res;
+                       (g.store == Store::kAct || g.store == Store::kPlain) && g.ck == 1 && !g.res;
   if (short_k_fits && short_k) {
     for (int64_t j0 = 0; j0 < N; j0 += kLanes) {
       const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));

@@ -65,18 +65,19 @@ double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t t
     const int64_t band = t % p.bands, strip = t / p.bands;
     const int64_t rows = std::min(p.rows_out, a.oh - band * p.rows_out);
     const int64_t cols = std::min(p.cols_out, a.ow - strip * p.cols_out);
-    const int64_t hc0 = strip * p.cols_out * a.stride - 1, ncols = (cols - 1) * a.stride + 3;
+    const int64_t span = dw_span(a);
+    const int64_t hc0 = strip * p.cols_out * a.stride - a.pad_left, ncols = (cols - 1) * a.stride + span;
     const int64_t in_cols = std::min(ncols, a.hw - hc0) - std::max<int64_t>(0, -hc0);
-    const int64_t hr0 = band * p.rows_out * a.stride - 1, hr_end = hr0 + (rows - 1) * a.stride + 3;
+    const int64_t hr0 = band * p.rows_out * a.stride - a.pad_top, hr_end = hr0 + (rows - 1) * a.stride + span;
     auto in_rows = [&](int64_t lo) { return std::max<int64_t>(0, std::min(hr_end, a.hh) - std::max<int64_t>(lo, 0)); };
     for (int reuse = 0; reuse < 2; ++reuse) {
-      const int64_t new_rows = in_rows(reuse ? hr0 + 3 - a.stride : hr0);
+      const int64_t new_rows = in_rows(reuse ? hr0 + span - a.stride : hr0);
       double c = 0;
       for (int64_t c0 = 0; c0 < p.group_size; c0 += p.chunk) {
         const int64_t hc = std::min(p.chunk, p.group_size - c0);
         c += kBandOverhead;
         if (a.expand != Expand::kNone) c += gemm_cost(new_rows * in_cols, hc, k_expand, isa);
-        c += double(rows * cols) * ceil_div(hc, isa.lanes) * 9;  // depthwise
+        c += double(rows * cols) * ceil_div(hc, isa.lanes) * a.k * a.k;  // depthwise
         c += gemm_cost(rows * cols, a.cout, hc, isa);
       }
       (reuse ? reused : fresh)[t] = c;
@@ -118,7 +119,7 @@ constexpr int64_t kMaxStrips = 16, kMaxChunks = 16, kMaxBandPixels = 4 * kRowBlo
 // starts over rather than grow without bound.
 constexpr size_t kMaxCachedPlans = 4096;
 
-using Key = std::array<int64_t, 14>;
+using Key = std::array<int64_t, 17>;
 
 TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget) {
   // Hidden groups only pay when whole images cannot keep every thread busy, and only on small
@@ -168,8 +169,9 @@ TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& i
 TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget_floats) {
   static std::mutex mutex;
   static std::map<Key, TilePlan> cache;
-  const Key key{batch,  threads, budget_floats, static_cast<int64_t>(a.expand), a.expand_stride, a.cin, a.hidden,
-                a.cout, a.h,     a.w,           a.stride,                       isa.lanes,       isa.max_acc, 0};
+  const Key key{batch,  threads, budget_floats, static_cast<int64_t>(a.expand), a.expand_stride, a.cin,
+                a.hidden, a.cout, a.h,     a.w,           a.stride,  isa.lanes,       isa.max_acc,     a.k,
+                a.dilation, a.pad_top, a.pad_left};
   {
     std::lock_guard<std::mutex> lock(mutex);
     auto it = cache.find(key);

@@ -34,6 +34,10 @@ enum class Expand : int {
   kConv3x3 = 3,    // 3x3 convolution, padding 1, stride `expand_stride` (the network's stem)
 };
 
+// Activations: of the expand and the depthwise (one per block in every supported family), of the
+// squeeze-and-excite's reduce layer, and its gate.
+enum class Act : int { kNone = 0, kReLU = 1, kReLU6 = 2, kSiLU = 3, kHardswish = 4, kSigmoid = 5, kHardsigmoid = 6 };
+
 struct BlockArgs {
   const float* x;  // input, element strides below
   int64_t sxn, sxc, sxh, sxw;
@@ -44,7 +48,7 @@ struct BlockArgs {
   // (K, kPackedColumns) contiguous, one after another (never the 3x3 expand).
   const float* w_expand;  // (K, hidden): K = cin for 1x1, 9 * cin ([c][dy][dx]) for 3x3; null for kNone
   const float* b_expand;  // (hidden)
-  const float* w_dw;      // (9, hidden)
+  const float* w_dw;      // (k * k, hidden)
   const float* b_dw;      // (hidden)
   const float* w_proj;    // (hidden, cout)
   const float* b_proj;    // (cout)
@@ -56,8 +60,15 @@ struct BlockArgs {
   int64_t hh, hw;  // hidden (differs from the input only for a strided 3x3 expand)
   int64_t oh, ow;  // output
   int64_t stride;  // depthwise
+  int64_t k = 3, dilation = 1;         // depthwise kernel size and dilation
+  int64_t pad_top = 1, pad_left = 1;   // depthwise zero padding before the first row / column
+  Act act = Act::kReLU6;               // after the expand and after the depthwise
+  const float* gate = nullptr;         // (N, hidden): squeeze-and-excite factors on the depthwise output
   bool residual;
 };
+
+// Hidden rows (or columns) the depthwise reads for one output row: (k - 1) * dilation + 1.
+inline int64_t dw_span(const BlockArgs& a) { return (a.k - 1) * a.dilation + 1; }
 
 // How a call is cut into tiles, and where each worker's scratch lives (offsets in floats).
 struct TilePlan {
@@ -97,8 +108,8 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
   p.bands = ceil_div(a.oh, rows);
   p.chunk = chunk;
   p.carry = chunk >= p.group_size;
-  p.ring_rows = (rows - 1) * a.stride + 3;
-  p.ring_cols = (cols - 1) * a.stride + 3;
+  p.ring_rows = (rows - 1) * a.stride + dw_span(a);
+  p.ring_cols = (cols - 1) * a.stride + dw_span(a);
   p.ld = round_up(chunk, lanes);
   p.acc_ld = round_up(a.cout, lanes);
   p.im2col_k = a.expand == Expand::kConv3x3 ? 9 * a.cin : 0;
@@ -114,9 +125,11 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
 // band), reusing the ring across consecutive bands, for the hidden channels of `group`. scratch
 // holds plan.floats floats, the last acc_ld of them zero. With one group the tiles write y; with
 // several, `partial` ([N][OH][OW][acc_ld]) receives the group's share of the projection, bias
-// included for group 0 only, and no residual.
+// included for group 0 only, and no residual. With `channel_sums` ((N, hidden), the
+// squeeze-and-excite's first pass) the tiles only add up the depthwise output of each image and
+// channel there, and project nothing.
 using TilesFn = void (*)(const BlockArgs&, const TilePlan&, int64_t t0, int64_t t1, int64_t group, float* scratch,
-                         float* partial);
+                         float* partial, float* channel_sums);
 
 // y = the sum of the groups' partial outputs (+ the residual) for output pixels [p0, p1) of the
 // call (pixel index = (n * OH + r) * OW + q).
@@ -153,7 +166,7 @@ struct LinearArgs {
 using LinearFn = void (*)(const LinearArgs&, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
 
 #define MNV2_DECLARE_ISA(isa)                                                      \
-  void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*, float*); \
+  void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*, float*, float*); \
   void sum_groups_##isa(const BlockArgs&, const TilePlan&, const float*, int64_t, int64_t);        \
   void pointwise_pool_##isa(const PoolArgs&, int64_t, int64_t, int64_t, int64_t);  \
   void linear_##isa(const LinearArgs&, int64_t, int64_t, int64_t, int64_t);        \

@@ -22,8 +22,8 @@ template <typename T>
 std::string run(const void* x, const void* we, const void* be, const void* wd, const void* bd, const void* wp,
                 const void* bp, void* y, const int64_t* dims, const int64_t* options, TcPlan* plan_out) {
   BlockDims d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], 0, 0, dims[6], dims[7] != 0, dims[8] != 0};
-  d.oh = mnv2_fused::conv3x3_out(d.h, d.stride);
-  d.ow = mnv2_fused::conv3x3_out(d.w, d.stride);
+  d.oh = mnv2_fused::conv_out(d.h, d.stride);
+  d.ow = mnv2_fused::conv_out(d.w, d.stride);
   const int sm_count = static_cast<int>(options[0]);
   const int64_t max_smem = options[1];
   simt::Config config;

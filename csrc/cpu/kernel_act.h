@@ -1,0 +1,54 @@
+// Vector activations of the CPU kernel, compiled once per instruction set (included by
+// kernel_gemm.h) from the instruction set's primitives. Each keeps NaN as NaN, as PyTorch's do.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace mnv2_fused {
+namespace cpu {
+namespace {
+
+typedef int32_t ivec __attribute__((vector_size(sizeof(vec))));
+
+// exp(x) with about 2 ulp relative error (Cephes' expf): x = n ln2 + r, |r| <= ln2 / 2, e^r by a
+// degree-6 polynomial, 2^n built in the exponent bits. x is clamped to the finite range first.
+inline vec vexp(vec x) {
+  const vec hi = splat(88.3762626647949f), lo = splat(-88.3762626647949f);
+  x = x > hi ? hi : x;  // comparisons with NaN are false: NaN goes through
+  x = x < lo ? lo : x;
+  const vec fx = x * splat(1.44269504088896341f) + splat(0.5f);
+  vec n = __builtin_convertvector(__builtin_convertvector(fx, ivec), vec);
+  n = n > fx ? n - splat(1.f) : n;  // floor
+  x = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+  vec y = splat(1.9875691500e-4f);
+  y = y * x + splat(1.3981999507e-3f);
+  y = y * x + splat(8.3334519073e-3f);
+  y = y * x + splat(4.1665795894e-2f);
+  y = y * x + splat(1.6666665459e-1f);
+  y = y * x + splat(5.0000001201e-1f);
+  y = y * x * x + x + splat(1.f);
+  const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;
+  vec scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+inline vec sigmoid(vec v) { return splat(1.f) / (splat(1.f) + vexp(-v)); }
+
+// ReLU6 first: MobileNetV2's, tested on every store of its GEMMs, one compare before the rest.
+inline vec activate(vec v, Act act) {
+  if (act == Act::kReLU6) return relu6(v);
+  if (act == Act::kNone) return v;
+  switch (act) {
+    case Act::kReLU: return v < splat(0.f) ? splat(0.f) : v;
+    case Act::kSiLU: return v * sigmoid(v);
+    case Act::kHardswish: return v * relu6(v + splat(3.f)) * splat(1.f / 6.f);
+    case Act::kSigmoid: return sigmoid(v);
+    case Act::kHardsigmoid: return relu6(v + splat(3.f)) * splat(1.f / 6.f);
+    default: return v;
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace mnv2_fused
