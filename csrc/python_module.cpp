@@ -5,6 +5,7 @@
 // touches is a cache miss, and walking ~300 parameters' versions from Python, or parsing ~100
 // weight tensors into an op call, costs a measurable share of a batch-1 forward.
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 
 #include <memory>
@@ -93,27 +94,24 @@ class NetworkCall {
   std::vector<at::Tensor> head_, classifier_;
 };
 
-// A fused block's folded weights bound to mnv2_fused::inverted_residual, and the versions of the
-// tensors they were folded from.
-class BlockCall {
+// A fused block's folded weights and settings bound to one of the block ops (inverted_residual,
+// mbconv): every argument after x, converted once to the op's schema types, and the versions of the
+// tensors the weights were folded from. A call pushes x in front of them and runs the op boxed.
+class OpCall {
  public:
-  BlockCall(std::shared_ptr<VersionSnapshot> versions, std::optional<at::Tensor> w_expand,
-            std::optional<at::Tensor> b_expand, at::Tensor w_dw, at::Tensor b_dw, at::Tensor w_proj, at::Tensor b_proj,
-            int64_t stride, bool residual, int64_t in_channels)
+  OpCall(std::shared_ptr<VersionSnapshot> versions, const std::string& op_name, int64_t in_channels,
+         const pybind11::list& rest)
       : versions_(std::move(versions)),
-        w_expand_(std::move(w_expand)),
-        b_expand_(std::move(b_expand)),
-        w_dw_(std::move(w_dw)),
-        b_dw_(std::move(b_dw)),
-        w_proj_(std::move(w_proj)),
-        b_proj_(std::move(b_proj)),
-        stride_(stride),
-        residual_(residual),
+        op_(c10::Dispatcher::singleton().findSchemaOrThrow(op_name.c_str(), "")),
         in_channels_(in_channels) {
     TORCH_CHECK(versions_, "mnv2_fused: a bound call needs a version snapshot");
+    const auto& arguments = op_.schema().arguments();
+    TORCH_CHECK(rest.size() + 1 == arguments.size(), "mnv2_fused: ", op_name, " takes ", arguments.size(),
+                " arguments, got x and ", rest.size());
+    for (size_t i = 0; i < rest.size(); ++i) args_.push_back(torch::jit::toIValue(rest[i], arguments[i + 1].real_type()));
   }
 
-  // The block's output for x; nullopt unless x is a 4-D float32 CPU tensor with the block's input
+  // The op's output for x; nullopt unless x is a 4-D float32 CPU tensor with the block's input
   // channels and no weight changed since the fold (the module's checked path says what is wrong).
   std::optional<at::Tensor> operator()(pybind11::handle input) const {
     const std::optional<at::Tensor> in = bound_input(input);
@@ -123,20 +121,18 @@ class BlockCall {
         !versions_->unchanged())
       return std::nullopt;
     pybind11::gil_scoped_release no_gil;
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("mnv2_fused::inverted_residual", "")
-                               .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
-                                                 const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
-                                                 const at::Tensor&, const at::Tensor&, int64_t, bool)>();
-    return op.call(x, w_expand_, b_expand_, w_dw_, b_dw_, w_proj_, b_proj_, stride_, residual_);
+    torch::jit::Stack stack;
+    stack.reserve(args_.size() + 1);
+    stack.emplace_back(x);
+    stack.insert(stack.end(), args_.begin(), args_.end());
+    op_.callBoxed(&stack);
+    return stack[0].toTensor();
   }
 
  private:
   std::shared_ptr<VersionSnapshot> versions_;
-  std::optional<at::Tensor> w_expand_, b_expand_;
-  at::Tensor w_dw_, b_dw_, w_proj_, b_proj_;
-  int64_t stride_;
-  bool residual_;
+  c10::OperatorHandle op_;
+  std::vector<c10::IValue> args_;
   int64_t in_channels_;
 };
 
@@ -144,7 +140,6 @@ class BlockCall {
 }  // namespace mnv2_fused
 
 PYBIND11_MODULE(_C, m) {
-  using mnv2_fused::BlockCall;
   using mnv2_fused::NetworkCall;
   using mnv2_fused::VersionSnapshot;
   pybind11::class_<VersionSnapshot, std::shared_ptr<VersionSnapshot>>(m, "VersionSnapshot")
@@ -155,8 +150,7 @@ PYBIND11_MODULE(_C, m) {
                           std::vector<std::optional<at::Tensor>>, std::vector<int64_t>, std::vector<int64_t>,
                           std::vector<at::Tensor>, std::vector<at::Tensor>>())
       .def("__call__", &NetworkCall::operator());
-  pybind11::class_<BlockCall>(m, "BlockCall")
-      .def(pybind11::init<std::shared_ptr<VersionSnapshot>, std::optional<at::Tensor>, std::optional<at::Tensor>,
-                          at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t, bool, int64_t>())
-      .def("__call__", &BlockCall::operator());
+  pybind11::class_<mnv2_fused::OpCall>(m, "OpCall")
+      .def(pybind11::init<std::shared_ptr<VersionSnapshot>, const std::string&, int64_t, const pybind11::list&>())
+      .def("__call__", &mnv2_fused::OpCall::operator());
 }

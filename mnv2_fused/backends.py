@@ -9,6 +9,7 @@ import torch
 
 from . import _extension
 from . import triton as _triton
+from .spec import BlockSpec
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
@@ -38,7 +39,8 @@ def cpu_kernel_runs(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and _KERNELS["CPU"]
 
 
-def _cpu_reason(x: torch.Tensor) -> Optional[str]:
+# Each reason takes the input and the block's spec (None: MobileNetV2's block).
+def _cpu_reason(x: torch.Tensor, spec: Optional[BlockSpec]) -> Optional[str]:
     if x.device.type != "cpu":
         return f"it runs on CPU tensors, the input is on {x.device}"
     if not has_kernel("CPU"):
@@ -48,7 +50,11 @@ def _cpu_reason(x: torch.Tensor) -> Optional[str]:
     return None
 
 
-def _cuda_reason(x: torch.Tensor) -> Optional[str]:
+def _cuda_reason(x: torch.Tensor, spec: Optional[BlockSpec]) -> Optional[str]:
+    differs = spec.differs_from_mobilenet_v2() if spec is not None else []
+    if differs:
+        return ("the CUDA kernel computes MobileNetV2's block (3x3 depthwise, ReLU6, no dilation, no "
+                f"squeeze-and-excite); this block has {', '.join(differs)}")
     if x.device.type != "cuda":
         return f"it runs on CUDA tensors, the input is on {x.device}"
     if not has_kernel("CUDA"):
@@ -58,7 +64,7 @@ def _cuda_reason(x: torch.Tensor) -> Optional[str]:
     return None
 
 
-def _triton_reason(x: torch.Tensor) -> Optional[str]:
+def _triton_reason(x: torch.Tensor, spec: Optional[BlockSpec]) -> Optional[str]:
     if not _triton.AVAILABLE:
         return "the triton package is not installed"
     if x.device.type == "cpu" and not _triton.INTERPRETER:
@@ -72,11 +78,11 @@ def _triton_reason(x: torch.Tensor) -> Optional[str]:
     return None
 
 
-def _reference_reason(x: torch.Tensor) -> Optional[str]:
+def _reference_reason(x: torch.Tensor, spec: Optional[BlockSpec]) -> Optional[str]:
     return None
 
 
-REASONS: dict[str, Callable[[torch.Tensor], Optional[str]]] = {
+REASONS: dict[str, Callable[[torch.Tensor, Optional[BlockSpec]], Optional[str]]] = {
     "cpu": _cpu_reason,
     "cuda": _cuda_reason,
     "triton": _triton_reason,
@@ -93,23 +99,25 @@ def check_backend_name(backend: str) -> None:
         raise ValueError(f"mnv2_fused: unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
-def why_not(backend: str, x: torch.Tensor) -> Optional[str]:
-    """None when ``backend`` can run input x, else the reason it cannot."""
+def why_not(backend: str, x: torch.Tensor, spec: Optional[BlockSpec] = None) -> Optional[str]:
+    """None when ``backend`` can run input x through a block of ``spec`` (None: MobileNetV2's),
+    else the reason it cannot."""
     check_backend_name(backend)
     if backend == "auto":
         return None
-    return REASONS[backend](x)
+    return REASONS[backend](x, spec)
 
 
-def select_backend(backend: str, x: torch.Tensor) -> str:
-    """The concrete back end that will run x: an explicit one if it can, else a RuntimeError."""
+def select_backend(backend: str, x: torch.Tensor, spec: Optional[BlockSpec] = None) -> str:
+    """The concrete back end that will run x through a block of ``spec`` (None: MobileNetV2's): an
+    explicit one if it can, else a RuntimeError."""
     check_backend_name(backend)
     if backend == "auto":
         for name in _AUTO_ORDER.get(x.device.type, ("reference",)):
-            if REASONS[name](x) is None:
+            if REASONS[name](x, spec) is None:
                 return name
         return "reference"
-    reason = REASONS[backend](x)
+    reason = REASONS[backend](x, spec)
     if reason is not None:
         raise RuntimeError(f"mnv2_fused: backend={backend!r} cannot run this input: {reason}")
     return backend
@@ -123,9 +131,10 @@ def needs_unfused(x: torch.Tensor, training: bool, parameters: Callable[[], Iter
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in parameters()))
 
 
-def route(backend: str, x: torch.Tensor, training: bool, parameters: Callable[[], Iterable[torch.Tensor]]) -> str:
+def route(backend: str, x: torch.Tensor, training: bool, parameters: Callable[[], Iterable[torch.Tensor]],
+          spec: Optional[BlockSpec] = None) -> str:
     """The one decision of a fused block's forward: UNFUSED, or the back end that runs x."""
-    return UNFUSED if needs_unfused(x, training, parameters) else select_backend(backend, x)
+    return UNFUSED if needs_unfused(x, training, parameters) else select_backend(backend, x, spec)
 
 
 def network_route(block_backends: list[str], x: torch.Tensor, training: bool,

@@ -4,7 +4,7 @@ folded from, and the call into C++ that later forwards go through.
 A forward right after another finds its Python objects evicted from the caches by the kernels'
 megabytes of weights and activations, so every Python step costs a cache miss. Once bound, a
 forward is one attribute read, one generation compare and one C++ call, which checks the input and
-the weights' version counters itself (mnv2_fused._C.BlockCall / NetworkCall).
+the weights' version counters itself (mnv2_fused._C.OpCall / NetworkCall).
 
 What is noticed:
 - in-place writes to a tensor the weights were folded from (its version counter moves);

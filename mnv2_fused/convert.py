@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 from torch import nn
 
 from .backends import check_backend_name
+from .families import READERS, Unfusable, base_class_path, read_layers, spec_of
 from .module import FusedInvertedResidual, unfusable_reason
 
 logger = logging.getLogger("mnv2_fused")
@@ -23,15 +25,37 @@ def _is_mobilenet_v2_block(m: nn.Module) -> bool:
     return _class_path(m) == "torchvision.models.mobilenetv2.InvertedResidual"
 
 
+# Blocks of the family that no reader covers, by class name: named in the report as not supported.
+_FAMILY_NAMES = ("InvertedResidual", "MBConv", "DepthwiseSeparable", "EdgeResidual", "CondConv")
+
+
+def _is_fused(m: nn.Module) -> bool:
+    from .family_block import FusedFamilyBlock
+
+    return isinstance(m, (FusedInvertedResidual, FusedFamilyBlock))
+
+
 def _is_candidate(m: nn.Module) -> bool:
     """A block of the inverted-residual family that a caller may expect to be fused."""
-    return "InvertedResidual" in type(m).__name__ and not isinstance(m, FusedInvertedResidual)
+    return (any(name in type(m).__name__ for name in _FAMILY_NAMES) or base_class_path(m) in READERS) \
+        and not _is_fused(m)
+
+
+def _family_reason(m: nn.Module) -> Optional[str]:
+    """None when a reader covers m and its layers fit the spec, else why not."""
+    try:
+        spec_of(read_layers(m))
+    except Unfusable as e:
+        return str(e)
+    return None
 
 
 def _why_unfused(m: nn.Module) -> str:
     if _is_mobilenet_v2_block(m):
         return unfusable_reason(m) or "not converted (call convert)"
-    return f"{_class_path(m)} is not supported (only MobileNetV2's InvertedResidual is fused)"
+    if base_class_path(m) in READERS:
+        return _family_reason(m) or "not converted (call convert)"
+    return f"{_class_path(m)} is not supported"
 
 
 @dataclass
@@ -54,7 +78,7 @@ def fusion_report(model: nn.Module) -> FusionReport:
     """What runs fused in ``model`` (see FusionReport)."""
     report = FusionReport()
     for name, m in model.named_modules():
-        if isinstance(m, FusedInvertedResidual):
+        if _is_fused(m):
             report.fused_blocks.append(name)
         elif _is_candidate(m):
             report.unfused[name] = _why_unfused(m)
@@ -73,6 +97,8 @@ def convert(model: nn.Module, backend: str = "auto", whole_network: bool = True)
     the last 1x1 convolution with the average pool (see FusedMobileNetV2); the model's class
     becomes FusedMobileNetV2, a subclass, and everything else about it stays as it was.
     """
+    from .family_block import fuse_in_place
+
     check_backend_name(backend)
     if _is_mobilenet_v2_block(model):
         return FusedInvertedResidual.from_block(model, backend) if unfusable_reason(model) is None else model
@@ -80,6 +106,9 @@ def convert(model: nn.Module, backend: str = "auto", whole_network: bool = True)
         for name, child in list(parent.named_children()):
             if _is_mobilenet_v2_block(child) and unfusable_reason(child) is None:
                 setattr(parent, name, FusedInvertedResidual.from_block(child, backend))
+    for m in list(model.modules()):
+        if base_class_path(m) in READERS and _family_reason(m) is None:
+            fuse_in_place(m, backend)
     if whole_network and _class_path(model) == "torchvision.models.mobilenetv2.MobileNetV2":
         from .network import (
             fuse_network,  # imports torchvision, which the model's owner has

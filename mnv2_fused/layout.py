@@ -58,7 +58,7 @@ def for_kernel(w: FoldedWeights) -> FoldedWeights:
     return FoldedWeights(
         None if w.w_expand is None else matrix_layout(w.w_expand),
         w.b_expand,
-        kernel_layout(w.w_dw.reshape(hidden, 9)).view(w.w_dw.shape),  # taps, then channels
+        kernel_layout(w.w_dw.reshape(hidden, -1)).view(w.w_dw.shape),  # taps, then channels
         w.b_dw,
         matrix_layout(w.w_proj),
         w.b_proj,

@@ -194,7 +194,8 @@ class FusedInvertedResidual(nn.Module):
     def _block_call(self, weights: FoldedWeights, versions):
         from . import _C
 
-        return _C.BlockCall(versions, *weights, self.stride, self.use_res_connect, self.in_channels)
+        return _C.OpCall(versions, "mnv2_fused::inverted_residual", self.in_channels,
+                         [*weights, self.stride, self.use_res_connect])
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

@@ -2,19 +2,16 @@
 entry points that run a back end already chosen (see backends.py)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from . import _extension
 from .backends import select_backend
-from .reference import (
-    FoldedWeights,
-    as_matrix,
-    conv_out,
-    inverted_residual_reference,
-    output_memory_format,
-    unpacked,
-)
+from .reference import (FoldedWeights, as_matrix, conv_out, inverted_residual_reference, mbconv_reference,
+                        output_memory_format, unpacked)
+from .spec import BlockSpec, SEWeights, op_arguments
 from .stem_head import StemWeights, head_reference, stem_reference
 
 
@@ -28,6 +25,24 @@ def run_block(x: torch.Tensor, weights: FoldedWeights, stride: int, residual: bo
         return inverted_residual_triton(x, unpacked(weights), stride, residual)
     _extension.require_extension()
     return torch.ops.mnv2_fused.inverted_residual(x, *weights, stride, residual)
+
+
+def run_mbconv(x: torch.Tensor, weights: FoldedWeights, se: Optional[SEWeights], spec: BlockSpec,
+               backend: str) -> torch.Tensor:
+    """One block of the inverted-residual family (spec.BlockSpec) on a concrete back end; the CUDA
+    kernel only for MobileNetV2's block (backends.select_backend checked)."""
+    if backend == "reference":
+        return mbconv_reference(x, weights, se, spec)
+    if backend == "triton":
+        from .triton import mbconv_triton
+
+        return mbconv_triton(x, unpacked(weights), se, spec)
+    _extension.require_extension()
+    if backend == "cuda":
+        return torch.ops.mnv2_fused.inverted_residual(x, *weights, spec.stride, spec.residual)
+    se_args, tail = op_arguments(spec, se)
+    return torch.ops.mnv2_fused.mbconv(x, weights.w_expand, weights.b_expand, weights.w_dw, weights.b_dw, *se_args,
+                                       weights.w_proj, weights.b_proj, *tail)
 
 
 def inverted_residual(x: torch.Tensor, weights: FoldedWeights, stride: int, residual: bool,
@@ -74,6 +89,16 @@ if _extension.extension_loaded():
         torch._check(w_dw.shape[0] == w_proj.shape[1], lambda: "w_dw and w_proj disagree on the hidden width")
         for name, t in (("w_expand", w_expand), ("w_dw", w_dw), ("w_proj", w_proj)):
             torch._check(t is None or t.device == x.device, lambda: f"{name} is on {t.device} but x is on {x.device}")
+        n, _, h, w = x.shape
+        out = x.new_empty((n, b_proj.shape[0], conv_out(h, stride), conv_out(w, stride)))
+        return out.contiguous(memory_format=output_memory_format(x))
+
+    @torch.library.register_fake("mnv2_fused::mbconv")
+    def _mbconv_fake(x, w_expand, b_expand, w_dw, b_dw, w_se_reduce, b_se_reduce, w_se_expand, b_se_expand, w_proj,
+                     b_proj, stride, dilation, same_padding, activation, se_activation, se_gate, residual):
+        torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
+        torch._check(stride in (1, 2), lambda: f"stride must be 1 or 2, got {stride}")
+        torch._check(w_dw.shape[0] == w_proj.shape[1], lambda: "w_dw and w_proj disagree on the hidden width")
         n, _, h, w = x.shape
         out = x.new_empty((n, b_proj.shape[0], conv_out(h, stride), conv_out(w, stride)))
         return out.contiguous(memory_format=output_memory_format(x))

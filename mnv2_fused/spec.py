@@ -32,6 +32,7 @@ class BlockSpec:
     se_activation: str = "relu"  # the squeeze-and-excite's, when the block has one
     se_gate: str = "sigmoid"
     residual: bool = False
+    squeeze_excite: bool = False  # whether the block has one (its weights: SEWeights)
 
     def __post_init__(self) -> None:
         if self.kernel_size not in KERNEL_SIZES:
@@ -48,11 +49,15 @@ class BlockSpec:
         if self.residual and self.stride != 1:
             raise ValueError("a residual block needs stride 1")
 
-    @property
-    def is_mobilenet_v2(self) -> bool:
-        """MobileNetV2's own block: 3x3, ReLU6, symmetric padding, no dilation (no SE: see the weights)."""
-        return (self.kernel_size == 3 and self.dilation == 1 and not self.same_padding
-                and self.activation == "relu6")
+    def differs_from_mobilenet_v2(self) -> list[str]:
+        """What this block has that MobileNetV2's (3x3, ReLU6, symmetric padding, no dilation, no
+        squeeze-and-excite) has not: empty for MobileNetV2's own block."""
+        return [what for what, differs in (
+            (f"a {self.kernel_size}x{self.kernel_size} depthwise", self.kernel_size != 3),
+            (f"dilation {self.dilation}", self.dilation != 1),
+            ("'same' padding", self.same_padding),
+            (self.activation, self.activation != "relu6"),
+            ("squeeze-and-excite", self.squeeze_excite)) if differs]
 
 
 class SEWeights(NamedTuple):
@@ -62,6 +67,9 @@ class SEWeights(NamedTuple):
     b_reduce: torch.Tensor
     w_expand: torch.Tensor
     b_expand: torch.Tensor
+
+
+MOBILENET_V2 = BlockSpec()
 
 
 def op_arguments(spec: BlockSpec, se: Optional[SEWeights]) -> tuple:

@@ -21,15 +21,17 @@ def table2_blocks() -> list[tuple[int, int, int, int, int]]:
     return blocks
 
 
-def randomize(model: nn.Module, seed: int = 0, conv_weights: bool = True) -> nn.Module:
-    """Random BN affine parameters and running statistics, and (``conv_weights``) He-scaled random
-    convolution weights, in place; returns ``model``."""
+def randomize(model: nn.Module, seed: int = 0, conv_weights: bool = True, conv_gain: float = 2.0) -> nn.Module:
+    """Random BN affine parameters and running statistics, and (``conv_weights``) random convolution
+    weights of variance conv_gain / fan_in, in place; returns ``model``. conv_gain 2 (He) keeps a
+    ReLU network's activations level; SiLU and Hardswish networks need 1: with 2 a random
+    EfficientNet-B7's outputs reach 1e6 and float32 keeps none of their digits."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Conv2d) and conv_weights:
                 fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (conv_gain / fan_in) ** 0.5)
             elif isinstance(m, nn.BatchNorm2d):
                 c = m.num_features
                 m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)

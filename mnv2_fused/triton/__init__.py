@@ -18,3 +18,9 @@ def inverted_residual_triton(x, weights, stride, residual):
     from .inverted_residual import inverted_residual_triton as run
 
     return run(x, weights, stride, residual)
+
+
+def mbconv_triton(x, weights, se, spec):
+    from .inverted_residual import mbconv_triton as run
+
+    return run(x, weights, se, spec)

@@ -1,0 +1,133 @@
+"""Blocks of the other families fused in place: the block's class becomes a subclass of its own
+(FusedMBConv for torchvision's MBConv, and so on), so its attributes, submodules, state_dict keys
+and isinstance checks stay as they were, and only forward changes. At inference it runs the fused
+kernels on BN-folded weights; in training, with gradients, in ONNX export and in TorchScript it runs
+the class's own forward. The subclasses also serve as drop-in classes with the original
+constructors (``fused_class(MBConv)(...)``)."""
+from __future__ import annotations
+
+import types
+
+import torch
+from torch import nn
+
+from . import backends
+from .bound import Bound, generation, note_change, refresh_after_load
+from .families import Unfusable, fold_family_block, read_layers, spec_of
+from .module import check_input
+from .ops import run_mbconv
+from .spec import op_arguments
+from .tracing import fx_leaf_call, is_fx_proxy
+
+
+class FusedFamilyBlock:
+    """What the fused subclasses add; it comes first in their bases, the original class second."""
+
+    __jit_unused_properties__ = ["backend"]
+    _fused_base: type  # the original class, set on each subclass
+
+    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # the original class's constructor: a drop-in
+        spec_of(read_layers(self))
+        self._fused_init(backend)
+
+    def _fused_init(self, backend: str) -> None:
+        self._fused_bound = Bound(fold_family_block)
+        self.backend = backend
+        self.register_load_state_dict_post_hook(refresh_after_load)
+
+    @property
+    def backend(self) -> str:
+        """The back end this block runs on at inference (see FusedInvertedResidual)."""
+        return self._fused_backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        backends.check_backend_name(value)
+        self._fused_backend = value
+        note_change()  # a bound call depends on the backend
+
+    def refresh(self) -> None:
+        """Drop the cached folded weights; the next inference call folds BN again."""
+        self._fused_bound.clear()
+
+    def _apply(self, fn, *args, **kwargs):
+        self.refresh()
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            return self._unfused(x)
+        y = self._fused_bound.run(x, self.training)
+        return y if y is not None else self._fused_dispatch(x)
+
+    def _fused_dispatch(self, x: torch.Tensor) -> torch.Tensor:
+        if is_fx_proxy(x):
+            return fx_leaf_call(self, x, self._unfused)
+        if backends.needs_unfused(x, self.training, self.parameters):
+            return self._unfused(x)
+        seen = generation()  # read before the checks a binding relies on
+        try:
+            spec, weights, se = self._fused_bound.weights(self)
+        except Unfusable:  # a layer was replaced by one the kernels do not compute
+            return self._unfused(x)
+        in_channels = weights.w_expand.shape[1] if weights.w_expand is not None else weights.w_dw.shape[0]
+        check_input(x, type(self).__name__, in_channels, weights.w_dw)
+        chosen = backends.select_backend(self.backend, x, spec)
+        if backends.may_bind(chosen):
+            self._fused_bound.bind(lambda folded, versions: self._op_call(folded, versions, in_channels), seen)
+        return run_mbconv(x, weights, se, spec, chosen)
+
+    @staticmethod
+    def _op_call(folded: tuple, versions, in_channels: int):
+        from . import _C
+
+        spec, w, se = folded
+        se_args, tail = op_arguments(spec, se)
+        return _C.OpCall(versions, "mnv2_fused::mbconv", in_channels,
+                         [w.w_expand, w.b_expand, w.w_dw, w.b_dw, *se_args, w.w_proj, w.b_proj, *tail])
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()
+        return f"{base}, backend={self.backend!r}" if base else f"backend={self.backend!r}"
+
+    def __reduce_ex__(self, protocol):
+        # Pickled as the original class plus state: the subclass is made again on loading.
+        return _rebuild, (self._fused_base,), self.__getstate__()
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _renamed(fn, name: str):
+    """fn under another name: TorchScript compiles a called method under its function's __name__,
+    and the original forward must not clash with the fused one."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__, copy.__annotations__, copy.__doc__ = fn.__kwdefaults__, fn.__annotations__, fn.__doc__
+    return copy
+
+
+def fused_class(base: type) -> type:
+    """The fused subclass of a supported block class (made once per class)."""
+    if base not in _CLASSES:
+        _CLASSES[base] = type(f"Fused{base.__name__}", (FusedFamilyBlock, base),
+                              {"_fused_base": base, "_unfused": _renamed(base.forward, "_unfused"),
+                               "__module__": __name__})
+    return _CLASSES[base]
+
+
+def _rebuild(base: type) -> nn.Module:
+    cls = fused_class(base)
+    return cls.__new__(cls)
+
+
+def fuse_in_place(block: nn.Module, backend: str = "auto") -> nn.Module:
+    """Makes ``block`` (a supported class, checked by its reader) fused, in place; Unfusable says
+    why not otherwise."""
+    spec_of(read_layers(block))
+    if not isinstance(block, FusedFamilyBlock):
+        block.__class__ = fused_class(type(block))
+        block._fused_init(backend)
+    else:
+        block.backend = backend
+    return block

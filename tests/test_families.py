@@ -1,0 +1,235 @@
+"""The inverted-residual family: every torchvision and timm model listed in the README converts,
+gives the unconverted model's output, and runs one fused op per block; the general block op against
+its reference over the whole spec; training and gradients through the models' own layers."""
+import copy
+import warnings
+
+import pytest
+import torch
+import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mnv2_fused
+from mnv2_fused import convert, fusion_report
+from mnv2_fused.reference import FoldedWeights, mbconv_reference
+from mnv2_fused.spec import ACTIVATIONS, SE_GATES, BlockSpec, SEWeights
+from helpers import make_input, randomize_bn, rel_err
+
+timm = pytest.importorskip("timm")
+
+TORCHVISION = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "mnasnet0_5", "mnasnet0_75", "mnasnet1_0",
+               "mnasnet1_3"] + [f"efficientnet_b{i}" for i in range(8)]
+TIMM = ["mobilenetv2_100", "mobilenetv2_140", "mobilenetv3_large_100", "mobilenetv3_small_100", "mnasnet_100",
+        "efficientnet_b0", "efficientnet_b3", "tf_efficientnet_b0", "tf_efficientnet_b3"]
+# Blocks each model has (fused, all of them), and of those, how many with squeeze-and-excite.
+EXPECTED_BLOCKS = {"mobilenet_v2": 17, "mobilenet_v3_large": 15, "mobilenet_v3_small": 11, "efficientnet_b0": 16,
+                   "mnasnet1_0": 16, "mobilenetv2_100": 17, "mobilenetv3_large_100": 15, "efficientnet_b0@timm": 16}
+FUSED_OPS = ("mnv2_fused::inverted_residual", "mnv2_fused::mbconv", "mnv2_fused::mobilenet_v2_forward")
+
+
+def build(name: str, source: str) -> torch.nn.Module:
+    torch.manual_seed(0)  # layers randomize_bn leaves alone (classifiers) start alike
+    model = timm.create_model(name) if source == "timm" else getattr(torchvision.models, name)()
+    return randomize_bn(model, seed=1, conv_gain=1.0).eval()
+
+
+def fused_calls(fn) -> int:
+    with torch.profiler.profile() as prof:
+        fn()
+    return sum(e.name in FUSED_OPS for e in prof.events())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source,name", [("torchvision", n) for n in TORCHVISION] + [("timm", n) for n in TIMM])
+def test_model_converts_and_matches(source, name):
+    reference = build(name, source)
+    model = convert(copy.deepcopy(reference))
+    report = fusion_report(model)
+    assert report.fused_blocks and not report.unfused, report
+    key = name if source == "torchvision" or name not in EXPECTED_BLOCKS else f"{name}@timm"
+    if key in EXPECTED_BLOCKS:
+        assert len(report.fused_blocks) == EXPECTED_BLOCKS[key]
+    assert list(model.state_dict()) == list(reference.state_dict())
+    blocks = len(report.fused_blocks) if not report.whole_network else 1
+    for size, layout in (((224, 224), "nchw"), ((97, 131), "channels_last")):
+        x = make_input((1, 3, *size), layout)
+        with torch.no_grad():
+            assert rel_err(model(x), reference(x)) <= 1e-4, (size, layout)
+    with torch.no_grad():
+        assert fused_calls(lambda: model(x)) == blocks  # one fused op per block
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build_model", [
+    lambda: torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None),
+    lambda: torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                         aux_loss=False),
+], ids=["lraspp", "deeplabv3"])
+def test_segmentation_models(build_model):
+    torch.manual_seed(0)
+    reference = randomize_bn(build_model(), seed=2, conv_gain=1.0).eval()
+    model = convert(copy.deepcopy(reference))
+    assert len(fusion_report(model).fused_blocks) == 15 and not fusion_report(model).unfused
+    dilated = [m for m in model.modules() if isinstance(m, mnv2_fused.family_block.FusedFamilyBlock)
+               and m.block[-3 if len(m.block) > 2 else 0][0].dilation != (1, 1)]
+    assert dilated  # the dilated=True backbone's blocks are fused too
+    x = make_input((1, 3, 97, 131))
+    with torch.no_grad():
+        assert rel_err(model(x)["out"], reference(x)["out"]) <= 1e-4
+
+
+@pytest.mark.slow
+def test_ssdlite_backbone():
+    torch.manual_seed(0)
+    reference = randomize_bn(torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None), seed=3, conv_gain=1.0).eval()
+    model = convert(copy.deepcopy(reference))
+    assert fusion_report(model).fused_blocks and not fusion_report(model).unfused
+    x = make_input((1, 3, 320, 320))
+    with torch.no_grad():
+        ours, theirs = model.backbone(x), reference.backbone(x)
+    for k in theirs:
+        assert rel_err(ours[k], theirs[k]) <= 1e-4
+
+
+def test_unsupported_blocks_are_named():
+    model = timm.create_model("efficientnetv2_rw_t")  # FusedMBConv (EdgeResidual) stages
+    reference = copy.deepcopy(model).eval()
+    convert(model.eval())
+    report = fusion_report(model)
+    assert report.fused_blocks and any("EdgeResidual is not supported" in r for r in report.unfused.values())
+    x = make_input((1, 3, 64, 64))
+    with torch.no_grad():
+        assert rel_err(model(x), reference(x)) <= 1e-4
+
+
+def test_training_and_gradients_unchanged():
+    reference = build("efficientnet_b0", "torchvision").train()
+    model = convert(copy.deepcopy(reference)).train()
+    x = make_input((2, 3, 64, 64))
+    torch.manual_seed(0)
+    out = model(x)
+    torch.manual_seed(0)
+    expected = reference(x)
+    assert torch.equal(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
+
+
+def test_fused_block_pickles_and_copies(tmp_path):
+    model = convert(build("mobilenet_v3_small", "torchvision"))
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    loaded = torch.load(path, weights_only=False)
+    x = make_input((1, 3, 64, 64))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+        assert torch.equal(copy.deepcopy(model)(x), model(x))
+    assert type(loaded.features[4]).__name__ == "FusedInvertedResidual" or "Fused" in type(loaded.features[4]).__name__
+
+
+def test_routes_on_a_family_model():
+    """FX and the feature extractor keep fused blocks as calls; ONNX exports the model's own layers;
+    TorchScript scripts it."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    reference = build("efficientnet_b0", "torchvision")
+    model = convert(copy.deepcopy(reference))
+    x = make_input((1, 3, 64, 64))
+    nodes = {"features.3": "c3", "features.5": "c5"}
+    with torch.no_grad():
+        ours = create_feature_extractor(model, nodes)(x)
+        theirs = create_feature_extractor(reference, nodes)(x)
+        for k in theirs:
+            assert rel_err(ours[k], theirs[k]) <= 1e-4
+        assert fused_calls(lambda: torch.fx.symbolic_trace(model)(x)) == 16
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.script(model)
+        assert rel_err(scripted(x), reference(x)) <= 1e-4
+
+
+def test_drop_in_class_for_torchvision_mbconv():
+    from torchvision.models.efficientnet import MBConv, MBConvConfig
+
+    cls = mnv2_fused.fused_class(MBConv)
+    cnf = MBConvConfig(6, 5, 2, 24, 40, 1, 1.0, 1.0)
+    block = cls(cnf, 0.0, torch.nn.BatchNorm2d).eval()
+    reference = MBConv(cnf, 0.0, torch.nn.BatchNorm2d).eval()
+    reference.load_state_dict(block.state_dict())
+    x = make_input((2, 24, 17, 15))
+    with torch.no_grad():
+        assert rel_err(block(x), reference(x)) <= 1e-5
+    assert isinstance(block, MBConv) and block.backend == "auto"
+
+
+# -- the general block op over the whole spec ----------------------------------------------------
+@st.composite
+def specs(draw, max_channels=48, max_side=14):
+    cin = draw(st.integers(1, max_channels))
+    expand = draw(st.booleans())
+    hidden = draw(st.integers(1, 3 * max_channels)) if expand else cin
+    stride = draw(st.sampled_from([1, 2]))
+    cout = draw(st.one_of(st.just(cin), st.integers(1, max_channels)))
+    spec = BlockSpec(kernel_size=draw(st.sampled_from([3, 5, 7])), stride=stride,
+                     dilation=1 if stride == 2 else draw(st.sampled_from([1, 2])),
+                     same_padding=draw(st.booleans()), activation=draw(st.sampled_from(ACTIVATIONS)),
+                     se_activation=draw(st.sampled_from(["relu", "silu"])), se_gate=draw(st.sampled_from(SE_GATES)),
+                     residual=stride == 1 and cin == cout and draw(st.booleans()),
+                     squeeze_excite=draw(st.booleans()))
+    shape = (draw(st.integers(1, 3)), cin, draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
+    layout = draw(st.sampled_from(["nchw", "channels_last", "noncontig"]))
+    return spec, hidden, cout, expand, shape, layout, draw(st.integers(0, 2**16))
+
+
+def random_weights(spec, cin, hidden, cout, expand, seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale):
+        return torch.randn(*shape, generator=g) * scale
+
+    k = spec.kernel_size
+    w = FoldedWeights(r(hidden, cin, scale=cin ** -0.5) if expand else None, r(hidden, scale=0.3) if expand else None,
+                      r(hidden, k, k, scale=1.0 / k), r(hidden, scale=0.3), r(cout, hidden, scale=hidden ** -0.5),
+                      r(cout, scale=0.3))
+    se = None
+    if spec.squeeze_excite:
+        red = max(1, hidden // 4)
+        se = SEWeights(r(red, hidden, scale=hidden ** -0.5), r(red, scale=0.3), r(hidden, red, scale=red ** -0.5),
+                       r(hidden, scale=0.3))
+    return w, se
+
+
+def run_spec_case(backend, case, tolerance):
+    spec, hidden, cout, expand, shape, layout, seed = case
+    w, se = random_weights(spec, shape[1], hidden, cout, expand, seed)
+    x = make_input(shape, layout, seed=seed)
+    out = mnv2_fused.ops.run_mbconv(x, w, se, spec, backend)
+    ref = mbconv_reference(x.double(), FoldedWeights(*[None if t is None else t.double() for t in w]),
+                           None if se is None else SEWeights(*[t.double() for t in se]), spec)
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) <= tolerance
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs())
+def test_property_spec_cpu(case):
+    run_spec_case("cpu", case, 1e-5)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs(max_channels=20, max_side=7))
+def test_property_spec_triton(case):
+    pytest.importorskip("triton")
+    run_spec_case("triton", case, 1e-5)
+
+
+def test_cuda_backend_names_what_it_lacks():
+    spec = BlockSpec(kernel_size=5, activation="silu", squeeze_excite=True)
+    reason = mnv2_fused.why_not("cuda", torch.empty(1, 8, 4, 4, device="meta"), spec)
+    assert "a 5x5 depthwise" in reason or "CUDA tensors" in reason
+    x = torch.empty(1, 8, 4, 4)
+    assert mnv2_fused.select_backend("auto", x, spec) == "cpu"
