@@ -10,7 +10,13 @@ from .convert import FusionReport, convert, fusion_report
 from .family_block import fused_class
 from .module import FusedInvertedResidual
 from .ops import inverted_residual
-from .reference import FoldedWeights, fold_block, fold_bn, inverted_residual_reference, mbconv_reference
+from .reference import (
+    FoldedWeights,
+    fold_block,
+    fold_bn,
+    inverted_residual_reference,
+    mbconv_reference,
+)
 from .spec import BlockSpec, SEWeights
 
 

@@ -9,8 +9,15 @@ import torch.nn.functional as F
 
 from . import _extension
 from .backends import select_backend
-from .reference import (FoldedWeights, as_matrix, conv_out, inverted_residual_reference, mbconv_reference,
-                        output_memory_format, unpacked)
+from .reference import (
+    FoldedWeights,
+    as_matrix,
+    conv_out,
+    inverted_residual_reference,
+    mbconv_reference,
+    output_memory_format,
+    unpacked,
+)
 from .spec import BlockSpec, SEWeights, op_arguments
 from .stem_head import StemWeights, head_reference, stem_reference
 

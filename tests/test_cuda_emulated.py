@@ -7,11 +7,11 @@ import os
 import re
 
 import pytest
-import torch
-
 import simt_kernel
-from mnv2_fused import fold_block
+import torch
 from helpers import make_block, make_input, rel_err, table2_blocks, within_tolerance
+
+from mnv2_fused import fold_block
 
 pytestmark = pytest.mark.skipif(simt_kernel.cuda_include_dir() is None,
                                 reason="no CUDA toolkit headers (cuda_fp16.h); set CUDA_HOME")

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torchvision
+from helpers import make_input, randomize_bn, rel_err
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,6 @@ import mnv2_fused
 from mnv2_fused import convert, fusion_report
 from mnv2_fused.reference import FoldedWeights, mbconv_reference
 from mnv2_fused.spec import ACTIVATIONS, SE_GATES, BlockSpec, SEWeights
-from helpers import make_input, randomize_bn, rel_err
 
 timm = pytest.importorskip("timm")
 
