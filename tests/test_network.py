@@ -243,6 +243,7 @@ def test_other_instruction_sets(isa):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           os.path.join(here, "test_cpu_kernel.py"), os.path.join(here, "test_network.py"),
                           os.path.join(here, "test_blocks.py"),
+                          os.path.join(here, "test_families.py") + "::test_property_spec_cpu",
                           "-k", "not peak_memory and not trains and not triton and not cuda"],
                          env={**os.environ, "MNV2_FUSED_CPU_ISA": isa}, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
