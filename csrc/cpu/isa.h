@@ -10,6 +10,7 @@ struct Isa {
   const char* name;
   TilesFn run_tiles;
   SumGroupsFn sum_groups;
+  ProjectRowsFn project_rows;
   PoolFn pointwise_pool;
   LinearFn linear;
   int64_t lanes;    // floats per vector

@@ -11,8 +11,9 @@ namespace {
 typedef int32_t ivec __attribute__((vector_size(sizeof(vec))));
 
 // exp(x) with about 2 ulp relative error (Cephes' expf): x = n ln2 + r, |r| <= ln2 / 2, e^r by a
-// degree-6 polynomial, 2^n built in the exponent bits. x is clamped to the finite range first.
-inline vec vexp(vec x) {
+// degree-6 polynomial, 2^n built in the exponent bits. x is clamped to the finite range first. An
+// instruction set may bring its own (MNV2_ISA_EXP: isa_exp, isa_recip).
+inline vec portable_exp(vec x) {
   const vec hi = splat(88.3762626647949f), lo = splat(-88.3762626647949f);
   x = x > hi ? hi : x;  // comparisons with NaN are false: NaN goes through
   x = x < lo ? lo : x;
@@ -33,7 +34,13 @@ inline vec vexp(vec x) {
   return y * scale;
 }
 
+#ifdef MNV2_ISA_EXP
+inline vec vexp(vec x) { return isa_exp(x); }
+inline vec sigmoid(vec v) { return isa_recip(splat(1.f) + vexp(-v)); }
+#else
+inline vec vexp(vec x) { return portable_exp(x); }
 inline vec sigmoid(vec v) { return splat(1.f) / (splat(1.f) + vexp(-v)); }
+#endif
 
 // ReLU6 first: MobileNetV2's, tested on every store of its GEMMs, one compare before the rest.
 inline vec activate(vec v, Act act) {

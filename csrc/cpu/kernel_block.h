@@ -175,6 +175,15 @@ void sum_channels(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t 
   }
 }
 
+// The squeeze-and-excite's first pass, when the depthwise output is kept: the band's rows of
+// channels [c0, c0 + hc) into a.dw_store.
+void keep_depthwise(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* dw) {
+  for (int64_t pix = 0; pix < b.rows * b.cols; ++pix) {
+    const int64_t r = b.r0 + pix / b.cols, q = b.q0 + pix % b.cols;
+    std::memcpy(a.dw_store + ((b.n * a.oh + r) * a.ow + q) * a.hidden + c0, dw + pix * p.ld, sizeof(float) * hc);
+  }
+}
+
 // Projects chunk [c0, c0 + hc) of the band's depthwise output (hidden group [h_lo, h_hi)): into
 // the accumulator, or, for the group's last chunk, into y with the residual (or into `partial`).
 void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, int64_t h_lo,
@@ -237,10 +246,44 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
       const int64_t hc = std::min(p.chunk, h_hi - c0);
       fill_hidden_rows(a, p, b, hr_begin, hr_end, c0, hc, ring, im2col);
       depthwise(a, p, b, c0, hc, ring, dw);
-      if (channel_sums) sum_channels(a, p, b, c0, hc, dw, channel_sums);
-      else project(a, p, b, c0, hc, h_lo, h_hi, dw, acc, zeros, partial);
+      if (channel_sums) {
+        sum_channels(a, p, b, c0, hc, dw, channel_sums);
+        if (a.dw_store) keep_depthwise(a, p, b, c0, hc, dw);
+      } else {
+        project(a, p, b, c0, hc, h_lo, h_hi, dw, acc, zeros, partial);
+      }
     }
     ring_n = b.n, ring_strip = strip, ring_next = hr_end;
+  }
+}
+
+void MNV2_CAT(project_rows_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p1) {
+  const float* a_rows[kRowBlock];
+  float* c_rows[kRowBlock];
+  const float* res_rows[kRowBlock];
+  for (int64_t i0 = p0; i0 < p1; i0 += kRowBlock) {
+    const int64_t m = std::min(kRowBlock, p1 - i0);
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t pix = i0 + i, n = pix / (a.oh * a.ow), r = pix / a.ow % a.oh, q = pix % a.ow;
+      float* row = a.dw_store + pix * a.hidden;
+      const float* gate = a.gate + n * a.hidden;
+      for (int64_t c = 0; c < a.hidden; c += kLanes) {
+        const Mask mk = make_mask(static_cast<int>(std::min<int64_t>(kLanes, a.hidden - c)));
+        store_m(row + c, load_m(row + c, mk) * load_m(gate + c, mk), mk);
+      }
+      a_rows[i] = row;
+      c_rows[i] = a.y + n * a.syn + r * a.syh + q * a.syw;
+      if (a.residual) res_rows[i] = a.x + n * a.sxn + r * a.sxh + q * a.sxw;
+    }
+    Gemm g;
+    g.set_weights(a.w_proj, a.proj_packed, a.hidden, 0, a.hidden, a.cout, 0);
+    g.a = a_rows;
+    g.bias = a.b_proj;
+    g.c = c_rows;
+    g.ck = a.syc;
+    g.res = a.residual ? res_rows : nullptr;
+    g.rk = a.sxc;
+    gemm(g, m, a.cout);
   }
 }
 

@@ -64,6 +64,7 @@ struct BlockArgs {
   int64_t pad_top = 1, pad_left = 1;   // depthwise zero padding before the first row / column
   Act act = Act::kReLU6;               // after the expand and after the depthwise
   const float* gate = nullptr;         // (N, hidden): squeeze-and-excite factors on the depthwise output
+  float* dw_store = nullptr;           // (N, OH * OW, hidden): the first SE pass keeps the depthwise output here
   bool residual;
 };
 
@@ -131,6 +132,11 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
 using TilesFn = void (*)(const BlockArgs&, const TilePlan&, int64_t t0, int64_t t1, int64_t group, float* scratch,
                          float* partial, float* channel_sums);
 
+// The squeeze-and-excite's second pass from the kept depthwise output (a.dw_store): for output
+// pixels [p0, p1) of the call, each row times its image's gate (in place), then projected into y
+// with the bias and the residual.
+using ProjectRowsFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1);
+
 // y = the sum of the groups' partial outputs (+ the residual) for output pixels [p0, p1) of the
 // call (pixel index = (n * OH + r) * OW + q).
 using SumGroupsFn = void (*)(const BlockArgs&, const TilePlan&, const float* partial, int64_t p0, int64_t p1);
@@ -168,6 +174,7 @@ using LinearFn = void (*)(const LinearArgs&, int64_t n0, int64_t n1, int64_t j0,
 #define MNV2_DECLARE_ISA(isa)                                                      \
   void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*, float*, float*); \
   void sum_groups_##isa(const BlockArgs&, const TilePlan&, const float*, int64_t, int64_t);        \
+  void project_rows_##isa(const BlockArgs&, int64_t, int64_t);                     \
   void pointwise_pool_##isa(const PoolArgs&, int64_t, int64_t, int64_t, int64_t);  \
   void linear_##isa(const LinearArgs&, int64_t, int64_t, int64_t, int64_t);        \
   int64_t lanes_##isa();                                                           \
