@@ -1,5 +1,6 @@
 """CPU latency and memory: fused vs torchvision eager (NCHW and channels_last) vs ONNX Runtime vs
-torch.compile, per Table-2 block at 224x224 input resolution and for the whole mobilenet_v2.
+torch.compile, per Table-2 block at 224x224 input resolution and for the whole mobilenet_v2, and
+per distinct block and whole network for EfficientNet-B0 and MobileNetV3-Large.
 
     pytest benchmarks/  --benchmark-only --benchmark-json=benchmarks/results/cpu.json
     python benchmarks/summarize.py benchmarks/results/cpu.json [--plot chart.png]
@@ -61,7 +62,7 @@ def run_benchmark(benchmark, provider, model, x, flops):
                 ratio, _, _ = alternating_ratio(fn, ort, rounds=ALTERNATING_ROUNDS,
                                                 repeat=ALTERNATING_RUNS.get(x.shape[0], 3))
                 benchmark.extra_info["ort_over_fused"] = ratio
-    benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.median / 1e9
+    benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.median / 1e9 if flops else None
 
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
@@ -82,3 +83,62 @@ def test_mobilenet_v2(benchmark, batch, provider):
     model = randomize(torchvision.models.mobilenet_v2(), seed=0).eval()
     x = torch.randn(batch, 3, 224, 224)
     run_benchmark(benchmark, provider, model, x, 2 * 300e6 * batch)
+
+
+# EfficientNet-B0 and MobileNetV3-Large: every distinct block (by input shape and spec) and the whole
+# converted networks. Variance-preserving random weights (conv_gain 1: SiLU / Hardswish networks).
+FAMILY_NETS = ("efficientnet_b0", "mobilenet_v3_large")
+
+
+def family_net(name):
+    torch.manual_seed(0)
+    return randomize(getattr(torchvision.models, name)(), seed=0, conv_gain=1.0).eval()
+
+
+def family_blocks():
+    """(net, index, block, input shape at 224x224, spec) for the distinct blocks of FAMILY_NETS."""
+    from mnv2_fused.families import READERS, base_class_path, read_layers, spec_of
+
+    found = []
+    for name in FAMILY_NETS:
+        net, shapes = family_net(name), {}
+
+        def record(mod, inp, out):
+            shapes[mod] = tuple(inp[0].shape[1:])  # returns None: the output stays
+
+        hooks = [m.register_forward_hook(record) for m in net.modules() if base_class_path(m) in READERS]
+        with torch.no_grad():
+            net(torch.randn(1, 3, 224, 224))
+        for h in hooks:
+            h.remove()
+        seen = set()
+        for i, (block, shape) in enumerate(shapes.items()):
+            spec = spec_of(read_layers(block))
+            key = (shape, spec, block.block[-1][0].out_channels)
+            if key not in seen:
+                seen.add(key)
+                found.append((name, i, block, shape, spec))
+    return found
+
+
+FAMILY_BLOCKS = family_blocks()
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("index", range(len(FAMILY_BLOCKS)),
+                         ids=[f"{n}_b{i}" for n, i, _, _, _ in FAMILY_BLOCKS])
+def test_family_block(benchmark, index, batch, provider):
+    name, i, block, shape, spec = FAMILY_BLOCKS[index]
+    cout = block.block[-1][0].out_channels
+    benchmark.group = (f"{name} block {i}: {shape[0]}->{cout} k{spec.kernel_size} s{spec.stride} {spec.activation}"
+                       f"{' SE' if spec.squeeze_excite else ''} {shape[1]}x{shape[2]} batch {batch}")
+    run_benchmark(benchmark, provider, block, torch.randn(batch, *shape), None)
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("name", FAMILY_NETS)
+def test_family_network(benchmark, name, batch, provider):
+    benchmark.group = f"{name} 224x224 batch {batch}"
+    run_benchmark(benchmark, provider, family_net(name), torch.randn(batch, 3, 224, 224), None)

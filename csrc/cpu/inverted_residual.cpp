@@ -5,8 +5,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "../op_entry_points.h"
 #include "isa.h"
@@ -155,15 +157,47 @@ at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem,
   return y;
 }
 
-// The squeeze-and-excite's gate from the mean of the depthwise output: two small matrix products,
-// through ATen (a matrix-vector product per image).
+float apply_scalar(float v, Act act) {
+  switch (act) {
+    case Act::kReLU: return v < 0.f ? 0.f : v;
+    case Act::kReLU6: return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+    case Act::kSiLU: return v / (1.f + std::exp(-v));
+    case Act::kHardswish: return v * std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
+    case Act::kSigmoid: return 1.f / (1.f + std::exp(-v));
+    case Act::kHardsigmoid: return std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
+    default: return v;
+  }
+}
+
+// Dot product of two contiguous rows, in eight independent sums (so the compiler vectorizes it).
+float dot(const float* a, const float* b, int64_t n) {
+  float s[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+  float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
+// The squeeze-and-excite's gate (N, hidden) from the sums of the depthwise output: mean, reduce +
+// bias + act, expand + bias + gate. Plain loops: per image a few tens of thousands of multiply-adds,
+// where two ATen calls each cost more than the arithmetic.
 at::Tensor se_gate(const at::Tensor& sums, int64_t pixels, const at::Tensor& w1, const at::Tensor& b1,
                    const at::Tensor& w2, const at::Tensor& b2, Act act, Act gate) {
-  at::Tensor z = at::linear(sums / static_cast<double>(pixels), w1, b1);
-  z = act == Act::kReLU ? at::relu(z) : act == Act::kReLU6 ? at::hardtanh(z, 0, 6)
-      : act == Act::kSiLU ? at::silu(z) : act == Act::kHardswish ? at::hardswish(z) : z;
-  z = at::linear(z, w2, b2);
-  return gate == Act::kSigmoid ? at::sigmoid(z) : at::hardsigmoid(z);
+  const int64_t n = sums.size(0), hidden = sums.size(1), se = w1.size(0);
+  const at::Tensor w1c = w1.contiguous(), b1c = b1.contiguous(), w2c = w2.contiguous(), b2c = b2.contiguous();
+  at::Tensor out = at::empty({n, hidden}, sums.options());
+  const float *s = sums.data_ptr<float>(), *pw1 = w1c.data_ptr<float>(), *pb1 = b1c.data_ptr<float>();
+  const float *pw2 = w2c.data_ptr<float>(), *pb2 = b2c.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  std::vector<float> mean(hidden), z(se);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < hidden; ++c) mean[c] = s[i * hidden + c] / static_cast<float>(pixels);
+    for (int64_t r = 0; r < se; ++r) z[r] = apply_scalar(pb1[r] + dot(pw1 + r * hidden, mean.data(), hidden), act);
+    for (int64_t c = 0; c < hidden; ++c) o[i * hidden + c] = apply_scalar(pb2[c] + dot(pw2 + c * se, z.data(), se), gate);
+  }
+  return out;
 }
 
 // Whether the squeeze-and-excite's second pass projects a kept depthwise output instead of running
@@ -227,7 +261,7 @@ at::Tensor mbconv(const at::Tensor& x, const std::optional<at::Tensor>& w_expand
   a.dw_store = keep ? kept.data_ptr<float>() : nullptr;
   run_plan(a, s.n, x, y, sums);
   const at::Tensor gate_values =
-      se_gate(sums, s.oh * s.ow, *w_se_reduce, *b_se_reduce, *w_se_expand, *b_se_expand, se_act, gate).contiguous();
+      se_gate(sums, s.oh * s.ow, *w_se_reduce, *b_se_reduce, *w_se_expand, *b_se_expand, se_act, gate);
   a.gate = gate_values.data_ptr<float>();
   if (keep) {
     const Isa& isa = cpu_isa();

@@ -15,7 +15,9 @@ from .onnx_runtime import onnxruntime_missing, ort_runner
 def _fused(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     from .. import convert
 
-    fused = convert(copy.deepcopy(model))
+    # channels_last weights too: the layers that stay PyTorch's (a stem or head it does not fuse)
+    # then run its fast channels_last convolutions, and hand channels_last tensors to the blocks.
+    fused = convert(copy.deepcopy(model)).to(memory_format=torch.channels_last)
     return lambda: fused(x)
 
 
