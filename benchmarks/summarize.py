@@ -31,7 +31,7 @@ def main():
         line = f"{group:<48}" + "".join(f"{med[p]:>12.3f}m" if p in med else f"{'-':>13}" for p in providers)
         fused = entries.get("fused")
         ratio = med["onnxruntime"] / med["fused"] if "fused" in med and "onnxruntime" in med else float("nan")
-        gflops = fused["extra_info"].get("gflops", float("nan")) if fused else float("nan")
+        gflops = (fused["extra_info"].get("gflops") if fused else None) or float("nan")
         fmem = fused["extra_info"].get("peak_bytes") if fused else None
         emem = entries.get("eager_nchw", {}).get("extra_info", {}).get("peak_bytes")
         alt = fused["extra_info"].get("ort_over_fused", float("nan")) if fused else float("nan")
@@ -73,12 +73,13 @@ def print_markdown(groups, providers, peak):
         med = {p: entries[p]["stats"]["median"] * 1e3 for p in providers if p in entries}
         info = entries.get("fused", {}).get("extra_info", {})
         ratio = med["onnxruntime"] / med["fused"] if "fused" in med and "onnxruntime" in med else float("nan")
-        alt, gflops = info.get("ort_over_fused", float("nan")), info.get("gflops", float("nan"))
+        alt, gflops = info.get("ort_over_fused", float("nan")), info.get("gflops") or float("nan")
         fmem = info.get("peak_bytes")
         emem = entries.get("eager_nchw", {}).get("extra_info", {}).get("peak_bytes")
         cells = [f"{med[p]:.3f}" if p in med else "-" for p in order]
         mib = [f"{m / 2**20:.2f}" if m is not None else "-" for m in (fmem, emem)]
-        print(f"| {group} | " + " | ".join(cells) + f" | {ratio:.2f}x | **{alt:.2f}x** | {gflops:.0f} ({gflops / peak:.0%})"
+        flops_cell = "-" if gflops != gflops else f"{gflops:.0f} ({gflops / peak:.0%})"
+        print(f"| {group} | " + " | ".join(cells) + f" | {ratio:.2f}x | **{alt:.2f}x** | {flops_cell}"
               + f" | {mib[0]} | {mib[1]} |")
 
 

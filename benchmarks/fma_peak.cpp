@@ -1,0 +1,53 @@
+// The machine's fp32 FMA ceiling, for the "of peak" column of benchmarks/summarize.py:
+// 16 independent chains of 512-bit (AVX-512) or 256-bit FMAs per thread, on 1 and on 2 threads.
+//
+//   g++ -O3 -march=native -pthread benchmarks/fma_peak.cpp -o /tmp/fma_peak && /tmp/fma_peak
+#include <immintrin.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#if defined(__AVX512F__)
+using V = __m512;
+#define SET1 _mm512_set1_ps
+#define FMA _mm512_fmadd_ps
+#define SUM _mm512_reduce_add_ps
+#else
+using V = __m256;
+#define SET1 _mm256_set1_ps
+#define FMA _mm256_fmadd_ps
+static float SUM(V v) {
+  float f[8];
+  _mm256_storeu_ps(f, v);
+  return f[0] + f[1] + f[2] + f[3] + f[4] + f[5] + f[6] + f[7];
+}
+#endif
+
+constexpr int kChains = 16;
+constexpr long kIterations = 200000000;
+
+float chains() {
+  V a[kChains];
+  for (int i = 0; i < kChains; ++i) a[i] = SET1(1.0f + i * 1e-7f);
+  const V b = SET1(0.999999f), c = SET1(1e-7f);
+  for (long it = 0; it < kIterations; ++it)
+    for (int i = 0; i < kChains; ++i) a[i] = FMA(a[i], b, c);
+  float s = 0;
+  for (int i = 0; i < kChains; ++i) s += SUM(a[i]);
+  return s;  // used, so the loop is not removed
+}
+
+int main() {
+  const double flops_per_thread = double(kIterations) * kChains * (sizeof(V) / sizeof(float)) * 2;
+  for (int threads : {1, 2}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    std::vector<float> out(threads);
+    for (int t = 0; t < threads; ++t) pool.emplace_back([&out, t] { out[t] = chains(); });
+    for (auto& t : pool) t.join();
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("%d thread(s): %.0f GFLOP/s (check %g)\n", threads, threads * flops_per_thread / sec / 1e9, out[0]);
+  }
+}
