@@ -1,6 +1,7 @@
 """Turn a saved pytest-benchmark run into a comparison table (and optionally a PNG chart).
 
     python benchmarks/summarize.py benchmarks/results/cpu.json [--plot chart.png] [--markdown] [--peak-gflops 150]
+    python benchmarks/summarize.py benchmarks/results/anchors.json --anchors   (benchmarks/test_anchors.py)
 """
 import argparse
 import json
@@ -13,8 +14,12 @@ def main():
     p.add_argument("--plot", default=None, help="write a chart of fused speed-ups to this PNG")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
     p.add_argument("--peak-gflops", type=float, default=150.0, help="machine fp32 GEMM peak for the fraction column")
+    p.add_argument("--anchors", action="store_true", help="the anchors and contention run (Markdown)")
     args = p.parse_args()
     data = json.load(open(args.json_file))
+    if args.anchors:
+        print_anchors(data)
+        return
     groups = defaultdict(dict)
     for b in data["benchmarks"]:
         provider = b["params"]["provider"]
@@ -81,6 +86,26 @@ def print_markdown(groups, providers, peak):
         flops_cell = "-" if gflops != gflops else f"{gflops:.0f} ({gflops / peak:.0%})"
         print(f"| {group} | " + " | ".join(cells) + f" | {ratio:.2f}x | **{alt:.2f}x** | {flops_cell}"
               + f" | {mib[0]} | {mib[1]} |")
+
+
+def print_anchors(data):
+    """The other runtimes against the fused network (fused_speedup > 1: the fused one is faster),
+    and the slowdown of each under load."""
+    anchors = [b for b in data["benchmarks"] if b["name"].startswith("test_anchor")]
+    print("| runtime | batch | runtime ms | mnv2_fused ms | runtime / mnv2_fused (alternating) |")
+    print("|---|---|---|---|---|")
+    for b in sorted(anchors, key=lambda b: (b["params"]["batch"], b["params"]["name"])):
+        e = b["extra_info"]
+        print(f"| {b['params']['name']} | {b['params']['batch']} | {e['anchor_ms']:.2f} | {e['fused_ms']:.2f} | "
+              f"**{e['fused_speedup']:.2f}x** |")
+    loads = [b for b in data["benchmarks"] if b["name"].startswith("test_contention")]
+    if loads:
+        print("\n| provider | batch | quiet ms | one core busy ms | slowdown |")
+        print("|---|---|---|---|---|")
+        for b in sorted(loads, key=lambda b: (b["params"]["batch"], b["params"]["name"])):
+            e = b["extra_info"]
+            print(f"| {b['params']['name']} | {b['params']['batch']} | {e['quiet_ms']:.2f} | {e['loaded_ms']:.2f} | "
+                  f"**{e['slowdown']:.2f}x** |")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -47,6 +48,16 @@ void set_io(BlockArgs& a, const at::Tensor& x, at::Tensor& y) {
   a.syn = y.stride(0), a.syc = y.stride(1), a.syh = y.stride(2), a.syw = y.stride(3);
 }
 
+// How many runs of tiles each worker claims on average (MNV2_FUSED_CLAIMS overrides, read once:
+// 1 is a fixed share per worker).
+int64_t claims_per_worker() {
+  static const int64_t claims = [] {
+    const char* v = std::getenv("MNV2_FUSED_CLAIMS");
+    return v && *v ? std::max<int64_t>(1, std::atoll(v)) : int64_t(4);
+  }();
+  return claims;
+}
+
 // Splits the plan's tiles into contiguous ranges, one per worker, each with its own scratch slab
 // from the framework's allocator (so memory tools see it). With channel_sums ((N, hidden), zeroed:
 // the squeeze-and-excite's first pass) the workers add up the depthwise output in copies of their
@@ -72,10 +83,16 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   at::Tensor worker_sums = summing ? at::zeros({workers, batch * a.hidden}, x.options()) : at::Tensor();
   auto sums_of = [&](int64_t w) { return summing ? worker_sums.data_ptr<float>() + w * batch * a.hidden : nullptr; };
   if (plan.groups == 1) {
+    // Workers claim runs of consecutive tiles from a shared counter instead of a fixed share each:
+    // a worker slowed down (another process on its core) then takes fewer, rather than everyone
+    // waiting for it. A run's first band computes its halo rows afresh; the rest reuse the ring.
+    const int64_t claims = claims_per_worker();
+    const int64_t run = std::max<int64_t>(1, ceil_div(tiles, workers * claims));
+    std::atomic<int64_t> next{0};
     at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
       for (int64_t w = begin; w < end; ++w)
-        isa.run_tiles(a, plan, tiles * w / workers, tiles * (w + 1) / workers, 0, base + w * plan.floats, nullptr,
-                      sums_of(w));
+        for (int64_t t0 = next.fetch_add(run); t0 < tiles; t0 = next.fetch_add(run))
+          isa.run_tiles(a, plan, t0, std::min(tiles, t0 + run), 0, base + w * plan.floats, nullptr, sums_of(w));
     });
   } else {
     // Hidden groups: each worker projects its share of every pixel, then the shares are summed.

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from .onnx_runtime import onnxruntime_missing, ort_runner
+from .runtimes import (executorch_missing, executorch_runner, openvino_missing, openvino_runner, tflite_missing,
+                       tflite_runner)
 
 
 def _fused(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -35,6 +37,10 @@ def _onnxruntime(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     return ort_runner(model, x, torch.get_num_threads())
 
 
+def _threads(runner):
+    return lambda model, x: runner(model, x, torch.get_num_threads())
+
+
 def _compile(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     compiled = torch.compile(copy.deepcopy(model))
     return lambda: compiled(x)
@@ -55,4 +61,12 @@ PROVIDERS = {p.name: p for p in [
     Provider("eager_channels_last", "torchvision eager, channels_last", _eager_channels_last),
     Provider("onnxruntime", "onnxruntime", _onnxruntime, onnxruntime_missing, measures_memory=False),
     Provider("compile", "torch.compile", _compile),
+]}
+
+# The other CPU runtimes (the `anchors` extra): optional providers of the benchmarks.
+ANCHORS = {p.name: p for p in [
+    Provider("openvino", "OpenVINO", _threads(openvino_runner), openvino_missing, measures_memory=False),
+    Provider("tflite", "TFLite (XNNPACK)", _threads(tflite_runner), tflite_missing, measures_memory=False),
+    Provider("executorch", "ExecuTorch (XNNPACK)", _threads(executorch_runner), executorch_missing,
+             measures_memory=False),
 ]}
