@@ -15,14 +15,6 @@
 namespace mnv2_fused {
 namespace {
 
-// The input of a bound call when it is a tensor the call may serve with autograd off (the call
-// then runs the op, which records nothing for autograd); nullopt otherwise, so the module takes
-// its full path (FX proxies, gradients to compute, wrong types: that path says what is wrong).
-std::optional<at::Tensor> bound_input(pybind11::handle x) {
-  if (!THPVariable_Check(x.ptr()) || at::GradMode::is_enabled()) return std::nullopt;
-  return THPVariable_Unpack(x.ptr());
-}
-
 // The version counters of some tensors at construction, and whether any moved since. Inference
 // tensors have none: the caller leaves them out.
 class VersionSnapshot {
@@ -42,6 +34,19 @@ class VersionSnapshot {
   std::vector<at::Tensor> tensors_;  // kept alive so that no counter is read after its tensor died
   std::vector<int64_t> versions_;
 };
+
+// The input of a bound call when the call may serve it: a 4-D float32 CPU tensor with the bound
+// weights' input channels, autograd off (the op records nothing for it), and none of the tensors
+// the weights were folded from written since. nullopt otherwise: the module then takes its full
+// path (FX proxies, gradients to compute, wrong inputs, a refold), which says what is wrong.
+std::optional<at::Tensor> bound_input(pybind11::handle input, int64_t in_channels, const VersionSnapshot& versions) {
+  if (!THPVariable_Check(input.ptr()) || at::GradMode::is_enabled()) return std::nullopt;
+  at::Tensor x = THPVariable_Unpack(input.ptr());
+  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 4 || x.size(1) != in_channels ||
+      !versions.unchanged())
+    return std::nullopt;
+  return x;
+}
 
 // A converted MobileNetV2's folded weights bound to mnv2_fused::mobilenet_v2_forward, and the
 // versions of the tensors they were folded from.
@@ -63,16 +68,11 @@ class NetworkCall {
     for (auto& b : blocks) blocks_.push_back(std::move(b));
   }
 
-  // The network's output for x; nullopt unless x is a 4-D float32 CPU tensor with the stem's input
-  // channels and no weight changed since the fold (the caller then takes the general path, which
-  // says what is wrong or folds again).
+  // The network's output for x, or nullopt (see bound_input).
   std::optional<at::Tensor> operator()(pybind11::handle input) const {
-    const std::optional<at::Tensor> in = bound_input(input);
+    const std::optional<at::Tensor> in = bound_input(input, in_channels_, *versions_);
     if (!in) return std::nullopt;
     const at::Tensor& x = *in;
-    if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 4 || x.size(1) != in_channels_ ||
-        !versions_->unchanged())
-      return std::nullopt;
     pybind11::gil_scoped_release no_gil;
     // Through the dispatcher, so profilers and dispatch modes see the op as from Python.
     static const auto op =
@@ -111,15 +111,11 @@ class OpCall {
     for (size_t i = 0; i < rest.size(); ++i) args_.push_back(torch::jit::toIValue(rest[i], arguments[i + 1].real_type()));
   }
 
-  // The op's output for x; nullopt unless x is a 4-D float32 CPU tensor with the block's input
-  // channels and no weight changed since the fold (the module's checked path says what is wrong).
+  // The op's output for x, or nullopt (see bound_input).
   std::optional<at::Tensor> operator()(pybind11::handle input) const {
-    const std::optional<at::Tensor> in = bound_input(input);
+    const std::optional<at::Tensor> in = bound_input(input, in_channels_, *versions_);
     if (!in) return std::nullopt;
     const at::Tensor& x = *in;
-    if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 4 || x.size(1) != in_channels_ ||
-        !versions_->unchanged())
-      return std::nullopt;
     pybind11::gil_scoped_release no_gil;
     torch::jit::Stack stack;
     stack.reserve(args_.size() + 1);

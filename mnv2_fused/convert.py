@@ -1,5 +1,4 @@
-"""Swap torchvision MobileNetV2 InvertedResidual blocks for fused ones inside an existing model, and
-say what was fused."""
+"""Fuse the inverted-residual blocks inside an existing model, in place, and say what was fused."""
 from __future__ import annotations
 
 import logging
@@ -9,20 +8,23 @@ from typing import Optional
 from torch import nn
 
 from .backends import check_backend_name
-from .families import READERS, Unfusable, base_class_path, read_layers, spec_of
+from .families import (
+    READERS,
+    Unfusable,
+    base_class_path,
+    class_path,
+    read_layers,
+    spec_of,
+)
 from .module import FusedInvertedResidual, unfusable_reason
 
 logger = logging.getLogger("mnv2_fused")
 
 
-def _class_path(m: nn.Module) -> str:
-    return f"{type(m).__module__}.{type(m).__qualname__}"
-
-
 def _is_mobilenet_v2_block(m: nn.Module) -> bool:
     # Checked by name so that importing mnv2_fused never needs torchvision. Other classes named
     # InvertedResidual (torchvision's MobileNetV3, timm) have other layouts.
-    return _class_path(m) == "torchvision.models.mobilenetv2.InvertedResidual"
+    return class_path(m) == "torchvision.models.mobilenetv2.InvertedResidual"
 
 
 # Blocks of the family that no reader covers, by class name: named in the report as not supported.
@@ -55,7 +57,7 @@ def _why_unfused(m: nn.Module) -> str:
         return unfusable_reason(m) or "not converted (call convert)"
     if base_class_path(m) in READERS:
         return _family_reason(m) or "not converted (call convert)"
-    return f"{_class_path(m)} is not supported"
+    return f"{class_path(m)} is not supported"
 
 
 @dataclass
@@ -109,7 +111,7 @@ def convert(model: nn.Module, backend: str = "auto", whole_network: bool = True)
     for m in list(model.modules()):
         if base_class_path(m) in READERS and _family_reason(m) is None:
             fuse_in_place(m, backend)
-    if whole_network and _class_path(model) == "torchvision.models.mobilenetv2.MobileNetV2":
+    if whole_network and class_path(model) == "torchvision.models.mobilenetv2.MobileNetV2":
         from .network import (
             fuse_network,  # imports torchvision, which the model's owner has
         )

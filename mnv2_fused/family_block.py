@@ -12,54 +12,24 @@ import torch
 from torch import nn
 
 from . import backends
-from .bound import Bound, generation, note_change, refresh_after_load
+from .bound import generation
 from .families import Unfusable, fold_family_block, read_layers, spec_of
+from .fused_module import FusedModule
 from .module import check_input
 from .ops import run_mbconv
 from .spec import op_arguments
 from .tracing import fx_leaf_call, is_fx_proxy
 
 
-class FusedFamilyBlock:
+class FusedFamilyBlock(FusedModule):
     """What the fused subclasses add; it comes first in their bases, the original class second."""
 
-    __jit_unused_properties__ = ["backend"]
     _fused_base: type  # the original class, set on each subclass
 
     def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
         super().__init__(*args, **kwargs)  # the original class's constructor: a drop-in
         spec_of(read_layers(self))
-        self._fused_init(backend)
-
-    def _fused_init(self, backend: str) -> None:
-        self._fused_bound = Bound(fold_family_block)
-        self.backend = backend
-        self.register_load_state_dict_post_hook(refresh_after_load)
-
-    @property
-    def backend(self) -> str:
-        """The back end this block runs on at inference (see FusedInvertedResidual)."""
-        return self._fused_backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        backends.check_backend_name(value)
-        self._fused_backend = value
-        note_change()  # a bound call depends on the backend
-
-    def refresh(self) -> None:
-        """Drop the cached folded weights; the next inference call folds BN again."""
-        self._fused_bound.clear()
-
-    def _apply(self, fn, *args, **kwargs):
-        self.refresh()
-        return super()._apply(fn, *args, **kwargs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():  # TorchScript compiles this branch only
-            return self._unfused(x)
-        y = self._fused_bound.run(x, self.training)
-        return y if y is not None else self._fused_dispatch(x)
+        self._init_fused(fold_family_block, backend)
 
     def _fused_dispatch(self, x: torch.Tensor) -> torch.Tensor:
         if is_fx_proxy(x):
@@ -127,7 +97,7 @@ def fuse_in_place(block: nn.Module, backend: str = "auto") -> nn.Module:
     spec_of(read_layers(block))
     if not isinstance(block, FusedFamilyBlock):
         block.__class__ = fused_class(type(block))
-        block._fused_init(backend)
+        block._init_fused(fold_family_block, backend)
     else:
         block.backend = backend
     return block

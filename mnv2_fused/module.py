@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from . import backends
-from .bound import Bound, generation, note_change, refresh_after_load
+from .bound import generation
+from .fused_module import FusedModule
 from .layout import fold_for_kernel
 from .ops import run_block
 from .reference import FoldedWeights
@@ -77,7 +78,7 @@ def unfusable_reason(block: nn.Module) -> Optional[str]:
     return None
 
 
-class FusedInvertedResidual(nn.Module):
+class FusedInvertedResidual(FusedModule, nn.Module):
     """MobileNetV2 inverted-residual block that runs as one fused kernel at inference.
 
     Same constructor, submodules and state_dict keys as torchvision's InvertedResidual, so
@@ -94,8 +95,6 @@ class FusedInvertedResidual(nn.Module):
     Edits that bypass version tracking (``.data``, in-place edits of inference tensors) need
     ``refresh()``.
     """
-
-    __jit_unused_properties__ = ["backend"]
 
     def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int,
                  norm_layer: Optional[Callable[..., nn.Module]] = None, *, backend: str = "auto") -> None:
@@ -138,39 +137,12 @@ class FusedInvertedResidual(nn.Module):
         self.out_channels = oup
         self._is_cn = stride > 1
         self.in_channels = conv[0][0].in_channels
-        self.backend = backend
-        self._bound = Bound(fold_for_kernel)
-        self.register_load_state_dict_post_hook(refresh_after_load)
-
-    @property
-    def backend(self) -> str:
-        """The back end this block runs on at inference (see the class docstring)."""
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        backends.check_backend_name(value)
-        self._backend = value
-        note_change()  # a converted network's bound call depends on every block's backend
-
-    def refresh(self) -> None:
-        """Drop the cached folded weights; the next inference call folds BN again."""
-        self._bound.clear()
+        self._init_fused(fold_for_kernel, backend)
 
     def folded_weights(self) -> FoldedWeights:
         """BN-folded weights for inference, in the layout of their device's kernel; recomputed
         only when a parameter or buffer changed."""
-        return self._bound.weights(self.conv)
-
-    def _apply(self, fn, *args, **kwargs):
-        self.refresh()
-        return super()._apply(fn, *args, **kwargs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():  # TorchScript compiles this branch only
-            return self._unfused(x)
-        y = self._bound.run(x, self.training)
-        return y if y is not None else self._dispatch(x)
+        return self._fused_bound.weights(self.conv)
 
     def _unfused(self, x: torch.Tensor) -> torch.Tensor:
         """torchvision's InvertedResidual.forward, through this block's own layers."""
@@ -178,7 +150,7 @@ class FusedInvertedResidual(nn.Module):
             return x + self.conv(x)
         return self.conv(x)
 
-    def _dispatch(self, x: torch.Tensor) -> torch.Tensor:
+    def _fused_dispatch(self, x: torch.Tensor) -> torch.Tensor:
         if is_fx_proxy(x):
             return fx_leaf_call(self, x, self._unfused)
         check_input(x, "FusedInvertedResidual", self.in_channels, self.conv[-2].weight)
@@ -188,7 +160,7 @@ class FusedInvertedResidual(nn.Module):
             return self._unfused(x)
         weights = self.folded_weights()
         if backends.may_bind(chosen):
-            self._bound.bind(self._block_call, seen)
+            self._fused_bound.bind(self._block_call, seen)
         return run_block(x, weights, self.stride, self.use_res_connect, chosen)
 
     def _block_call(self, weights: FoldedWeights, versions):

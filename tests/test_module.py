@@ -72,7 +72,7 @@ def test_block_fast_path_sees_every_change():
     x = make_input((2, 24, 9, 7), "channels_last")
     with torch.no_grad():
         assert rel_err(fused(x), tv(x)) <= 1e-5
-        assert fused._bound._call[0] is not None
+        assert fused._fused_bound._call[0] is not None
         with torch.profiler.profile() as prof:
             assert rel_err(fused(x), tv(x)) <= 1e-5
         assert [e.name for e in prof.events()].count("mnv2_fused::inverted_residual") == 1

@@ -10,8 +10,14 @@ import torch
 from torch import nn
 
 from .onnx_runtime import onnxruntime_missing, ort_runner
-from .runtimes import (executorch_missing, executorch_runner, openvino_missing, openvino_runner, tflite_missing,
-                       tflite_runner)
+from .runtimes import (
+    executorch_missing,
+    executorch_runner,
+    openvino_missing,
+    openvino_runner,
+    tflite_missing,
+    tflite_runner,
+)
 
 
 def _fused(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:

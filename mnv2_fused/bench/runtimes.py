@@ -93,7 +93,9 @@ def tflite_runner(model: torch.nn.Module, x: torch.Tensor, threads: int) -> Call
 
 def executorch_runner(model: torch.nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
     """ExecuTorch with the whole graph lowered to its XNNPACK delegate."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
     from executorch.exir import to_edge_transform_and_lower
     from executorch.runtime import Runtime
 
