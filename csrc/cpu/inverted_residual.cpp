@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -15,7 +16,6 @@
 #include "ops_cpu.h"
 #include "plan.h"
 #include "weight_layout.h"
-#include "worker_pool.h"
 
 namespace mnv2_fused {
 namespace cpu {
@@ -47,9 +47,6 @@ void set_io(BlockArgs& a, const at::Tensor& x, at::Tensor& y) {
   a.y = y.data_ptr<float>();
   a.syn = y.stride(0), a.syc = y.stride(1), a.syh = y.stride(2), a.syw = y.stride(3);
 }
-
-// Output pixels per run of the pass that sums the hidden groups' partial outputs.
-constexpr int64_t kSumRun = 64;
 
 // How many runs of tiles each worker claims on average (MNV2_FUSED_CLAIMS overrides, read once:
 // 1 is a fixed share per worker).
@@ -86,25 +83,28 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   at::Tensor worker_sums = summing ? at::zeros({workers, batch * a.hidden}, x.options()) : at::Tensor();
   auto sums_of = [&](int64_t w) { return summing ? worker_sums.data_ptr<float>() + w * batch * a.hidden : nullptr; };
   if (plan.groups == 1) {
-    // Workers claim runs of consecutive tiles (worker_pool.h): a worker slowed down takes fewer. A
-    // run's first band computes its halo rows afresh; the rest reuse the ring.
-    const int64_t run = std::max<int64_t>(1, ceil_div(tiles, workers * claims_per_worker()));
-    parallel_runs(tiles, run, workers, [&](int64_t slot, int64_t t0, int64_t t1) {
-      isa.run_tiles(a, plan, t0, t1, 0, base + slot * plan.floats, nullptr, sums_of(slot));
+    // Workers claim runs of consecutive tiles from a shared counter instead of a fixed share each:
+    // a worker slowed down (another process on its core) then takes fewer, rather than everyone
+    // waiting for it. A run's first band computes its halo rows afresh; the rest reuse the ring.
+    const int64_t claims = claims_per_worker();
+    const int64_t run = std::max<int64_t>(1, ceil_div(tiles, workers * claims));
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t w = begin; w < end; ++w)
+        for (int64_t t0 = next.fetch_add(run); t0 < tiles; t0 = next.fetch_add(run))
+          isa.run_tiles(a, plan, t0, std::min(tiles, t0 + run), 0, base + w * plan.floats, nullptr, sums_of(w));
     });
   } else {
     // Hidden groups: each worker projects its share of every pixel, then the shares are summed.
     const int64_t pixels = plan.plane_pixels, plane = pixels * plan.acc_ld;
     at::Tensor partial = summing ? at::Tensor() : at::empty({plan.groups, plane}, x.options());
     float* part = summing ? nullptr : partial.data_ptr<float>();
-    parallel_runs(plan.groups, 1, workers, [&](int64_t slot, int64_t g0, int64_t g1) {
-      for (int64_t g = g0; g < g1; ++g)
-        isa.run_tiles(a, plan, 0, tiles, g, base + slot * plan.floats, summing ? nullptr : part + g * plane,
-                      sums_of(slot));
+    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        isa.run_tiles(a, plan, 0, tiles, g, base + g * plan.floats, summing ? nullptr : part + g * plane, sums_of(g));
     });
     if (!summing)
-      parallel_runs(pixels, kSumRun, threads,
-                    [&](int64_t, int64_t begin, int64_t end) { isa.sum_groups(a, plan, part, begin, end); });
+      at::parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) { isa.sum_groups(a, plan, part, begin, end); });
   }
   if (summing) at::sum_out(channel_sums, worker_sums.view({workers, batch, a.hidden}), {0});
 }
@@ -282,8 +282,8 @@ at::Tensor mbconv(const at::Tensor& x, const std::optional<at::Tensor>& w_expand
   a.gate = gate_values.data_ptr<float>();
   if (keep) {
     const Isa& isa = cpu_isa();
-    parallel_runs(s.n * s.oh * s.ow, kRowBlock / 4, at::get_num_threads(),
-                  [&](int64_t, int64_t begin, int64_t end) { isa.project_rows(a, begin, end); });
+    at::parallel_for(0, s.n * s.oh * s.ow, kRowBlock / 4,
+                     [&](int64_t begin, int64_t end) { isa.project_rows(a, begin, end); });
   } else {
     run_plan(a, s.n, x, y);
   }

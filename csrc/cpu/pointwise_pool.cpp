@@ -8,7 +8,6 @@
 #include "isa.h"
 #include "ops_cpu.h"
 #include "weight_layout.h"
-#include "worker_pool.h"
 
 namespace mnv2_fused {
 namespace cpu {
@@ -27,7 +26,7 @@ at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const 
              contiguous_ptr(b, keep_b), y.data_ptr<float>(), cin, cout, x.size(2), x.size(3)};
   const Isa& isa = cpu_isa();
   const int64_t block = 4 * isa.lanes, blocks = (cout + block - 1) / block;
-  parallel_runs(n * blocks, 1, at::get_num_threads(), [&](int64_t, int64_t begin, int64_t end) {
+  at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t j0 = item % blocks * block;
       isa.pointwise_pool(a, item / blocks, item / blocks + 1, j0, std::min(cout, j0 + block));
@@ -51,7 +50,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   const Isa& isa = cpu_isa();
   // Column blocks, so every thread streams its own part of the weight.
   const int64_t block = 4 * isa.lanes, blocks = (o + block - 1) / block;
-  parallel_runs(blocks, 1, at::get_num_threads(), [&](int64_t, int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     isa.linear(a, 0, n, begin * block, std::min(o, end * block));
   });
   return y;
