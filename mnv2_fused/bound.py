@@ -141,13 +141,17 @@ class Bound:
         with self._lock:
             if not self._current():
                 # Versions are read before folding: a write racing with the fold leaves them
-                # behind, so the next call folds again instead of keeping a half-updated fold.
+                # behind, so the next call folds again instead of keeping a half-updated fold. The
+                # state is only set once the fold succeeded: a fold that raises leaves nothing
+                # that passes for current.
                 self._call = (None, -1)
-                self._checked = _generation
-                self._watch = _watch_list(modules)
-                self._versions = _version_snapshot([v for _, _, v in self._watch if isinstance(v, torch.Tensor)])
+                self._watch = None
+                checked = _generation
+                watch = _watch_list(modules)
+                versions = _version_snapshot([v for _, _, v in watch if isinstance(v, torch.Tensor)])
                 with torch.no_grad():
-                    self._value = self._fold(*modules)
+                    value = self._fold(*modules)
+                self._value, self._watch, self._versions, self._checked = value, watch, versions, checked
             return self._value
 
     def __getstate__(self) -> dict:

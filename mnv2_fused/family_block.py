@@ -39,7 +39,9 @@ class FusedFamilyBlock(FusedModule):
         seen = generation()  # read before the checks a binding relies on
         try:
             spec, weights, se = self._fused_bound.weights(self)
-        except Unfusable:  # a layer was replaced by one the kernels do not compute
+        except Unfusable as e:  # a layer was replaced by one the kernels do not compute
+            if self.backend != "auto":  # never a silent fallback from an explicit choice
+                raise RuntimeError(f"mnv2_fused: backend={self.backend!r} cannot run this block: {e}") from e
             return self._unfused(x)
         in_channels = weights.w_expand.shape[1] if weights.w_expand is not None else weights.w_dw.shape[0]
         check_input(x, type(self).__name__, in_channels, weights.w_dw)

@@ -58,7 +58,9 @@ def build(kernel_source: str = KERNEL_SOURCE, tag: str = "") -> ctypes.CDLL:
         cmd = ["g++", "-std=c++20", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-attributes", "-Wno-unknown-pragmas",
                f"-I{include}", f"-I{os.path.join(HERE, 'simt')}", f"-I{os.path.join(ROOT, 'csrc', 'cuda')}",
                *defines, SOURCES[0], "-o", lib + ".tmp", "-pthread"]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        built = subprocess.run(cmd, capture_output=True, text=True)
+        if built.returncode != 0:
+            raise RuntimeError(f"compiling the emulated kernel failed:\n{built.stderr[-4000:]}")
         os.replace(lib + ".tmp", lib)
     dll = ctypes.CDLL(lib)
     dll.mnv2_emulated_inverted_residual.restype = ctypes.c_char_p

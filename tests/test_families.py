@@ -119,6 +119,22 @@ def test_training_and_gradients_unchanged():
         assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
 
 
+def test_block_whose_layer_is_replaced_runs_its_own_layers_or_says_why():
+    """A fused block whose activation is swapped for one the kernels lack: "auto" runs the block's
+    own layers (same output as torchvision), an explicit back end raises with the reason."""
+    reference = build("mobilenet_v3_small", "torchvision")
+    model = convert(copy.deepcopy(reference))
+    x = make_input((1, 3, 64, 64))
+    with torch.no_grad():
+        model(x)  # bound
+        for m in (model, reference):
+            m.features[4].block[0][2] = torch.nn.GELU()
+        assert rel_err(model(x), reference(x)) <= 1e-4
+        model.features[4].backend = "cpu"
+        with pytest.raises(RuntimeError, match="backend='cpu' cannot run this block: activation GELU"):
+            model(x)
+
+
 def test_fused_block_pickles_and_copies(tmp_path):
     model = convert(build("mobilenet_v3_small", "torchvision"))
     path = tmp_path / "model.pt"
