@@ -243,14 +243,15 @@ def test_property_spec_triton(case):
     run_spec_case("triton", case, 1e-5)
 
 
-@pytest.mark.parametrize("shape,hidden", [((2, 16, 56, 48), 96), ((2, 40, 14, 14), 240)],
-                         ids=["recomputed", "kept"])
-def test_squeeze_excite_second_pass_both_ways(shape, hidden):
+@pytest.mark.parametrize("shape,hidden,expand", [((2, 16, 96, 96), 96, True), ((2, 40, 14, 14), 240, True),
+                                                 ((2, 24, 14, 14), 24, False)],
+                         ids=["recomputed", "kept", "no_expand_recomputed"])
+def test_squeeze_excite_second_pass_every_way(shape, hidden, expand):
     """The CPU kernel's second squeeze-and-excite pass runs the block again when the depthwise
-    output is large (here 96 x 56 x 48 floats, past 1 MiB and the block's input and output), and
-    projects the kept output when small: both against the reference."""
+    output is large (here 96 x 96 x 96 floats, past 2 MiB and the block's input and output) or the
+    block has no expand layer, and projects the kept output otherwise: each against the reference."""
     spec = BlockSpec(kernel_size=5, activation="silu", se_activation="silu", residual=True, squeeze_excite=True)
-    run_spec_case("cpu", (spec, hidden, shape[1], True, shape, "channels_last", 3), 1e-5)
+    run_spec_case("cpu", (spec, hidden, shape[1], expand, shape, "channels_last", 3), 1e-5)
 
 
 def test_cuda_backend_names_what_it_lacks():

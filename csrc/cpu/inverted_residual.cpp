@@ -218,12 +218,13 @@ at::Tensor se_gate(const at::Tensor& sums, int64_t pixels, const at::Tensor& w1,
 }
 
 // Whether the squeeze-and-excite's second pass projects a kept depthwise output instead of running
-// the expand and depthwise again (measured on EfficientNet-B0's blocks at batch 1: 25-40% faster).
-// Kept, the depthwise output is the hidden tensor after the stride: it is kept when, per image, it
-// is no larger than kKeptDepthwiseBytes or than the block's own input and output together, so the
-// block's peak memory stays of the order of its unavoidable input and output.
+// the expand and depthwise again. Kept, the depthwise output is the hidden tensor after the stride:
+// it is kept when, per image, it is no larger than kKeptDepthwiseBytes or than the block's own input
+// and output together, and the block has an expand layer (without one, running it again costs just
+// the depthwise: no faster kept). Measured on EfficientNet-B0's blocks at batch 1
+// (benchmarks/se_modes.py): keeping is 1.1-1.8x faster with an expand, 0.98x without.
 // MNV2_FUSED_SE=recompute / keep forces one way (read once; for measuring both).
-constexpr int64_t kKeptDepthwiseBytes = 1024 * 1024;
+constexpr int64_t kKeptDepthwiseBytes = 2 * 1024 * 1024;
 
 bool se_keeps_depthwise(const BlockShape& s) {
   static const std::string forced = [] {
@@ -233,7 +234,8 @@ bool se_keeps_depthwise(const BlockShape& s) {
   if (forced == "recompute") return false;
   if (forced == "keep") return true;
   const int64_t kept = s.oh * s.ow * s.hidden, io = s.h * s.w * s.cin + s.oh * s.ow * s.cout;
-  return kept * static_cast<int64_t>(sizeof(float)) <= std::max<int64_t>(kKeptDepthwiseBytes, io * sizeof(float));
+  return s.expand &&
+         kept * static_cast<int64_t>(sizeof(float)) <= std::max<int64_t>(kKeptDepthwiseBytes, io * sizeof(float));
 }
 
 at::Tensor mbconv(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
