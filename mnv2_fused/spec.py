@@ -69,9 +69,6 @@ class SEWeights(NamedTuple):
     b_expand: torch.Tensor
 
 
-MOBILENET_V2 = BlockSpec()
-
-
 def op_arguments(spec: BlockSpec, se: Optional[SEWeights]) -> tuple:
     """The arguments of torch.ops.mnv2_fused.mbconv between b_dw and w_proj, and after b_proj."""
     se_args = tuple(se) if se is not None else (None, None, None, None)
