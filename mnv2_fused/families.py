@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .layout import for_kernel
+from .layout import for_kernel, kernel_layout
 from .reference import FoldedWeights, fold_bn
 from .spec import BlockSpec, SEWeights
 
@@ -116,8 +116,8 @@ def fold_layers(layers: Layers) -> tuple[FoldedWeights, Optional[SEWeights]]:
     se = None
     if layers.se is not None:
         reduce, expand = layers.se
-        se = SEWeights(reduce.weight.detach().flatten(1).contiguous(), reduce.bias.detach().contiguous(),
-                       expand.weight.detach().flatten(1).contiguous(), expand.bias.detach().contiguous())
+        se = SEWeights(kernel_layout(reduce.weight.flatten(1)), reduce.bias.detach().contiguous(),
+                       kernel_layout(expand.weight.flatten(1)), expand.bias.detach().contiguous())
     return weights, se
 
 

@@ -174,47 +174,46 @@ at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem,
   return y;
 }
 
-float apply_scalar(float v, Act act) {
-  switch (act) {
-    case Act::kReLU: return v < 0.f ? 0.f : v;
-    case Act::kReLU6: return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
-    case Act::kSiLU: return v / (1.f + std::exp(-v));
-    case Act::kHardswish: return v * std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
-    case Act::kSigmoid: return 1.f / (1.f + std::exp(-v));
-    case Act::kHardsigmoid: return std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
-    default: return v;
-  }
-}
-
-// Dot product of two contiguous rows, in eight independent sums (so the compiler vectorizes it).
-float dot(const float* a, const float* b, int64_t n) {
-  float s[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
-  float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-  for (; i < n; ++i) total += a[i] * b[i];
-  return total;
-}
-
-// The squeeze-and-excite's gate (N, hidden) from the sums of the depthwise output: mean, reduce +
-// bias + act, expand + bias + gate. Plain loops: per image a few tens of thousands of multiply-adds,
-// where two ATen calls each cost more than the arithmetic.
-at::Tensor se_gate(const at::Tensor& sums, int64_t pixels, const at::Tensor& w1, const at::Tensor& b1,
+// The squeeze-and-excite's gate (N, hidden) from the sums of the depthwise output (scaled into
+// means in place): reduce + bias + act, expand + bias + gate, on the classifier's GEMM. Its
+// weights are read in place when stored input-channel-major (the modules cache them so).
+at::Tensor se_gate(at::Tensor& sums, int64_t pixels, const at::Tensor& w1, const at::Tensor& b1,
                    const at::Tensor& w2, const at::Tensor& b2, Act act, Act gate) {
-  const int64_t n = sums.size(0), hidden = sums.size(1), se = w1.size(0);
-  const at::Tensor w1c = w1.contiguous(), b1c = b1.contiguous(), w2c = w2.contiguous(), b2c = b2.contiguous();
-  at::Tensor out = at::empty({n, hidden}, sums.options());
-  const float *s = sums.data_ptr<float>(), *pw1 = w1c.data_ptr<float>(), *pb1 = b1c.data_ptr<float>();
-  const float *pw2 = w2c.data_ptr<float>(), *pb2 = b2c.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  std::vector<float> mean(hidden), z(se);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t c = 0; c < hidden; ++c) mean[c] = s[i * hidden + c] / static_cast<float>(pixels);
-    for (int64_t r = 0; r < se; ++r) z[r] = apply_scalar(pb1[r] + dot(pw1 + r * hidden, mean.data(), hidden), act);
-    for (int64_t c = 0; c < hidden; ++c) o[i * hidden + c] = apply_scalar(pb2[c] + dot(pw2 + c * se, z.data(), se), gate);
-  }
+  const int64_t n = sums.size(0), hidden = sums.size(1), se = b1.size(0);
+  float* mean = sums.data_ptr<float>();
+  const float inv = 1.f / static_cast<float>(pixels);
+  for (int64_t i = 0; i < n * hidden; ++i) mean[i] *= inv;
+  at::Tensor z = at::empty({n, se}, sums.options()), out = at::empty({n, hidden}, sums.options());
+  at::Tensor keep[4];
+  bool packed1 = false, packed2 = false;
+  const float* pw1 = matrix_columns(w1, keep[0], packed1);
+  const float* pw2 = matrix_columns(w2, keep[1], packed2);
+  run_linear({mean, hidden, 1, pw1, packed1, contiguous_ptr(b1, keep[2]), z.data_ptr<float>(), hidden, se, act}, n);
+  run_linear({z.data_ptr<float>(), se, 1, pw2, packed2, contiguous_ptr(b2, keep[3]), out.data_ptr<float>(), se,
+              hidden, gate},
+             n);
   return out;
+}
+
+// The squeeze-and-excite's second pass from the kept depthwise output: gate the rows, then project
+// them. Few rows (small images, batch 1) are projected in column parts, one per thread, so each
+// thread streams its own part of the weight instead of all of it.
+constexpr int64_t kProjectRowsPerItem = kRowBlock / 4;
+
+void project_kept(const BlockArgs& a, int64_t rows) {
+  const Isa& isa = cpu_isa();
+  at::parallel_for(0, rows, kProjectRowsPerItem, [&](int64_t begin, int64_t end) { isa.gate_rows(a, begin, end); });
+  const int64_t threads = at::get_num_threads(), vectors = ceil_div(a.cout, isa.lanes);
+  const int64_t row_items = ceil_div(rows, kProjectRowsPerItem);
+  const int64_t parts = row_items >= threads ? 1 : std::min(vectors, threads);
+  at::parallel_for(0, row_items * parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r0 = item / parts * kProjectRowsPerItem, part = item % parts;
+      const int64_t j0 = std::min(a.cout, vectors * part / parts * isa.lanes);
+      const int64_t j1 = std::min(a.cout, vectors * (part + 1) / parts * isa.lanes);
+      isa.project_rows(a, r0, std::min(rows, r0 + kProjectRowsPerItem), j0, j1);
+    }
+  });
 }
 
 // Whether the squeeze-and-excite's second pass projects a kept depthwise output instead of running
@@ -283,9 +282,7 @@ at::Tensor mbconv(const at::Tensor& x, const std::optional<at::Tensor>& w_expand
       se_gate(sums, s.oh * s.ow, *w_se_reduce, *b_se_reduce, *w_se_expand, *b_se_expand, se_act, gate);
   a.gate = gate_values.data_ptr<float>();
   if (keep) {
-    const Isa& isa = cpu_isa();
-    at::parallel_for(0, s.n * s.oh * s.ow, kRowBlock / 4,
-                     [&](int64_t begin, int64_t end) { isa.project_rows(a, begin, end); });
+    project_kept(a, s.n * s.oh * s.ow);
   } else {
     run_plan(a, s.n, x, y);
   }

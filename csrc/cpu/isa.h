@@ -10,6 +10,7 @@ struct Isa {
   const char* name;
   TilesFn run_tiles;
   SumGroupsFn sum_groups;
+  GateRowsFn gate_rows;
   ProjectRowsFn project_rows;
   PoolFn pointwise_pool;
   LinearFn linear;

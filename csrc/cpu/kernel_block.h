@@ -109,13 +109,12 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
   flush();
 }
 
-// dw[p, c] = act(b_dw[c0 + c] + the K x K (dilated) taps over the ring), times the
-// squeeze-and-excite gate when there is one, for the band's pixels p = r * cols + q.
+// dw[p, c] = act(b_dw[c0 + c] + the K x K (dilated) taps over the ring), times gate[c] when gate is
+// not null, for the band's pixels p = r * cols + q.
 template <int K, Act kAct>
 void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
-                 float* dw) {
+                 const float* gate, float* dw) {
   const int64_t s = a.stride, ld = p.ld, row_floats = p.ring_cols * ld, dil = a.dilation;
-  const float* gate = a.gate ? a.gate + b.n * a.hidden + c0 : nullptr;
   for (int64_t cv = 0; cv < hc; cv += kLanes) {
     const Mask mk = make_mask(static_cast<int>(std::min<int64_t>(kLanes, hc - cv)));
     vec wt[K * K];
@@ -143,11 +142,15 @@ void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c
 template <int K>
 void depthwise_act(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
                    float* dw) {
+  const float* gate = a.gate ? a.gate + b.n * a.hidden + c0 : nullptr;
   switch (a.act) {
-    case Act::kReLU6: depthwise_k<K, Act::kReLU6>(a, p, b, c0, hc, ring, dw); break;
-    case Act::kReLU: depthwise_k<K, Act::kReLU>(a, p, b, c0, hc, ring, dw); break;
-    case Act::kSiLU: depthwise_k<K, Act::kSiLU>(a, p, b, c0, hc, ring, dw); break;
-    default: depthwise_k<K, Act::kHardswish>(a, p, b, c0, hc, ring, dw); break;  // the op allows these four
+    case Act::kReLU6: depthwise_k<K, Act::kReLU6>(a, p, b, c0, hc, ring, gate, dw); break;
+    case Act::kReLU: depthwise_k<K, Act::kReLU>(a, p, b, c0, hc, ring, gate, dw); break;
+    case Act::kSiLU:  // costly (kernel_gemm.h): after the taps, in a pass of its own
+      depthwise_k<K, Act::kNone>(a, p, b, c0, hc, ring, nullptr, dw);
+      activate_rows(dw, b.rows * b.cols, p.ld, hc, Act::kSiLU, gate);
+      break;
+    default: depthwise_k<K, Act::kHardswish>(a, p, b, c0, hc, ring, gate, dw); break;  // the op allows these four
   }
 }
 
@@ -257,7 +260,18 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
   }
 }
 
-void MNV2_CAT(project_rows_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p1) {
+void MNV2_CAT(gate_rows_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p1) {
+  for (int64_t pix = p0; pix < p1; ++pix) {
+    float* row = a.dw_store + pix * a.hidden;
+    const float* gate = a.gate + pix / (a.oh * a.ow) * a.hidden;
+    for (int64_t c = 0; c < a.hidden; c += kLanes) {
+      const Mask mk = make_mask(static_cast<int>(std::min<int64_t>(kLanes, a.hidden - c)));
+      store_m(row + c, load_m(row + c, mk) * load_m(gate + c, mk), mk);
+    }
+  }
+}
+
+void MNV2_CAT(project_rows_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0, int64_t j1) {
   const float* a_rows[kRowBlock];
   float* c_rows[kRowBlock];
   const float* res_rows[kRowBlock];
@@ -265,25 +279,19 @@ void MNV2_CAT(project_rows_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p
     const int64_t m = std::min(kRowBlock, p1 - i0);
     for (int64_t i = 0; i < m; ++i) {
       const int64_t pix = i0 + i, n = pix / (a.oh * a.ow), r = pix / a.ow % a.oh, q = pix % a.ow;
-      float* row = a.dw_store + pix * a.hidden;
-      const float* gate = a.gate + n * a.hidden;
-      for (int64_t c = 0; c < a.hidden; c += kLanes) {
-        const Mask mk = make_mask(static_cast<int>(std::min<int64_t>(kLanes, a.hidden - c)));
-        store_m(row + c, load_m(row + c, mk) * load_m(gate + c, mk), mk);
-      }
-      a_rows[i] = row;
-      c_rows[i] = a.y + n * a.syn + r * a.syh + q * a.syw;
-      if (a.residual) res_rows[i] = a.x + n * a.sxn + r * a.sxh + q * a.sxw;
+      a_rows[i] = a.dw_store + pix * a.hidden;
+      c_rows[i] = a.y + n * a.syn + r * a.syh + q * a.syw + j0 * a.syc;
+      if (a.residual) res_rows[i] = a.x + n * a.sxn + r * a.sxh + q * a.sxw + j0 * a.sxc;
     }
     Gemm g;
-    g.set_weights(a.w_proj, a.proj_packed, a.hidden, 0, a.hidden, a.cout, 0);
+    g.set_weights(a.w_proj, a.proj_packed, a.hidden, 0, a.hidden, a.cout, j0);
     g.a = a_rows;
-    g.bias = a.b_proj;
+    g.bias = a.b_proj + j0;
     g.c = c_rows;
     g.ck = a.syc;
     g.res = a.residual ? res_rows : nullptr;
     g.rk = a.sxc;
-    gemm(g, m, a.cout);
+    gemm(g, m, j1 - j0);
   }
 }
 

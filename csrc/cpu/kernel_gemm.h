@@ -284,7 +284,43 @@ void panels(const Gemm& g, int64_t M, int64_t N) {
   }
 }
 
+// Activations that cost tens of instructions per vector (SiLU: an exp and a reciprocal). Applied
+// in the GEMM's store they need registers beside the accumulators and B's rows, which then spill;
+// a pass of their own over the rows just stored (still in L1) has every register free.
+inline bool costly(Act act) { return act == Act::kSiLU || act == Act::kSigmoid; }
+
+// act of the first n floats of each of `rows` rows, ld floats apart, times gate[j] when gate is
+// not null.
+inline void activate_rows(float* base, int64_t rows, int64_t ld, int64_t n, Act act, const float* gate) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = base + i * ld;
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+      vec v = activate(load(row + j), act);
+      store(row + j, gate ? v * load(gate + j) : v);
+    }
+    if (j < n) {
+      const Mask mk = make_mask(static_cast<int>(n - j));
+      vec v = activate(load_m(row + j, mk), act);
+      store_m(row + j, gate ? v * load_m(gate + j, mk) : v, mk);
+    }
+  }
+}
+
+void gemm_kernels(const Gemm& g, int64_t M, int64_t N);
+
 void gemm(const Gemm& g, int64_t M, int64_t N) {
+  if (g.store == Store::kAct && costly(g.act) && g.ck == 1 && !g.res) {
+    Gemm plain = g;
+    plain.store = Store::kPlain;
+    gemm_kernels(plain, M, N);
+    for (int64_t i = 0; i < M; ++i) activate_rows(g.c[i], 1, 0, N, g.act, nullptr);
+    return;
+  }
+  gemm_kernels(g, M, N);
+}
+
+void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
   // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32), and for K = 32
   // with enough rows: the rows past the last group of R go one at a time.
   constexpr bool short_k_fits = kMaxAcc >= 24;

@@ -45,6 +45,8 @@ void MNV2_CAT(linear_, MNV2_ISA)(const LinearArgs& a, int64_t n0, int64_t n1, in
     g.ak = a.sxk;
     g.bias = a.b + j0;
     g.c = c_rows;
+    g.store = a.act == Act::kNone ? Store::kPlain : Store::kAct;
+    g.act = a.act;
     gemm(g, m, j1 - j0);
   }
 }

@@ -5,6 +5,8 @@
 
 #include <optional>
 
+#include "tile_kernel.h"
+
 namespace mnv2_fused {
 namespace cpu {
 
@@ -16,6 +18,9 @@ at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem,
                                   const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride);
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+
+// LinearArgs' rows [0, rows), in parallel over blocks of output columns.
+void run_linear(const LinearArgs& a, int64_t rows);
 
 }  // namespace cpu
 }  // namespace mnv2_fused

@@ -1,5 +1,6 @@
-// CPU kernel of mnv2_fused::pointwise_relu6_mean: the last 1x1 convolution, ReLU6 and the global
-// average pool in one pass, parallel over images and blocks of output channels.
+// CPU kernels of mnv2_fused::pointwise_relu6_mean (the last 1x1 convolution, ReLU6 and the global
+// average pool in one pass, parallel over images and blocks of output channels) and of
+// mnv2_fused::linear.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -45,15 +46,19 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   at::Tensor keep_w, keep_b;
   bool packed = false;
   const float* w_ptr = matrix_columns(w, keep_w, packed);
-  const LinearArgs a{x.data_ptr<float>(), x.stride(0), x.stride(1), w_ptr, packed, contiguous_ptr(b, keep_b),
-                     y.data_ptr<float>(), x.size(1), o};
+  run_linear({x.data_ptr<float>(), x.stride(0), x.stride(1), w_ptr, packed, contiguous_ptr(b, keep_b),
+              y.data_ptr<float>(), x.size(1), o},
+             n);
+  return y;
+}
+
+void run_linear(const LinearArgs& a, int64_t rows) {
   const Isa& isa = cpu_isa();
   // Column blocks, so every thread streams its own part of the weight.
-  const int64_t block = 4 * isa.lanes, blocks = (o + block - 1) / block;
+  const int64_t block = 4 * isa.lanes, blocks = (a.o + block - 1) / block;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    isa.linear(a, 0, n, begin * block, std::min(o, end * block));
+    isa.linear(a, 0, rows, begin * block, std::min(a.o, end * block));
   });
-  return y;
 }
 
 TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) {

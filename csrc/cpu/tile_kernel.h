@@ -132,10 +132,12 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
 using TilesFn = void (*)(const BlockArgs&, const TilePlan&, int64_t t0, int64_t t1, int64_t group, float* scratch,
                          float* partial, float* channel_sums);
 
-// The squeeze-and-excite's second pass from the kept depthwise output (a.dw_store): for output
-// pixels [p0, p1) of the call, each row times its image's gate (in place), then projected into y
-// with the bias and the residual.
-using ProjectRowsFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1);
+// The squeeze-and-excite's second pass from the kept depthwise output (a.dw_store), for output
+// pixels [p0, p1) of the call (pixel index = (n * OH + r) * OW + q): GateRowsFn multiplies each row
+// by its image's gate (a.gate) in place; ProjectRowsFn then projects the rows into output channels
+// [j0, j1) of y, with the bias and the residual.
+using GateRowsFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1);
+using ProjectRowsFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1, int64_t j0, int64_t j1);
 
 // y = the sum of the groups' partial outputs (+ the residual) for output pixels [p0, p1) of the
 // call (pixel index = (n * OH + r) * OW + q).
@@ -158,7 +160,8 @@ struct PoolArgs {
 // Images [n0, n1), output channels [j0, j1).
 using PoolFn = void (*)(const PoolArgs&, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
 
-// y[n, o] = b[o] + sum_k x[n, k] w[k, o] for rows [n0, n1) and columns [j0, j1): the classifier.
+// y[n, o] = act(b[o] + sum_k x[n, k] w[k, o]) for rows [n0, n1) and columns [j0, j1): the
+// classifier, the squeeze-and-excite's two layers.
 // w is (K, O) row-major or packed as in PoolArgs; x has any strides; y is (N, O) contiguous.
 struct LinearArgs {
   const float* x;
@@ -168,13 +171,15 @@ struct LinearArgs {
   const float* b;
   float* y;
   int64_t k, o;
+  Act act = Act::kNone;  // applied before the store (the squeeze-and-excite's layers)
 };
 using LinearFn = void (*)(const LinearArgs&, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
 
 #define MNV2_DECLARE_ISA(isa)                                                      \
   void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*, float*, float*); \
   void sum_groups_##isa(const BlockArgs&, const TilePlan&, const float*, int64_t, int64_t);        \
-  void project_rows_##isa(const BlockArgs&, int64_t, int64_t);                     \
+  void gate_rows_##isa(const BlockArgs&, int64_t, int64_t);                        \
+  void project_rows_##isa(const BlockArgs&, int64_t, int64_t, int64_t, int64_t);   \
   void pointwise_pool_##isa(const PoolArgs&, int64_t, int64_t, int64_t, int64_t);  \
   void linear_##isa(const LinearArgs&, int64_t, int64_t, int64_t, int64_t);        \
   int64_t lanes_##isa();                                                           \
