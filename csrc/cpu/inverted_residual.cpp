@@ -6,10 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <cstdlib>
 #include <string>
-#include <vector>
 
 #include "../op_entry_points.h"
 #include "isa.h"
@@ -217,24 +215,23 @@ void project_kept(const BlockArgs& a, int64_t rows) {
 }
 
 // Whether the squeeze-and-excite's second pass projects a kept depthwise output instead of running
-// the expand and depthwise again. Kept, the depthwise output is the hidden tensor after the stride:
-// it is kept when, per image, it is no larger than kKeptDepthwiseBytes or than the block's own input
-// and output together, and the block has an expand layer (without one, running it again costs just
-// the depthwise: no faster kept). Measured on EfficientNet-B0's blocks at batch 1
-// (benchmarks/se_modes.py): keeping is 1.1-1.8x faster with an expand, 0.98x without.
-// MNV2_FUSED_SE=recompute / keep forces one way (read once; for measuring both).
+// the expand and depthwise again. Kept, the depthwise output is the hidden tensor after the stride.
+// With an expand layer it is kept when, per image, it is no larger than kKeptDepthwiseBytes or
+// than the block's own input and output together; without one (running it again costs just the
+// depthwise and its activation) only when the whole batch's is no larger than kKeptDepthwiseBytes.
+// Measured on EfficientNet-B0's blocks at batch 1 and 8, both ways alternating
+// (benchmarks/se_modes.py): keeping is 1.14-1.74x faster with an expand (the least for 56x56
+// stride 1 at batch 8, 14 MiB kept); without one 1.11x at batch 1 (1.5 MiB kept), 0.81x at batch 8.
+// MNV2_FUSED_SE=recompute / keep forces one way (read at every call, for measuring both).
 constexpr int64_t kKeptDepthwiseBytes = 2 * 1024 * 1024;
 
 bool se_keeps_depthwise(const BlockShape& s) {
-  static const std::string forced = [] {
-    const char* v = std::getenv("MNV2_FUSED_SE");
-    return std::string(v ? v : "");
-  }();
-  if (forced == "recompute") return false;
-  if (forced == "keep") return true;
-  const int64_t kept = s.oh * s.ow * s.hidden, io = s.h * s.w * s.cin + s.oh * s.ow * s.cout;
-  return s.expand &&
-         kept * static_cast<int64_t>(sizeof(float)) <= std::max<int64_t>(kKeptDepthwiseBytes, io * sizeof(float));
+  const char* forced = std::getenv("MNV2_FUSED_SE");
+  if (forced && std::string(forced) == "recompute") return false;
+  if (forced && std::string(forced) == "keep") return true;
+  const int64_t kept = s.oh * s.ow * s.hidden * static_cast<int64_t>(sizeof(float));
+  const int64_t io = (s.h * s.w * s.cin + s.oh * s.ow * s.cout) * static_cast<int64_t>(sizeof(float));
+  return s.expand ? kept <= std::max(kKeptDepthwiseBytes, io) : kept * s.n <= kKeptDepthwiseBytes;
 }
 
 at::Tensor mbconv(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
