@@ -193,23 +193,55 @@ at::Tensor se_gate(at::Tensor& sums, int64_t pixels, const at::Tensor& w1, const
   return out;
 }
 
-// The squeeze-and-excite's second pass from the kept depthwise output: gate the rows, then project
-// them. Few rows (small images, batch 1) are projected in column parts, one per thread, so each
-// thread streams its own part of the weight instead of all of it.
+// The projection's weight times each image's gate, W'[k, o] = gate[k] W[k, o], in the layout the
+// GEMM reads (packed or (hidden, Cout)): (N, weight floats).
+at::Tensor gated_weights(const BlockArgs& a, int64_t n, const at::TensorOptions& options) {
+  const int64_t k = a.hidden, width = a.proj_packed ? kPackedColumns : a.cout;
+  const int64_t groups = a.proj_packed ? ceil_div(a.cout, kPackedColumns) : 1, floats = groups * k * width;
+  at::Tensor w = at::empty({n, floats}, options);
+  float* out = w.data_ptr<float>();
+  at::parallel_for(0, n * groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t image = item / groups, offset = item % groups * k * width;
+      const float* gate = a.gate + image * k;
+      for (int64_t row = 0; row < k; ++row)
+        for (int64_t c = 0; c < width; ++c)
+          out[image * floats + offset + row * width + c] = a.w_proj[offset + row * width + c] * gate[row];
+    }
+  });
+  return w;
+}
+
+// The squeeze-and-excite's second pass from the kept depthwise output: the gate goes into the rows
+// (in place) or, for images with more pixels than output channels, into a copy of the weight per
+// image, whichever is fewer multiplications; then the rows are projected, in items that stay within
+// one image. Few rows (small images, batch 1) are projected in column parts, one per thread, so
+// each thread streams its own part of the weight instead of all of it.
 constexpr int64_t kProjectRowsPerItem = kRowBlock / 4;
 
-void project_kept(const BlockArgs& a, int64_t rows) {
+void project_kept(const BlockArgs& a, int64_t n, const at::TensorOptions& options) {
   const Isa& isa = cpu_isa();
-  at::parallel_for(0, rows, kProjectRowsPerItem, [&](int64_t begin, int64_t end) { isa.gate_rows(a, begin, end); });
+  const int64_t pixels = a.oh * a.ow;
+  const bool gate_weights = pixels >= a.cout;
+  at::Tensor gated;
+  if (gate_weights)
+    gated = gated_weights(a, n, options);
+  else
+    at::parallel_for(0, n * pixels, kProjectRowsPerItem,
+                     [&](int64_t begin, int64_t end) { isa.gate_rows(a, begin, end); });
   const int64_t threads = at::get_num_threads(), vectors = ceil_div(a.cout, isa.lanes);
-  const int64_t row_items = ceil_div(rows, kProjectRowsPerItem);
+  const int64_t per_image = ceil_div(pixels, kProjectRowsPerItem), row_items = n * per_image;
   const int64_t parts = row_items >= threads ? 1 : std::min(vectors, threads);
   at::parallel_for(0, row_items * parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t r0 = item / parts * kProjectRowsPerItem, part = item % parts;
+      const int64_t image = item / parts / per_image, part = item % parts;
+      const int64_t r0 = image * pixels + item / parts % per_image * kProjectRowsPerItem;
+      const int64_t r1 = std::min((image + 1) * pixels, r0 + kProjectRowsPerItem);
       const int64_t j0 = std::min(a.cout, vectors * part / parts * isa.lanes);
       const int64_t j1 = std::min(a.cout, vectors * (part + 1) / parts * isa.lanes);
-      isa.project_rows(a, r0, std::min(rows, r0 + kProjectRowsPerItem), j0, j1);
+      BlockArgs b = a;
+      if (gate_weights) b.w_proj = gated.data_ptr<float>() + image * gated.size(1);
+      isa.project_rows(b, r0, r1, j0, j1);
     }
   });
 }
@@ -279,7 +311,7 @@ at::Tensor mbconv(const at::Tensor& x, const std::optional<at::Tensor>& w_expand
       se_gate(sums, s.oh * s.ow, *w_se_reduce, *b_se_reduce, *w_se_expand, *b_se_expand, se_act, gate);
   a.gate = gate_values.data_ptr<float>();
   if (keep) {
-    project_kept(a, s.n * s.oh * s.ow);
+    project_kept(a, s.n, x.options());
   } else {
     run_plan(a, s.n, x, y);
   }
