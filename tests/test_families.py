@@ -244,12 +244,16 @@ def test_property_spec_triton(case):
 
 
 @pytest.mark.parametrize("shape,hidden,expand", [((2, 16, 96, 96), 96, True), ((2, 40, 14, 14), 240, True),
+                                                 ((2, 64, 7, 7), 128, True), ((2, 24, 112, 112), 24, False),
                                                  ((2, 24, 14, 14), 24, False)],
-                         ids=["recomputed", "kept", "no_expand_recomputed"])
+                         ids=["recomputed", "kept_gate_in_weights", "kept_gate_in_rows", "no_expand_recomputed",
+                              "no_expand_kept"])
 def test_squeeze_excite_second_pass_every_way(shape, hidden, expand):
     """The CPU kernel's second squeeze-and-excite pass runs the block again when the depthwise
-    output is large (here 96 x 96 x 96 floats, past 2 MiB and the block's input and output) or the
-    block has no expand layer, and projects the kept output otherwise: each against the reference."""
+    output is large (here 96 x 96 x 96 floats per image, past 2 MiB and the block's input and
+    output; without an expand layer, past 2 MiB for the whole batch), and projects the kept output
+    otherwise, with the gate in a per-image copy of the projection's weight (more pixels than
+    output channels) or in the kept rows (fewer): each against the reference."""
     spec = BlockSpec(kernel_size=5, activation="silu", se_activation="silu", residual=True, squeeze_excite=True)
     run_spec_case("cpu", (spec, hidden, shape[1], expand, shape, "channels_last", 3), 1e-5)
 
