@@ -22,6 +22,8 @@ def main():
         return
     groups = defaultdict(dict)
     for b in data["benchmarks"]:
+        if "provider" not in b["params"]:  # benchmarks/test_anchors.py's, in a run of all of benchmarks/
+            continue
         provider = b["params"]["provider"]
         groups[b["group"]][provider] = b
     providers = ["fused", "eager_nchw", "eager_channels_last", "onnxruntime", "compile"]

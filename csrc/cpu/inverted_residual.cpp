@@ -252,8 +252,8 @@ void project_kept(const BlockArgs& a, int64_t n, const at::TensorOptions& option
 // than the block's own input and output together; without one (running it again costs just the
 // depthwise and its activation) only when the whole batch's is no larger than kKeptDepthwiseBytes.
 // Measured on EfficientNet-B0's blocks at batch 1 and 8, both ways alternating
-// (benchmarks/se_modes.py): keeping is 1.14-1.74x faster with an expand (the least for 56x56
-// stride 1 at batch 8, 14 MiB kept); without one 1.11x at batch 1 (1.5 MiB kept), 0.81x at batch 8.
+// (benchmarks/se_modes.py): keeping is 1.24-1.78x faster with an expand (up to 14 MiB kept at
+// batch 8); without one 1.17x at batch 1 (1.5 MiB kept), 0.94x at batch 8.
 // MNV2_FUSED_SE=recompute / keep forces one way (read at every call, for measuring both).
 constexpr int64_t kKeptDepthwiseBytes = 2 * 1024 * 1024;
 
