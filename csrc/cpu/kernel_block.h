@@ -261,13 +261,11 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
 }
 
 void MNV2_CAT(gate_rows_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p1) {
-  for (int64_t pix = p0; pix < p1; ++pix) {
-    float* row = a.dw_store + pix * a.hidden;
-    const float* gate = a.gate + pix / (a.oh * a.ow) * a.hidden;
-    for (int64_t c = 0; c < a.hidden; c += kLanes) {
-      const Mask mk = make_mask(static_cast<int>(std::min<int64_t>(kLanes, a.hidden - c)));
-      store_m(row + c, load_m(row + c, mk) * load_m(gate + c, mk), mk);
-    }
+  const int64_t pixels = a.oh * a.ow;
+  for (int64_t pix = p0; pix < p1;) {  // runs of rows of one image, which share its gate
+    const int64_t image = pix / pixels, end = std::min(p1, (image + 1) * pixels);
+    activate_rows(a.dw_store + pix * a.hidden, end - pix, a.hidden, a.hidden, Act::kNone, a.gate + image * a.hidden);
+    pix = end;
   }
 }
 

@@ -307,19 +307,6 @@ inline void activate_rows(float* base, int64_t rows, int64_t ld, int64_t n, Act 
   }
 }
 
-void gemm_kernels(const Gemm& g, int64_t M, int64_t N);
-
-void gemm(const Gemm& g, int64_t M, int64_t N) {
-  if (g.store == Store::kAct && costly(g.act) && g.ck == 1 && !g.res) {
-    Gemm plain = g;
-    plain.store = Store::kPlain;
-    gemm_kernels(plain, M, N);
-    for (int64_t i = 0; i < M; ++i) activate_rows(g.c[i], 1, 0, N, g.act, nullptr);
-    return;
-  }
-  gemm_kernels(g, M, N);
-}
-
 void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
   // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32), and for K = 32
   // with enough rows: the rows past the last group of R go one at a time.
@@ -340,6 +327,18 @@ void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
   }
   if (g.group_stride) panels<true>(g, M, N);
   else panels<false>(g, M, N);
+}
+
+// The GEMM with its store; a costly activation applied to the stored rows afterwards.
+void gemm(const Gemm& g, int64_t M, int64_t N) {
+  if (g.store == Store::kAct && costly(g.act) && g.ck == 1 && !g.res) {
+    Gemm plain = g;
+    plain.store = Store::kPlain;
+    gemm_kernels(plain, M, N);
+    for (int64_t i = 0; i < M; ++i) activate_rows(g.c[i], 1, 0, N, g.act, nullptr);
+    return;
+  }
+  gemm_kernels(g, M, N);
 }
 
 }  // namespace
