@@ -12,7 +12,7 @@ typedef int32_t ivec __attribute__((vector_size(sizeof(vec))));
 
 // exp(x) with about 2 ulp relative error (Cephes' expf): x = n ln2 + r, |r| <= ln2 / 2, e^r by a
 // degree-6 polynomial, 2^n built in the exponent bits. x is clamped to the finite range first. An
-// instruction set may bring its own (MNV2_ISA_EXP: isa_exp, isa_recip).
+// instruction set may bring a faster e^-x of its own (MNV2_ISA_EXP: isa_exp_neg).
 inline vec portable_exp(vec x) {
   const vec hi = splat(88.3762626647949f), lo = splat(-88.3762626647949f);
   x = x > hi ? hi : x;  // comparisons with NaN are false: NaN goes through
@@ -35,12 +35,13 @@ inline vec portable_exp(vec x) {
 }
 
 #ifdef MNV2_ISA_EXP
-inline vec vexp(vec x) { return isa_exp(x); }
-inline vec sigmoid(vec v) { return isa_recip(splat(1.f) + vexp(-v)); }
+inline vec exp_neg(vec x) { return isa_exp_neg(x); }
 #else
-inline vec vexp(vec x) { return portable_exp(x); }
-inline vec sigmoid(vec v) { return splat(1.f) / (splat(1.f) + vexp(-v)); }
+inline vec exp_neg(vec x) { return portable_exp(-x); }
 #endif
+inline vec sigmoid(vec v) { return splat(1.f) / (splat(1.f) + exp_neg(v)); }
+// One division, not a reciprocal and a product.
+inline vec silu(vec v) { return v / (splat(1.f) + exp_neg(v)); }
 
 // ReLU6 first: MobileNetV2's, tested on every store of its GEMMs, one compare before the rest.
 inline vec activate(vec v, Act act) {
@@ -48,7 +49,7 @@ inline vec activate(vec v, Act act) {
   if (act == Act::kNone) return v;
   switch (act) {
     case Act::kReLU: return v < splat(0.f) ? splat(0.f) : v;
-    case Act::kSiLU: return v * sigmoid(v);
+    case Act::kSiLU: return silu(v);
     case Act::kHardswish: return v * relu6(v + splat(3.f)) * splat(1.f / 6.f);
     case Act::kSigmoid: return sigmoid(v);
     case Act::kHardsigmoid: return relu6(v + splat(3.f)) * splat(1.f / 6.f);

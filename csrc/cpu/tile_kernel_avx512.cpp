@@ -22,32 +22,27 @@ using Mask = __mmask16;
 inline Mask make_mask(int n) { return static_cast<Mask>((1u << n) - 1u); }
 inline vec load_m(const float* p, Mask m) { return reinterpret_cast<vec>(_mm512_maskz_loadu_ps(m, p)); }
 inline void store_m(float* p, vec v, Mask m) { _mm512_mask_storeu_ps(p, m, reinterpret_cast<__m512>(v)); }
-// exp and 1/x for SiLU with AVX-512's own rounding, 2^n scaling and reciprocal estimate: about half
-// the instructions of the portable versions (kernel_act.h). e^r on |r| <= ln2 / 2 by a degree-5
-// minimax polynomial (relative error 1.7e-7 evaluated in float32, where the portable degree 7 has
-// 1.2e-7; both well under what a block's float32 output can tell apart).
+// e^-x for SiLU and the sigmoid gate with AVX-512's own reductions: -x log2(e) = n + f, |f| <= 1/2,
+// split by one rounding and one vreduceps (not the two-constant ln2 of the portable version), 2^f by
+// a degree-5 minimax polynomial, scaled by 2^n with vscalefps, which saturates to 0 and infinity on
+// its own: 12 instructions where the portable version takes 17, with the division, measured 1.8 ns
+// against 2.5 ns per vector here. Rounding -x log2(e) to float costs accuracy only where e^-x is
+// large, i.e. where SiLU's output is tiny: relative error 6e-7 on |x| < 8 (exact-rounded float32
+// is 6e-8), 2e-6 at x = -30 where SiLU is 3e-12.
 #define MNV2_ISA_EXP 1
-inline vec isa_exp(vec x) {
-  __m512 v = reinterpret_cast<__m512>(x);
-  v = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), v);  // NaN, the second operand, goes through
-  v = _mm512_max_ps(_mm512_set1_ps(-88.3762626647949f), v);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_set1_ps(8.290315046906471e-3f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.189793020486832e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.666763573884964e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.999915063381195e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(9.999997019767761e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
+inline vec isa_exp_neg(vec x) {
+  __m512 t = _mm512_mul_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(-1.44269504088896341f));
+  t = _mm512_min_ps(_mm512_set1_ps(126.f), t);  // e^88 stays finite; NaN, the second operand, goes through
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // The degree-5 minimax polynomial of e^r on |r| <= ln2/2, its coefficients rescaled for f = r / ln2.
+  __m512 y = _mm512_set1_ps(1.3264728e-3f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6715128e-3f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5507336e-2f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022243e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314697e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.f));
   return reinterpret_cast<vec>(_mm512_scalef_ps(y, n));
-}
-// 1/d: a 14-bit estimate and one Newton step (23 bits).
-inline vec isa_recip(vec d) {
-  const __m512 dv = reinterpret_cast<__m512>(d);
-  const __m512 r = _mm512_rcp14_ps(dv);
-  return reinterpret_cast<vec>(_mm512_mul_ps(r, _mm512_fnmadd_ps(dv, r, _mm512_set1_ps(2.f))));
 }
 }  // namespace
 }  // namespace cpu
