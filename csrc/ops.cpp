@@ -42,8 +42,9 @@ TORCH_LIBRARY(mnv2_fused, m) {
   // block g (zero past Cout): the layout the model caches, which streams from memory fastest.
   m.def("pointwise_relu6_mean(Tensor x, Tensor w, Tensor b) -> Tensor");
   // The classifier, x (N, K) @ w (O, K)^T + b (O): torch's own linear, with w (O, K) any strides
-  // or packed as above, (ceil(O/16), K, 16).
-  m.def("linear(Tensor x, Tensor w, Tensor b) -> Tensor");
+  // or packed as above, (ceil(O/16), K, 16); then `activation` (none, relu, relu6, silu,
+  // hardswish, sigmoid or hardsigmoid). Over the pixels of a channels_last tensor, a 1x1 convolution.
+  m.def("linear(Tensor x, Tensor w, Tensor b, str activation=\"none\") -> Tensor");
   // A converted MobileNetV2's whole inference forward, in one call: stem_inverted_residual with
   // `stem` (6 tensors), inverted_residual per block (6 weights each, in order, then its stride and
   // residual flag), pointwise_relu6_mean with `head`, and linear with `classifier` when given.

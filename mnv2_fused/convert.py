@@ -63,25 +63,32 @@ def _why_unfused(m: nn.Module) -> str:
 @dataclass
 class FusionReport:
     """What runs fused in a model: the fused blocks' names, whether a MobileNetV2's stem and head
-    are fused too, and every other inverted-residual block with the reason it is not."""
+    are fused too, the other networks' fused head and classifier layers, and every other
+    inverted-residual block with the reason it is not."""
 
     fused_blocks: list[str] = field(default_factory=list)
     whole_network: bool = False
     unfused: dict[str, str] = field(default_factory=dict)
+    fused_layers: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"mnv2_fused: {len(self.fused_blocks)} fused block(s)"
-                 + ("; stem and head fused too (whole network)" if self.whole_network else "")]
+                 + ("; stem and head fused too (whole network)" if self.whole_network else "")
+                 + (f"; head and classifier layers fused: {', '.join(self.fused_layers)}" if self.fused_layers else "")]
         lines += [f"  left unfused: {name or '(the model itself)'}: {why}" for name, why in self.unfused.items()]
         return "\n".join(lines)
 
 
 def fusion_report(model: nn.Module) -> FusionReport:
     """What runs fused in ``model`` (see FusionReport)."""
+    from .network_ends import FusedLayer
+
     report = FusionReport()
     for name, m in model.named_modules():
         if _is_fused(m):
             report.fused_blocks.append(name)
+        elif isinstance(m, FusedLayer):
+            report.fused_layers.append(name)
         elif _is_candidate(m):
             report.unfused[name] = _why_unfused(m)
     if type(model).__name__ == "FusedMobileNetV2":
@@ -97,7 +104,10 @@ def convert(model: nn.Module, backend: str = "auto", whole_network: bool = True)
 
     For a torchvision MobileNetV2, ``whole_network`` also fuses the stem with the first block and
     the last 1x1 convolution with the average pool (see FusedMobileNetV2); the model's class
-    becomes FusedMobileNetV2, a subclass, and everything else about it stays as it was.
+    becomes FusedMobileNetV2, a subclass, and everything else about it stays as it was. For a
+    torchvision EfficientNet or MobileNetV3 (backend "auto" or "cpu") it fuses the last 1x1
+    convolution with its BN and activation, and the classifier's Linear layers, in place (see
+    network_ends.py).
     """
     from .family_block import fuse_in_place
 
@@ -111,6 +121,10 @@ def convert(model: nn.Module, backend: str = "auto", whole_network: bool = True)
     for m in list(model.modules()):
         if base_class_path(m) in READERS and _family_reason(m) is None:
             fuse_in_place(m, backend)
+    if whole_network and backend in ("auto", "cpu"):
+        from .network_ends import fuse_network_ends
+
+        fuse_network_ends(model, backend)
     if whole_network and class_path(model) == "torchvision.models.mobilenetv2.MobileNetV2":
         from .network import (
             fuse_network,  # imports torchvision, which the model's owner has

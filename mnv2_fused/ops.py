@@ -11,6 +11,7 @@ from . import _extension
 from .backends import select_backend
 from .reference import (
     FoldedWeights,
+    activate,
     as_matrix,
     conv_out,
     inverted_residual_reference,
@@ -79,11 +80,11 @@ def head_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, use_kernel: boo
     return head_reference(x, w, b)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, use_kernel: bool) -> torch.Tensor:
-    """F.linear with w (O, K) or packed, on the CPU kernel or through PyTorch."""
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, use_kernel: bool, activation: str = "none") -> torch.Tensor:
+    """activation(F.linear) with w (O, K) or packed, on the CPU kernel or through PyTorch."""
     if use_kernel:
-        return torch.ops.mnv2_fused.linear(x, w, b)
-    return F.linear(x, as_matrix(w, b.shape[0]), b)
+        return torch.ops.mnv2_fused.linear(x, w, b, activation)
+    return activate(F.linear(x, as_matrix(w, b.shape[0]), b), activation)
 
 
 if _extension.extension_loaded():
@@ -127,7 +128,7 @@ if _extension.extension_loaded():
         return x.new_empty((x.shape[0], b.shape[0]))
 
     @torch.library.register_fake("mnv2_fused::linear")
-    def _linear_fake(x, w, b):
+    def _linear_fake(x, w, b, activation="none"):
         torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
         return x.new_empty((x.shape[0], b.shape[0]))
 

@@ -93,6 +93,11 @@ _ACT = {"relu": torch.relu, "relu6": relu6, "silu": F.silu, "hardswish": F.hards
         "hardsigmoid": F.hardsigmoid}
 
 
+def activate(t: torch.Tensor, name: str) -> torch.Tensor:
+    """The activation the kernels call ``name`` ("none": t itself)."""
+    return t if name == "none" else _ACT[name](t)
+
+
 def mbconv_reference(x: torch.Tensor, w: FoldedWeights, se, spec) -> torch.Tensor:
     """The inverted-residual family's block (spec.BlockSpec) from folded weights, with F.conv2d;
     se: spec.SEWeights or None. The output keeps x's memory format."""

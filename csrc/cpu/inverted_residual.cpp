@@ -107,15 +107,6 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   if (summing) at::sum_out(channel_sums, worker_sums.view({workers, batch, a.hidden}), {0});
 }
 
-Act parse_act(c10::string_view name, const char* op, const char* what) {
-  for (const auto& [text, act] : {std::pair<const char*, Act>{"relu", Act::kReLU}, {"relu6", Act::kReLU6},
-                                  {"silu", Act::kSiLU}, {"hardswish", Act::kHardswish}, {"sigmoid", Act::kSigmoid},
-                                  {"hardsigmoid", Act::kHardsigmoid}})
-    if (name == text) return act;
-  TORCH_CHECK_VALUE(false, op, ": unknown ", what, " '", std::string(name),
-                    "'; expected relu, relu6, silu, hardswish, sigmoid or hardsigmoid");
-  return Act::kNone;  // not reached
-}
 
 void set_shape(BlockArgs& a, const BlockShape& s) {
   a.expand = s.expand ? Expand::kPointwise : Expand::kNone;
@@ -142,6 +133,17 @@ void run_block(const at::Tensor& x, const BlockShape& s, const std::optional<at:
 }
 
 }  // namespace
+
+Act parse_act(c10::string_view name, const char* op, const char* what, bool none_allowed) {
+  if (none_allowed && name == "none") return Act::kNone;
+  for (const auto& [text, act] : {std::pair<const char*, Act>{"relu", Act::kReLU}, {"relu6", Act::kReLU6},
+                                  {"silu", Act::kSiLU}, {"hardswish", Act::kHardswish}, {"sigmoid", Act::kSigmoid},
+                                  {"hardsigmoid", Act::kHardsigmoid}})
+    if (name == text) return act;
+  TORCH_CHECK_VALUE(false, op, ": unknown ", what, " '", std::string(name), "'; expected ",
+                    none_allowed ? "none, " : "", "relu, relu6, silu, hardswish, sigmoid or hardsigmoid");
+  return Act::kNone;  // not reached
+}
 
 at::Tensor inverted_residual(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
                              const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,

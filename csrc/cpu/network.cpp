@@ -29,7 +29,7 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
     y = inverted_residual(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], block_residuals[i] != 0);
   }
   y = pointwise_relu6_mean(y, head[0], head[1]);
-  return classifier.empty() ? y : linear(y, classifier[0], classifier[1]);
+  return classifier.empty() ? y : linear(y, classifier[0], classifier[1], "none");
 }
 
 }  // namespace

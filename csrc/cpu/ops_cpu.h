@@ -17,7 +17,11 @@ at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem,
                                   int64_t stem_stride, const at::Tensor& w_dw, const at::Tensor& b_dw,
                                   const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride);
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation);
+
+// An activation's name as the ops take it (relu, relu6, silu, hardswish, sigmoid, hardsigmoid, and
+// none where allowed); a clear error naming `op` and `what` otherwise.
+Act parse_act(c10::string_view name, const char* op, const char* what, bool none_allowed = false);
 
 // LinearArgs' rows [0, rows), in parallel over blocks of output columns.
 void run_linear(const LinearArgs& a, int64_t rows);

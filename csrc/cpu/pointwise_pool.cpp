@@ -36,8 +36,9 @@ at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const 
   return y;
 }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation) {
   check_linear(x, w, b);
+  const Act act = parse_act(activation, "mnv2_fused.linear", "activation", /*none_allowed=*/true);
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "mnv2_fused.linear: the CPU kernel supports float32 only, got ",
                    x.scalar_type());
   const int64_t n = x.size(0), o = b.size(0);
@@ -47,7 +48,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   bool packed = false;
   const float* w_ptr = matrix_columns(w, keep_w, packed);
   run_linear({x.data_ptr<float>(), x.stride(0), x.stride(1), w_ptr, packed, contiguous_ptr(b, keep_b),
-              y.data_ptr<float>(), x.size(1), o},
+              y.data_ptr<float>(), x.size(1), o, act},
              n);
   return y;
 }
