@@ -6,25 +6,21 @@ the class's own forward. The subclasses also serve as drop-in classes with the o
 constructors (``fused_class(MBConv)(...)``)."""
 from __future__ import annotations
 
-import types
-
 import torch
 from torch import nn
 
 from . import backends
 from .bound import generation
 from .families import Unfusable, fold_family_block, read_layers, spec_of
-from .fused_module import FusedModule
+from .fused_module import FusedSubclass, fused_subclass, rebuild_fused
 from .module import check_input
 from .ops import run_mbconv
 from .spec import op_arguments
 from .tracing import fx_leaf_call, is_fx_proxy
 
 
-class FusedFamilyBlock(FusedModule):
+class FusedFamilyBlock(FusedSubclass):
     """What the fused subclasses add; it comes first in their bases, the original class second."""
-
-    _fused_base: type  # the original class, set on each subclass
 
     def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
         super().__init__(*args, **kwargs)  # the original class's constructor: a drop-in
@@ -59,38 +55,15 @@ class FusedFamilyBlock(FusedModule):
         return _C.OpCall(versions, "mnv2_fused::mbconv", in_channels,
                          [w.w_expand, w.b_expand, w.w_dw, w.b_dw, *se_args, w.w_proj, w.b_proj, *tail])
 
-    def extra_repr(self) -> str:
-        base = super().extra_repr()
-        return f"{base}, backend={self.backend!r}" if base else f"backend={self.backend!r}"
-
-    def __reduce_ex__(self, protocol):
-        # Pickled as the original class plus state: the subclass is made again on loading.
-        return _rebuild, (self._fused_base,), self.__getstate__()
-
-
-_CLASSES: dict[type, type] = {}
-
-
-def _renamed(fn, name: str):
-    """fn under another name: TorchScript compiles a called method under its function's __name__,
-    and the original forward must not clash with the fused one."""
-    copy = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-    copy.__kwdefaults__, copy.__annotations__, copy.__doc__ = fn.__kwdefaults__, fn.__annotations__, fn.__doc__
-    return copy
-
 
 def fused_class(base: type) -> type:
     """The fused subclass of a supported block class (made once per class)."""
-    if base not in _CLASSES:
-        _CLASSES[base] = type(f"Fused{base.__name__}", (FusedFamilyBlock, base),
-                              {"_fused_base": base, "_unfused": _renamed(base.forward, "_unfused"),
-                               "__module__": __name__})
-    return _CLASSES[base]
+    return fused_subclass(base, FusedFamilyBlock, __name__)
 
 
 def _rebuild(base: type) -> nn.Module:
-    cls = fused_class(base)
-    return cls.__new__(cls)
+    # How fused blocks pickled by earlier versions load.
+    return rebuild_fused(base, FusedFamilyBlock)
 
 
 def fuse_in_place(block: nn.Module, backend: str = "auto") -> nn.Module:

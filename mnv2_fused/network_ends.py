@@ -17,8 +17,7 @@ from torch import nn
 
 from . import backends
 from .families import Unfusable, activation_name, base_class_path
-from .family_block import _renamed
-from .fused_module import FusedModule
+from .fused_module import FusedSubclass, fused_subclass
 from .layout import matrix_layout
 from .reference import fold_bn
 from .tracing import is_fx_proxy
@@ -65,10 +64,8 @@ def _fold_linear(m: nn.Linear) -> tuple:
     return matrix_layout(m.weight.detach()), b.contiguous()
 
 
-class FusedLayer(FusedModule):
+class FusedLayer(FusedSubclass):
     """What the fused subclasses add; it comes first in their bases, the original class second."""
-
-    _fused_base: type  # the original class, set on each subclass
 
     def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
         super().__init__(*args, **kwargs)  # the original class's constructor: a drop-in
@@ -93,14 +90,6 @@ class FusedLayer(FusedModule):
             return self._unfused(x)
         return self._run_kernel(x, folded)
 
-    def extra_repr(self) -> str:
-        base = super().extra_repr()
-        return f"{base}, backend={self.backend!r}" if base else f"backend={self.backend!r}"
-
-    def __reduce_ex__(self, protocol):
-        # Pickled as the original class plus state: the subclass is made again on loading.
-        return _rebuild, (self._fused_base,), self.__getstate__()
-
 
 class _PointwiseKernel(FusedLayer):
     def _run_kernel(self, x: torch.Tensor, folded: tuple) -> torch.Tensor:
@@ -124,11 +113,15 @@ class _LinearKernel(FusedLayer):
 
 _FOLDS = {}  # original class -> fold function
 _KERNELS = {}  # original class -> mixin
-_CLASSES: dict[type, type] = {}
 
 
-def _register(base: type, mixin: type, fold) -> None:
-    _FOLDS[base], _KERNELS[base] = fold, mixin
+def _register_known() -> None:
+    _FOLDS[nn.Linear], _KERNELS[nn.Linear] = _fold_linear, _LinearKernel
+    try:
+        from torchvision.ops.misc import Conv2dNormActivation
+    except ImportError:  # torchvision is the model owner's; without it there is nothing to fuse
+        return
+    _FOLDS[Conv2dNormActivation], _KERNELS[Conv2dNormActivation] = _fold_pointwise, _PointwiseKernel
 
 
 def fused_layer_class(base: type) -> type:
@@ -137,25 +130,7 @@ def fused_layer_class(base: type) -> type:
         _register_known()
     if base not in _KERNELS:
         raise TypeError(f"mnv2_fused: no fused version of {base.__module__}.{base.__qualname__}")
-    if base not in _CLASSES:
-        _CLASSES[base] = type(f"Fused{base.__name__}", (_KERNELS[base], base),
-                              {"_fused_base": base, "_unfused": _renamed(base.forward, "_unfused"),
-                               "__module__": __name__})
-    return _CLASSES[base]
-
-
-def _register_known() -> None:
-    _register(nn.Linear, _LinearKernel, _fold_linear)
-    try:
-        from torchvision.ops.misc import Conv2dNormActivation
-    except ImportError:  # torchvision is the model owner's; without it there is nothing to fuse
-        return
-    _register(Conv2dNormActivation, _PointwiseKernel, _fold_pointwise)
-
-
-def _rebuild(base: type) -> nn.Module:
-    cls = fused_layer_class(base)
-    return cls.__new__(cls)
+    return fused_subclass(base, _KERNELS[base], __name__)
 
 
 def _check_backend(backend: str) -> None:

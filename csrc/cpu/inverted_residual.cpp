@@ -57,8 +57,8 @@ int64_t claims_per_worker() {
   return claims;
 }
 
-// Splits the plan's tiles into contiguous ranges, one per worker, each with its own scratch slab
-// from the framework's allocator (so memory tools see it). With channel_sums ((N, hidden): the
+// Runs the plan's tiles on PyTorch's threads, each worker with its own scratch slab from the
+// framework's allocator (so memory tools see it). With channel_sums ((N, hidden): the
 // squeeze-and-excite's first pass) the workers add up the depthwise output in copies of their
 // own, summed into channel_sums at the end, and write no output.
 void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::Tensor& y,
@@ -126,7 +126,6 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
         for (int64_t i = 0; i < sums_floats; ++i) out[i] += sums_of(w)[i];
   }
 }
-
 
 void set_shape(BlockArgs& a, const BlockShape& s) {
   a.expand = s.expand ? Expand::kPointwise : Expand::kNone;
