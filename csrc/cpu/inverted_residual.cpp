@@ -47,16 +47,6 @@ void set_io(BlockArgs& a, const at::Tensor& x, at::Tensor& y) {
   a.syn = y.stride(0), a.syc = y.stride(1), a.syh = y.stride(2), a.syw = y.stride(3);
 }
 
-// How many runs of tiles each worker claims on average (MNV2_FUSED_CLAIMS overrides, read once:
-// 1 is a fixed share per worker).
-int64_t claims_per_worker() {
-  static const int64_t claims = [] {
-    const char* v = std::getenv("MNV2_FUSED_CLAIMS");
-    return v && *v ? std::max<int64_t>(1, std::atoll(v)) : int64_t(4);
-  }();
-  return claims;
-}
-
 // Runs the plan's tiles on PyTorch's threads, each worker with its own scratch slab from the
 // framework's allocator (so memory tools see it). With channel_sums ((N, hidden): the
 // squeeze-and-excite's first pass) the workers add up the depthwise output in copies of their

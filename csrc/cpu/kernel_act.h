@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace mnv2_fused {
 namespace cpu {
@@ -54,6 +55,21 @@ inline vec activate(vec v, Act act) {
     case Act::kSigmoid: return sigmoid(v);
     case Act::kHardsigmoid: return relu6(v + splat(3.f)) * splat(1.f / 6.f);
     default: return v;
+  }
+}
+
+// f(std::integral_constant<Act, act>{}): kernels that take the activation as a compile-time
+// constant, so that their loops hold its instructions alone rather than a switch per vector.
+template <class F>
+inline void with_act(Act act, F&& f) {
+  switch (act) {
+    case Act::kNone: return f(std::integral_constant<Act, Act::kNone>{});
+    case Act::kReLU: return f(std::integral_constant<Act, Act::kReLU>{});
+    case Act::kReLU6: return f(std::integral_constant<Act, Act::kReLU6>{});
+    case Act::kSiLU: return f(std::integral_constant<Act, Act::kSiLU>{});
+    case Act::kHardswish: return f(std::integral_constant<Act, Act::kHardswish>{});
+    case Act::kSigmoid: return f(std::integral_constant<Act, Act::kSigmoid>{});
+    case Act::kHardsigmoid: return f(std::integral_constant<Act, Act::kHardsigmoid>{});
   }
 }
 

@@ -204,15 +204,17 @@ void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, i
   const float* init_rows[kRowBlock];
   float* c_rows[kRowBlock];
   const float* res_rows[kRowBlock];
+  int64_t r = b.r0, q = b.q0;  // output pixel of row pix (no division per row)
   for (int64_t i0 = 0; i0 < M; i0 += kRowBlock) {
     const int64_t m = std::min(kRowBlock, M - i0);
     for (int64_t i = 0; i < m; ++i) {
-      const int64_t pix = i0 + i, r = b.r0 + pix / b.cols, q = b.q0 + pix % b.cols;
+      const int64_t pix = i0 + i;
       a_rows[i] = dw + pix * p.ld;
       init_rows[i] = acc + pix * p.acc_ld;
       c_rows[i] = to_y ? a.y + b.n * a.syn + r * a.syh + q * a.syw
                        : last ? partial + ((b.n * a.oh + r) * a.ow + q) * p.acc_ld : acc + pix * p.acc_ld;
       if (to_y && a.residual) res_rows[i] = a.x + b.n * a.sxn + r * a.sxh + q * a.sxw;
+      if (++q == b.q0 + b.cols) q = b.q0, ++r;
     }
     Gemm g;
     g.set_weights(a.w_proj, a.proj_packed, a.hidden, c0, hc, a.cout, 0);

@@ -155,10 +155,11 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
 }
 
 // micro() for the common case: all MR rows valid, packed B (no masked rows), a plain or ReLU6
-// store into rows of contiguous columns, no residual. Straight-line code around the k-loop lets
-// the compiler keep the accumulators in registers from the first load to the last store; the
-// general micro() spills them around its branches, which costs ~10% of a tile at K ~ 100.
-template <int NV, int MR>
+// store into rows of contiguous columns, with a residual of contiguous columns when kRes.
+// Straight-line code around the k-loop lets the compiler keep the accumulators in registers from
+// the first load to the last store; the general micro() spills them around its branches, which
+// costs ~10% of a tile at K ~ 100.
+template <int NV, int MR, bool kRes>
 void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
   const Mask tail = make_mask(ncols - (NV - 1) * kLanes);
   const float* ap[MR];
@@ -184,7 +185,11 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
   for (int i = 0; i < MR; ++i) {
     float* c = g.c[i0 + i] + j0;
     for (int j = 0; j < NV; ++j) {
-      const vec v = act ? activate(acc[i][j], g.act) : acc[i][j];
+      vec v = act ? activate(acc[i][j], g.act) : acc[i][j];
+      if constexpr (kRes) {
+        const float* r = g.res[i0 + i] + j0 + j * kLanes;
+        v += j < NV - 1 ? load(r) : load_m(r, tail);
+      }
       if (j < NV - 1) store(c + j * kLanes, v);
       else store_m(c + j * kLanes, v, tail);
     }
@@ -197,12 +202,13 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   constexpr int MR1 = static_cast<int>(tile_rows(NV, kMaxAcc)), MR2 = (MR1 + 1) / 2, MR3 = (MR1 + 3) / 4;
   // B's last rows that a whole tail vector would read past (see micro).
   const int64_t masked = std::min<int64_t>(g.K, (NV * kLanes + g.ldb - 1) / std::max<int64_t>(g.ldb, 1));
-  const bool full_ok = kPacked && g.ck == 1 && !g.res && g.store != Store::kPool;
+  const bool full_ok = kPacked && g.ck == 1 && (!g.res || g.rk == 1) && g.store != Store::kPool;
   int64_t i = 0;
   while (i < M) {
     const int64_t rem = M - i;
     if (full_ok && rem >= MR1) {
-      micro_full<NV, MR1>(g, i, j0, ncols);
+      if (g.res) micro_full<NV, MR1, true>(g, i, j0, ncols);
+      else micro_full<NV, MR1, false>(g, i, j0, ncols);
       i += MR1;
     } else if (rem > MR2) {
       micro<NV, MR1, kPacked>(g, i, static_cast<int>(std::min<int64_t>(rem, MR1)), j0, ncols, masked);
@@ -222,8 +228,9 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
 // registers, the rows of A streamed R at a time. A micro-tile would spend about as long loading
 // and storing its accumulators as multiplying (measured: 60-75% of the long-K speed at
 // K = 16-32); here a row costs K FMAs, a ReLU6 and a store. K = kChunks * KC: with one chunk B is
-// loaded once for all rows, with more it is reloaded chunk by chunk for every R rows.
-template <int KC, int kChunks>
+// loaded once for all rows, with more it is reloaded chunk by chunk for every R rows. The
+// activation is a template argument: a switch on it per row cost 15-25% at K = 16.
+template <int KC, int kChunks, Act A>
 void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   // Rows in flight, independent FMA chains that cover the FMA latency: as many as the registers
   // left beside B's hold.
@@ -235,10 +242,7 @@ void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   auto load_b = [&](int chunk) {
     for (int k = 0; k < KC; ++k) b[k] = load_m(bcol + (chunk * KC + k) * ldb, tail);
   };
-  auto finish = [&](vec v, int64_t row) {
-    if (g.store == Store::kAct) v = activate(v, g.act);
-    store_m(g.c[row] + j0, v, tail);
-  };
+  auto finish = [&](vec v, int64_t row) { store_m(g.c[row] + j0, activate(v, A), tail); };
   if constexpr (kChunks == 1) load_b(0);
   int64_t i = 0;
   for (; i + R <= M; i += R) {
@@ -310,15 +314,7 @@ inline void activate_rows_as(float* base, int64_t rows, int64_t ld, int64_t n, c
 }
 
 inline void activate_rows(float* base, int64_t rows, int64_t ld, int64_t n, Act act, const float* gate) {
-  switch (act) {
-    case Act::kSiLU: return activate_rows_as<Act::kSiLU>(base, rows, ld, n, gate);
-    case Act::kSigmoid: return activate_rows_as<Act::kSigmoid>(base, rows, ld, n, gate);
-    case Act::kNone: return activate_rows_as<Act::kNone>(base, rows, ld, n, gate);
-    case Act::kReLU: return activate_rows_as<Act::kReLU>(base, rows, ld, n, gate);
-    case Act::kReLU6: return activate_rows_as<Act::kReLU6>(base, rows, ld, n, gate);
-    case Act::kHardswish: return activate_rows_as<Act::kHardswish>(base, rows, ld, n, gate);
-    case Act::kHardsigmoid: return activate_rows_as<Act::kHardsigmoid>(base, rows, ld, n, gate);
-  }
+  with_act(act, [&](auto a) { activate_rows_as<decltype(a)::value>(base, rows, ld, n, gate); });
 }
 
 void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
@@ -328,15 +324,18 @@ void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
   const bool short_k = (g.K == 16 || g.K == 24 || g.K == 27 || (g.K == 32 && M >= 32)) &&
                        (g.store == Store::kAct || g.store == Store::kPlain) && g.ck == 1 && !g.res;
   if (short_k_fits && short_k) {
-    for (int64_t j0 = 0; j0 < N; j0 += kLanes) {
-      const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));
-      switch (g.K) {
-        case 16: column_short_k<16, 1>(g, M, j0, ncols); break;
-        case 24: column_short_k<24, 1>(g, M, j0, ncols); break;
-        case 27: column_short_k<27, 1>(g, M, j0, ncols); break;  // the stem: 3 x 3 taps of 3 channels
-        default: column_short_k<16, 2>(g, M, j0, ncols); break;
+    with_act(g.store == Store::kAct ? g.act : Act::kNone, [&](auto act) {
+      constexpr Act A = decltype(act)::value;
+      for (int64_t j0 = 0; j0 < N; j0 += kLanes) {
+        const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));
+        switch (g.K) {
+          case 16: column_short_k<16, 1, A>(g, M, j0, ncols); break;
+          case 24: column_short_k<24, 1, A>(g, M, j0, ncols); break;
+          case 27: column_short_k<27, 1, A>(g, M, j0, ncols); break;  // the stem: 3 x 3 taps of 3 channels
+          default: column_short_k<16, 2, A>(g, M, j0, ncols); break;
+        }
       }
-    }
+    });
     return;
   }
   if (g.group_stride) panels<true>(g, M, N);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -52,12 +53,19 @@ constexpr int64_t kMaxGroupPixels = 256;
 // Fixed cost of one band (pointer set-up, loop control), in vector-FMA units.
 constexpr double kBandOverhead = 400;
 
+// Tiles a worker claims at a time: about claims_per_worker() runs each.
+int64_t run_length(int64_t tiles, int64_t workers) {
+  return std::max<int64_t>(1, ceil_div(tiles, workers * claims_per_worker()));
+}
+
 // Estimated vector FMAs on the busiest worker: walks the tiles exactly as run_tiles does (the
-// same ranges per worker, the same ring reuse, the true size of the last band and strip).
+// same runs, claimed by whichever worker is free first, the same ring reuse, the true size of the
+// last band and strip).
 double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t threads, const Isa& isa) {
   const int64_t per_image = p.strips * p.bands, tiles = batch * per_image;
   // With hidden groups every worker walks every tile for its group's channels.
   const int64_t workers = p.groups > 1 ? 1 : std::min(threads, tiles);
+  const int64_t run = p.groups > 1 ? tiles : p.run;
   const int64_t k_expand = a.expand == Expand::kConv3x3 ? 9 * a.cin : a.cin;
   // Cost of one tile of an image, with and without the ring's rows from the band above.
   std::vector<double> fresh(per_image), reused(per_image);
@@ -95,15 +103,14 @@ double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t t
     auto upto = [&](int64_t t) { return double(t / per_image) * prefix[per_image] + prefix[t % per_image]; };
     return upto(t1) - upto(t0);
   };
-  double worst = 0;
-  for (int64_t w = 0; w < workers; ++w) {
-    const int64_t t0 = tiles * w / workers, t1 = tiles * (w + 1) / workers;
-    if (t0 >= t1) continue;
-    const int64_t i0 = t0 % per_image;
+  std::vector<double> load(workers, 0.0);
+  for (int64_t t0 = 0; t0 < tiles; t0 += run) {
+    const int64_t t1 = std::min(tiles, t0 + run), i0 = t0 % per_image;
     const bool first_reuses = p.carry && i0 % p.bands != 0;  // in steady[], but it starts a fresh ring
-    const double sum = steady_sum(t0, t1) + (first_reuses ? fresh[i0] - reused[i0] : 0.0);
-    worst = std::max(worst, sum);
+    const double cost = steady_sum(t0, t1) + (first_reuses ? fresh[i0] - reused[i0] : 0.0);
+    *std::min_element(load.begin(), load.end()) += cost;  // the worker free first claims it
   }
+  double worst = *std::max_element(load.begin(), load.end());
   if (p.groups > 1)  // summing the partial outputs, split over the threads
     worst += double(batch * a.oh * a.ow) * ceil_div(a.cout, isa.lanes) * (p.groups + 1) / threads;
   return worst;
@@ -149,7 +156,8 @@ TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& i
       prev_cols = cols;
       for (int64_t chunk : chunks) {
         for (int64_t rows = 1; rows <= a.oh; ++rows) {
-          const TilePlan p = make_plan(a, rows, cols, chunk, isa.lanes, group_size);
+          TilePlan p = make_plan(a, rows, cols, chunk, isa.lanes, group_size);
+          p.run = run_length(batch * p.strips * p.bands, std::min(threads, batch * p.strips * p.bands));
           if (!smallest.floats || p.floats < smallest.floats) smallest = p;
           if (p.floats > budget) break;
           if (rows * cols > kMaxBandPixels) break;
@@ -165,6 +173,14 @@ TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& i
 }
 
 }  // namespace
+
+int64_t claims_per_worker() {
+  static const int64_t claims = [] {
+    const char* v = std::getenv("MNV2_FUSED_CLAIMS");
+    return v && *v ? std::max<int64_t>(1, std::atoll(v)) : int64_t(4);
+  }();
+  return claims;
+}
 
 TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget_floats) {
   static std::mutex mutex;

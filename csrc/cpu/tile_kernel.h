@@ -83,6 +83,7 @@ struct TilePlan {
   int64_t im2col_k;              // floats per pixel of the 3x3-expand input patches
   int64_t off_dw, off_acc, off_im2col, off_zero, floats;  // scratch layout; the ring is at offset 0
   bool carry;                    // one chunk holds every hidden channel of the group: bands share halo rows
+  int64_t run = 1;               // with one group: consecutive tiles a worker claims at a time
   int64_t plane_pixels = 0;      // with groups: output pixels of the call, one partial plane each
 };
 
