@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <utility>
+
 #include "layout.h"
 
 namespace mnv2_fused {
@@ -196,6 +198,22 @@ inline StemShape check_stem(const at::Tensor& x, const at::Tensor& w_stem, const
   s.oh = conv_out(st.hh, stride);
   s.ow = conv_out(st.hw, stride);
   return st;
+}
+
+// mnv2_fused::conv3x3: w (Cout, Cin, 3, 3), b (Cout), stride 1 or 2, padding 1. Returns the
+// output's (H', W').
+inline std::pair<int64_t, int64_t> check_conv3x3(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                                                 int64_t stride) {
+  constexpr const char* op = "mnv2_fused.conv3x3";
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, op, ": H and W must be positive, got ", x.sizes());
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
+  TORCH_CHECK_VALUE(b.dim() == 1, op, ": b must be 1-D (Cout), got ", b.sizes());
+  check_weight(w, x, "w", {b.size(0), x.size(1), 3, 3}, op);
+  check_weight(b, x, "b", {b.size(0)}, op);
+  return {conv_out(x.size(2), stride), conv_out(x.size(3), stride)};
 }
 
 // mnv2_fused::pointwise_relu6_mean: the network's last 1x1 convolution (BN folded), ReLU6 and the

@@ -36,6 +36,10 @@ TORCH_LIBRARY(mnv2_fused, m) {
   m.def(
       "stem_inverted_residual(Tensor x, Tensor w_stem, Tensor b_stem, int stem_stride, Tensor w_dw, "
       "Tensor b_dw, Tensor w_proj, Tensor b_proj, int stride) -> Tensor");
+  // A network's first layer on its own (EfficientNet's and MobileNetV3's stems): a 3x3
+  // convolution w (Cout, Cin, 3, 3), b (Cout) with BN folded, padding 1, stride 1 or 2, then
+  // `activation` (as linear's). Returns channels_last, as the blocks after it read it.
+  m.def("conv3x3(Tensor x, Tensor w, Tensor b, int stride, str activation=\"none\") -> Tensor");
   // The network's head: 1x1 convolution w (Cout, Cin), b (Cout) with BN folded, ReLU6, and the
   // global average pool, (N, Cin, H, W) -> (N, Cout), so the (N, Cout, H, W) tensor never exists.
   // w may also come packed, (ceil(Cout/16), Cin, 16) contiguous, output channels 16g..16g+15 in

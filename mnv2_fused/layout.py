@@ -11,8 +11,8 @@ from torch import nn
 
 from .reference import FoldedWeights, as_matrix, fold_block
 
-__all__ = ["as_matrix", "fold_for_kernel", "for_kernel", "kernel_layout", "matrix_layout", "out_channel_fastest",
-           "pack_columns"]  # as_matrix lives with the reference, which reads packed weights too
+__all__ = ["as_matrix", "conv3x3_layout", "fold_for_kernel", "for_kernel", "kernel_layout", "matrix_layout",
+           "out_channel_fastest", "pack_columns"]  # as_matrix lives with the reference, which reads packed weights too
 
 
 def out_channel_fastest(w: torch.Tensor) -> torch.Tensor:
@@ -50,6 +50,16 @@ def matrix_layout(w: torch.Tensor) -> torch.Tensor:
     if w.device.type == "cpu" and w.dtype == torch.float32:
         return pack_columns(w)
     return kernel_layout(w)
+
+
+def conv3x3_layout(w: torch.Tensor) -> torch.Tensor:
+    """A 3x3 convolution's weight (O, Cin, 3, 3) as mnv2_fused.conv3x3 reads it on the CPU: the
+    same values stored (3, 3, Cin, O), so each input patch, taken from channels-last rows, is one
+    run of floats; detached."""
+    w = w.detach()
+    if w.device.type != "cpu":
+        return w.contiguous()
+    return w.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
 
 
 def for_kernel(w: FoldedWeights) -> FoldedWeights:

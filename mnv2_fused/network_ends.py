@@ -1,12 +1,14 @@
-"""The last layers of torchvision's EfficientNet and MobileNetV3 fused in place: the 1x1
-Conv2dNormActivation at the end of ``features`` (convolution, BN, activation) and the Linear layers
-of the classifier. As with the blocks (family_block.py), each becomes a subclass of its own class,
-so its attributes, state_dict keys and isinstance checks stay as they were. At inference on
-float32 CPU tensors it runs the CPU kernels' GEMM (mnv2_fused.linear: BN folded into the weights,
-the activation applied in the same call, the weights cached packed, which stream from memory
-fastest); in training, with gradients, in ONNX export, FX and TorchScript it runs its own layers.
-On channels_last input the 1x1 convolution is that GEMM over the pixels, with no copy; PyTorch's
-own convolution takes a slow path there (EfficientNet-B0's head: 0.36 ms against 0.13 ms at batch 1).
+"""The layers around the blocks of torchvision's EfficientNet and MobileNetV3 fused in place: the
+stem (the 3x3 Conv2dNormActivation at the start of ``features``), the 1x1 Conv2dNormActivation at
+its end (convolution, BN, activation) and the Linear layers of the classifier. As with the blocks
+(family_block.py), each becomes a subclass of its own class, so its attributes, state_dict keys
+and isinstance checks stay as they were. At inference on float32 CPU tensors it runs the CPU
+kernels (BN folded into the weights, the activation applied in the same call, the weights cached
+in the layout the kernel reads); in training, with gradients, in ONNX export, FX and TorchScript it
+runs its own layers. The 1x1 convolution and the Linear layers are mnv2_fused.linear, the GEMM
+(weights packed, which stream from memory fastest; on channels_last input the convolution is that
+GEMM over the pixels, with no copy, where PyTorch's own takes a slow path: EfficientNet-B0's head
+0.36 ms against 0.13 ms at batch 1); the stem is mnv2_fused.conv3x3, one pass instead of three.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch import nn
 from . import backends
 from .families import Unfusable, activation_name, base_class_path
 from .fused_module import FusedSubclass, fused_subclass
-from .layout import matrix_layout
+from .layout import conv3x3_layout, matrix_layout
 from .reference import fold_bn
 from .tracing import is_fx_proxy
 
@@ -27,16 +29,23 @@ NETWORKS = ("torchvision.models.efficientnet.EfficientNet", "torchvision.models.
 _CONV_NORM_ACT = "torchvision.ops.misc.Conv2dNormActivation"
 
 
-def pointwise_reason(m: nn.Module) -> Optional[str]:
-    """None when ``m`` is a Conv2dNormActivation the GEMM computes (1x1 convolution without bias,
-    BatchNorm2d with running statistics, ReLU/ReLU6/SiLU/Hardswish or no activation), else why not."""
+def _is_plain_conv(conv: nn.Module, kernel: int, strides: tuple) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (kernel, kernel) and conv.stride[0] in strides
+            and conv.stride[0] == conv.stride[1] and conv.padding == (kernel // 2, kernel // 2)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
+            and conv.padding_mode == "zeros")
+
+
+def conv_norm_act_reason(m: nn.Module) -> Optional[str]:
+    """None when ``m`` is a Conv2dNormActivation the kernels compute (a 1x1 convolution, or a 3x3
+    one with padding 1 and stride 1 or 2, without bias or groups; BatchNorm2d with running
+    statistics; ReLU/ReLU6/SiLU/Hardswish or no activation), else why not."""
     if base_class_path(m) != _CONV_NORM_ACT:
         return f"{type(m).__name__} is not torchvision's Conv2dNormActivation"
     layers = list(m)
     conv, bn = layers[0], layers[1] if len(layers) > 1 else None
-    if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None):
-        return "its convolution is not a plain 1x1 one without bias"
+    if not (_is_plain_conv(conv, 1, (1,)) or _is_plain_conv(conv, 3, (1, 2))):
+        return "its convolution is neither a plain 1x1 one nor a 3x3 one with padding 1 and stride 1 or 2"
     if not (isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None):
         return "it has no BatchNorm2d with running statistics after the convolution"
     if len(layers) > 3:
@@ -49,14 +58,16 @@ def pointwise_reason(m: nn.Module) -> Optional[str]:
     return None
 
 
-def _fold_pointwise(m: nn.Module) -> tuple:
+def _fold_conv_norm_act(m: nn.Module) -> tuple:
     layers = list(m)
-    why = pointwise_reason(m)
+    why = conv_norm_act_reason(m)
     if why is not None:  # a layer replaced since it was fused
         raise Unfusable(why)
-    w, b = fold_bn(layers[0].weight, layers[1])
+    conv = layers[0]
+    w, b = fold_bn(conv.weight, layers[1])
     act = activation_name(layers[2]) if len(layers) == 3 else "none"
-    return matrix_layout(w.flatten(1)), b.detach().contiguous(), act
+    layout = matrix_layout(w.flatten(1)) if conv.kernel_size == (1, 1) else conv3x3_layout(w)
+    return layout, b.detach().contiguous(), act, conv.stride[0]
 
 
 def _fold_linear(m: nn.Linear) -> tuple:
@@ -91,11 +102,13 @@ class FusedLayer(FusedSubclass):
         return self._run_kernel(x, folded)
 
 
-class _PointwiseKernel(FusedLayer):
+class _ConvNormActKernel(FusedLayer):
     def _run_kernel(self, x: torch.Tensor, folded: tuple) -> torch.Tensor:
-        w, b, act = folded
+        w, b, act, stride = folded
         if x.dim() != 4 or x.shape[1] != self[0].in_channels:
             return self._unfused(x)  # PyTorch's own error message
+        if w.dim() == 4:  # the 3x3 convolution
+            return torch.ops.mnv2_fused.conv3x3(x, w, b, stride, act)
         n, c, h, wd = x.shape
         # The pixels as GEMM rows: a view of channels_last input; the output is channels_last.
         y = torch.ops.mnv2_fused.linear(x.permute(0, 2, 3, 1).reshape(n * h * wd, c), w, b, act)
@@ -121,11 +134,13 @@ def _register_known() -> None:
         from torchvision.ops.misc import Conv2dNormActivation
     except ImportError:  # torchvision is the model owner's; without it there is nothing to fuse
         return
-    _FOLDS[Conv2dNormActivation], _KERNELS[Conv2dNormActivation] = _fold_pointwise, _PointwiseKernel
+    _FOLDS[Conv2dNormActivation], _KERNELS[Conv2dNormActivation] = _fold_conv_norm_act, _ConvNormActKernel
 
 
 def fused_layer_class(base: type) -> type:
-    """The fused subclass of nn.Linear or torchvision's Conv2dNormActivation (made once per class)."""
+    """The fused subclass of nn.Linear or torchvision's Conv2dNormActivation (made once per class).
+    The latter computes 1x1 and 3x3 convolutions (conv_norm_act_reason); others run its own
+    layers."""
     if base not in _KERNELS:
         _register_known()
     if base not in _KERNELS:
@@ -149,17 +164,19 @@ def _fuse_layer(m: nn.Module, backend: str) -> None:
 
 
 def fuse_network_ends(model: nn.Module, backend: str = "auto") -> list[nn.Module]:
-    """Fuses, in place, the last 1x1 Conv2dNormActivation of ``features`` and the classifier's
-    Linear layers of a torchvision EfficientNet or MobileNetV3 (back end "auto" or "cpu"); the
-    layers fused. Anything else is left as it is."""
+    """Fuses, in place, the first and last Conv2dNormActivation of ``features`` (the 3x3 stem, the
+    1x1 head) and the classifier's Linear layers of a torchvision EfficientNet or MobileNetV3
+    (back end "auto" or "cpu"); the layers fused. Anything else is left as it is."""
     _check_backend(backend)
     if base_class_path(model) not in NETWORKS:
         return []
     fused = []
     features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
-    if isinstance(features, nn.Sequential) and len(features) > 0 and pointwise_reason(features[-1]) is None:
-        _fuse_layer(features[-1], backend)
-        fused.append(features[-1])
+    if isinstance(features, nn.Sequential) and len(features) > 1:
+        for layer in dict.fromkeys((features[0], features[-1])):
+            if conv_norm_act_reason(layer) is None:
+                _fuse_layer(layer, backend)
+                fused.append(layer)
     if isinstance(classifier, nn.Module):
         for m in classifier.modules():
             if base_class_path(m) == "torch.nn.modules.linear.Linear":

@@ -122,6 +122,14 @@ if _extension.extension_loaded():
         oh, ow = conv_out(conv_out(h, stem_stride), stride), conv_out(conv_out(w, stem_stride), stride)
         return x.new_empty((n, b_proj.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)
 
+    @torch.library.register_fake("mnv2_fused::conv3x3")
+    def _conv3x3_fake(x, w, b, stride, activation="none"):
+        torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
+        torch._check(stride in (1, 2), lambda: f"stride must be 1 or 2, got {stride}")
+        n, _, h, wd = x.shape
+        out = x.new_empty((n, b.shape[0], conv_out(h, stride), conv_out(wd, stride)))
+        return out.contiguous(memory_format=torch.channels_last)
+
     @torch.library.register_fake("mnv2_fused::pointwise_relu6_mean")
     def _head_fake(x, w, b):
         torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")

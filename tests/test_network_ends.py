@@ -1,6 +1,7 @@
-"""The last 1x1 convolution and the classifier's Linear layers of torchvision's EfficientNet and
-MobileNetV3, fused in place by convert() (mnv2_fused/network_ends.py): outputs, what runs, the
-routes that take the layers' own forward, cached weights following edits, pickling and the op."""
+"""The stem (3x3), the last 1x1 convolution and the classifier's Linear layers of torchvision's
+EfficientNet and MobileNetV3, fused in place by convert() (mnv2_fused/network_ends.py): outputs,
+what runs, the routes that take the layers' own forward, cached weights following edits, pickling
+and the ops."""
 import copy
 import io
 import pickle
@@ -16,14 +17,16 @@ from torchvision.ops.misc import Conv2dNormActivation
 from mnv2_fused import convert, fusion_report
 from mnv2_fused.bench.models import randomize
 from mnv2_fused.bench.measure import native_stderr_silenced
-from mnv2_fused.layout import pack_columns
-from mnv2_fused.network_ends import FusedLayer, fused_layer_class
+from mnv2_fused.layout import conv3x3_layout, pack_columns
+from mnv2_fused.network_ends import FusedLayer, conv_norm_act_reason, fused_layer_class
+from mnv2_fused.reference import activate
 
-# The layers fused in each network, by name, and the calls of mnv2_fused.linear they make.
+# The layers fused in each network, by name: the stem (a call of mnv2_fused.conv3x3), then the
+# head and the classifier (a call of mnv2_fused.linear each).
 NETWORKS = {
-    "efficientnet_b0": ["features.8", "classifier.1"],
-    "mobilenet_v3_large": ["features.16", "classifier.0", "classifier.3"],
-    "mobilenet_v3_small": ["features.12", "classifier.0", "classifier.3"],
+    "efficientnet_b0": ["features.0", "features.8", "classifier.1"],
+    "mobilenet_v3_large": ["features.0", "features.16", "classifier.0", "classifier.3"],
+    "mobilenet_v3_small": ["features.0", "features.12", "classifier.0", "classifier.3"],
 }
 
 
@@ -53,8 +56,9 @@ def test_the_ends_are_gemm_calls(name):
     with torch.no_grad(), native_stderr_silenced(), torch.profiler.profile() as prof:
         net(x)
     calls = {e.key: e.count for e in prof.key_averages()}
-    assert calls.get("mnv2_fused::linear") == len(NETWORKS[name])
-    assert "aten::addmm" not in calls and "aten::_slow_conv2d_forward" not in calls
+    assert calls.get("mnv2_fused::conv3x3") == 1
+    assert calls.get("mnv2_fused::linear") == len(NETWORKS[name]) - 1
+    assert "aten::addmm" not in calls and "aten::convolution" not in calls
 
 
 @pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, None])
@@ -76,6 +80,86 @@ def test_drop_in_pointwise_layer_every_activation(act, layout):
         assert rel_err(out, layer(x)) <= 1e-5
         empty = fused(torch.zeros(0, 24, 7, 5))
     assert empty.shape == (0, 40, 7, 5)
+
+
+def _randomized_eval(*modules):
+    for m in modules:
+        bn = m[1]
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+        m.eval()
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.SiLU, nn.Hardswish, None])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig"])
+def test_drop_in_stem_layer(act, stride, layout):
+    torch.manual_seed(0)
+    layer = Conv2dNormActivation(3, 24, kernel_size=3, stride=stride, activation_layer=act)
+    fused = fused_layer_class(Conv2dNormActivation)(3, 24, kernel_size=3, stride=stride, activation_layer=act)
+    _randomized_eval(layer)
+    fused.load_state_dict(layer.state_dict())
+    fused.eval()
+    for shape in ((2, 3, 17, 12), (1, 3, 1, 1), (1, 3, 2, 5)):
+        x = make_input(shape, layout)
+        with torch.no_grad(), native_stderr_silenced(), torch.profiler.profile() as prof:
+            out = fused(x)
+        assert {e.key for e in prof.key_averages()} >= {"mnv2_fused::conv3x3"}
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert rel_err(out, layer(x)) <= 1e-5
+    with torch.no_grad():
+        assert fused(torch.zeros(0, 3, 8, 8)).shape == (0, 24, 8 // stride, 8 // stride)
+
+
+def test_other_convolutions_run_their_own_layers():
+    torch.manual_seed(0)
+    for kwargs, why in (({"kernel_size": 3, "dilation": 2}, "neither a plain 1x1"),
+                        ({"kernel_size": 3, "groups": 3}, "neither a plain 1x1"),
+                        ({"kernel_size": 5}, "neither a plain 1x1"),
+                        ({"kernel_size": 3, "stride": 3}, "neither a plain 1x1")):
+        layer = Conv2dNormActivation(3, 6, **kwargs)
+        assert why in conv_norm_act_reason(layer)
+        fused = fused_layer_class(Conv2dNormActivation)(3, 6, **kwargs)
+        _randomized_eval(layer)
+        fused.load_state_dict(layer.state_dict())
+        fused.eval()
+        x = torch.randn(1, 3, 9, 9)
+        with torch.no_grad(), native_stderr_silenced(), torch.profiler.profile() as prof:
+            out = fused(x)
+        assert not any(e.key.startswith("mnv2_fused::") for e in prof.key_averages())
+        assert torch.equal(out, layer(x))
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "relu6", "silu", "hardswish"])
+def test_conv3x3_op_against_pytorch(act):
+    g = torch.Generator().manual_seed(4)
+    for cin, cout, stride, shape in ((3, 16, 2, (2, 224, 224)), (3, 32, 2, (1, 97, 131)), (5, 20, 1, (1, 9, 7)),
+                                     (8, 17, 1, (3, 6, 5)), (1, 3, 2, (1, 1, 1))):
+        x = torch.randn(shape[0], cin, *shape[1:], generator=g)
+        w, b = torch.randn(cout, cin, 3, 3, generator=g), torch.randn(cout, generator=g)
+        expected = activate(F.conv2d(x, w, b, stride=stride, padding=1), act)
+        for xl in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)):
+            for wl in (w, conv3x3_layout(w)):
+                out = torch.ops.mnv2_fused.conv3x3(xl, wl, b, stride, act)
+                assert out.is_contiguous(memory_format=torch.channels_last)
+                assert rel_err(out, expected) <= 1e-5
+    x = torch.randn(2, 3, 11, 10)
+    torch.library.opcheck(torch.ops.mnv2_fused.conv3x3.default, (x, conv3x3_layout(torch.randn(8, 3, 3, 3)),
+                                                                 torch.randn(8), 2, act))
+
+
+def test_conv3x3_op_rejects_bad_arguments():
+    x, w, b = torch.randn(1, 3, 8, 8), torch.randn(8, 3, 3, 3), torch.randn(8)
+    conv = torch.ops.mnv2_fused.conv3x3
+    with pytest.raises(ValueError, match="stride must be 1 or 2, got 3"):
+        conv(x, w, b, 3)
+    with pytest.raises(ValueError, match=r"w must have shape \[8, 3, 3, 3\], got \[8, 4, 3, 3\]"):
+        conv(x, torch.randn(8, 4, 3, 3), b, 1)
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        conv(torch.randn(3, 8, 8), w, b, 1)
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        conv(x, w, b, 1, "gelu")
+    with pytest.raises(TypeError, match="float32 only"):
+        conv(x.double(), w.double(), b.double(), 1)
 
 
 def test_drop_in_linear_any_leading_shape_and_no_bias():
@@ -162,8 +246,6 @@ def test_explicit_cpu_backend_rejects_what_it_cannot_run():
 
 @pytest.mark.parametrize("act", ["none", "relu", "relu6", "silu", "hardswish", "sigmoid", "hardsigmoid"])
 def test_linear_op_activations(act):
-    from mnv2_fused.reference import activate
-
     g = torch.Generator().manual_seed(3)
     x, w, b = torch.randn(5, 40, generator=g), torch.randn(70, 40, generator=g), torch.randn(70, generator=g)
     expected = activate(F.linear(x, w, b), act)

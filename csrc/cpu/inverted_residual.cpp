@@ -35,18 +35,6 @@ int64_t scratch_budget_floats(const at::Tensor& x, const at::Tensor& y, int64_t 
   return std::clamp(per_worker, kMinScratchBytes, kMaxScratchBytes) / static_cast<int64_t>(sizeof(float));
 }
 
-void check_cpu_float(const at::Tensor& x, const char* op) {
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": the CPU kernel supports float32 only, got ",
-                   x.scalar_type(), " (use backend='reference' for other dtypes)");
-}
-
-void set_io(BlockArgs& a, const at::Tensor& x, at::Tensor& y) {
-  a.x = x.data_ptr<float>();
-  a.sxn = x.stride(0), a.sxc = x.stride(1), a.sxh = x.stride(2), a.sxw = x.stride(3);
-  a.y = y.data_ptr<float>();
-  a.syn = y.stride(0), a.syc = y.stride(1), a.syh = y.stride(2), a.syw = y.stride(3);
-}
-
 // Runs the plan's tiles on PyTorch's threads, each worker with its own scratch slab from the
 // framework's allocator (so memory tools see it). With channel_sums ((N, hidden): the
 // squeeze-and-excite's first pass) the workers add up the depthwise output in copies of their
@@ -142,6 +130,18 @@ void run_block(const at::Tensor& x, const BlockShape& s, const std::optional<at:
 }
 
 }  // namespace
+
+void check_cpu_float(const at::Tensor& x, const char* op) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": the CPU kernel supports float32 only, got ",
+                   x.scalar_type(), " (use backend='reference' for other dtypes)");
+}
+
+void set_io(BlockArgs& a, const at::Tensor& x, at::Tensor& y) {
+  a.x = x.data_ptr<float>();
+  a.sxn = x.stride(0), a.sxc = x.stride(1), a.sxh = x.stride(2), a.sxw = x.stride(3);
+  a.y = y.data_ptr<float>();
+  a.syn = y.stride(0), a.syc = y.stride(1), a.syh = y.stride(2), a.syw = y.stride(3);
+}
 
 Act parse_act(c10::string_view name, const char* op, const char* what, bool none_allowed) {
   if (none_allowed && name == "none") return Act::kNone;

@@ -14,6 +14,7 @@ struct Isa {
   ProjectRowsFn project_rows;
   PoolFn pointwise_pool;
   LinearFn linear;
+  Conv3x3RowsFn conv3x3_rows;
   int64_t lanes;    // floats per vector
   int64_t max_acc;  // vector accumulators of the GEMM micro-tile
 };

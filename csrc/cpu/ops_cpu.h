@@ -18,6 +18,14 @@ at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem,
                                   const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride);
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation);
+at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride,
+                   c10::string_view activation);
+
+// A clear error naming `op` unless x is float32 (the CPU kernels' only dtype).
+void check_cpu_float(const at::Tensor& x, const char* op);
+
+// x's and y's pointers and strides into a.
+void set_io(BlockArgs& a, const at::Tensor& x, at::Tensor& y);
 
 // An activation's name as the ops take it (relu, relu6, silu, hardswish, sigmoid, hardsigmoid, and
 // none where allowed); a clear error naming `op` and `what` otherwise.

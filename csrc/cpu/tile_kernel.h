@@ -176,6 +176,21 @@ struct LinearArgs {
 };
 using LinearFn = void (*)(const LinearArgs&, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
 
+// Output rows [r0, r1) of image n of a 3x3 convolution with padding 1 (mnv2_fused::conv3x3), all
+// columns, from a.x (a.cin channels, a.h x a.w, stride a.expand_stride) into a.y: weights
+// a.w_expand ((3, 3, Cin, Cout) row-major), bias a.b_expand, a.hidden output channels, a.hw output
+// columns, then a.act. `scratch` holds conv3x3_scratch_floats(a.w, a.cin) floats.
+using Conv3x3RowsFn = void (*)(const BlockArgs&, int64_t n, int64_t r0, int64_t r1, float* scratch);
+
+// Pixels whose patches go through one GEMM call: up to a row block, the patches within ~64 KiB.
+inline int64_t conv3x3_block_pixels(int64_t k) { return std::clamp<int64_t>(16384 / k, 16, kRowBlock); }
+// One padded input row, channels last.
+inline int64_t conv3x3_row_floats(int64_t w, int64_t cin) { return (w + 2) * cin; }
+// Three input rows and a block of patches.
+inline int64_t conv3x3_scratch_floats(int64_t w, int64_t cin) {
+  return 3 * conv3x3_row_floats(w, cin) + conv3x3_block_pixels(9 * cin) * 9 * cin;
+}
+
 #define MNV2_DECLARE_ISA(isa)                                                      \
   void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*, float*, float*); \
   void sum_groups_##isa(const BlockArgs&, const TilePlan&, const float*, int64_t, int64_t);        \
@@ -183,6 +198,7 @@ using LinearFn = void (*)(const LinearArgs&, int64_t n0, int64_t n1, int64_t j0,
   void project_rows_##isa(const BlockArgs&, int64_t, int64_t, int64_t, int64_t);   \
   void pointwise_pool_##isa(const PoolArgs&, int64_t, int64_t, int64_t, int64_t);  \
   void linear_##isa(const LinearArgs&, int64_t, int64_t, int64_t, int64_t);        \
+  void conv3x3_rows_##isa(const BlockArgs&, int64_t, int64_t, int64_t, float*);    \
   int64_t lanes_##isa();                                                           \
   int64_t max_acc_##isa();
 MNV2_DECLARE_ISA(avx512)

@@ -27,6 +27,10 @@ void MNV2_FWD_CAT(linear_, MNV2_FORWARD_TO_GENERIC)(const LinearArgs& a, int64_t
                                                    int64_t j1) {
   linear_generic(a, n0, n1, j0, j1);
 }
+void MNV2_FWD_CAT(conv3x3_rows_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, int64_t n, int64_t r0, int64_t r1,
+                                                         float* scratch) {
+  conv3x3_rows_generic(a, n, r0, r1, scratch);
+}
 int64_t MNV2_FWD_CAT(lanes_, MNV2_FORWARD_TO_GENERIC)() { return lanes_generic(); }
 int64_t MNV2_FWD_CAT(max_acc_, MNV2_FORWARD_TO_GENERIC)() { return max_acc_generic(); }
 }  // namespace cpu

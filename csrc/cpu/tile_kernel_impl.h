@@ -9,11 +9,13 @@
 // and includes nothing after this file.
 //
 // The parts, one role each: kernel_gemm.h (GEMM micro-kernels), kernel_block.h (the block
-// pipeline and its tile loop), kernel_head.h (head with pool, classifier).
+// pipeline and its tile loop), kernel_head.h (head with pool, classifier), kernel_conv3x3.h (a
+// stem's 3x3 convolution on its own).
 #define MNV2_CAT2(a, b) a##b
 #define MNV2_CAT(a, b) MNV2_CAT2(a, b)
 
 #include "kernel_block.h"
+#include "kernel_conv3x3.h"
 #include "kernel_gemm.h"
 #include "kernel_head.h"
 
