@@ -227,6 +227,15 @@ inline void check_pointwise_pool(const at::Tensor& x, const at::Tensor& w, const
   check_matrix_weight(w, b, x, x.size(1), op);
 }
 
+// mnv2_fused::pointwise: a 1x1 convolution of (N, Cin, H, W).
+inline void check_pointwise(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  constexpr const char* op = "mnv2_fused.pointwise";
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ",
+                   x.scalar_type());
+  check_matrix_weight(w, b, x, x.size(1), op);
+}
+
 // mnv2_fused::linear: (N, K) @ (O, K)^T + (O).
 inline void check_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   constexpr const char* op = "mnv2_fused.linear";

@@ -49,6 +49,9 @@ TORCH_LIBRARY(mnv2_fused, m) {
   // or packed as above, (ceil(O/16), K, 16); then `activation` (none, relu, relu6, silu,
   // hardswish, sigmoid or hardsigmoid). Over the pixels of a channels_last tensor, a 1x1 convolution.
   m.def("linear(Tensor x, Tensor w, Tensor b, str activation=\"none\") -> Tensor");
+  // A 1x1 convolution, x (N, Cin, H, W) with w (Cout, Cin) or packed, b (Cout), then `activation`:
+  // linear over the pixels (no copy of channels_last input). Returns channels_last.
+  m.def("pointwise(Tensor x, Tensor w, Tensor b, str activation=\"none\") -> Tensor");
   // A converted MobileNetV2's whole inference forward, in one call: stem_inverted_residual with
   // `stem` (6 tensors), inverted_residual per block (6 weights each, in order, then its stride and
   // residual flag), pointwise_relu6_mean with `head`, and linear with `classifier` when given.

@@ -35,14 +35,16 @@ class VersionSnapshot {
   std::vector<int64_t> versions_;
 };
 
-// The input of a bound call when the call may serve it: a 4-D float32 CPU tensor with the bound
-// weights' input channels, autograd off (the op records nothing for it), and none of the tensors
-// the weights were folded from written since. nullopt otherwise: the module then takes its full
-// path (FX proxies, gradients to compute, wrong inputs, a refold), which says what is wrong.
-std::optional<at::Tensor> bound_input(pybind11::handle input, int64_t in_channels, const VersionSnapshot& versions) {
+// The input of a bound call when the call may serve it: a float32 CPU tensor of `dim` dimensions
+// (4: images, 2: rows of features) with the bound weights' input channels in dim 1, autograd off
+// (the op records nothing for it), and none of the tensors the weights were folded from written
+// since. nullopt otherwise: the module then takes its full path (FX proxies, gradients to compute,
+// wrong inputs, a refold), which says what is wrong.
+std::optional<at::Tensor> bound_input(pybind11::handle input, int64_t in_channels, const VersionSnapshot& versions,
+                                      int64_t dim = 4) {
   if (!THPVariable_Check(input.ptr()) || at::GradMode::is_enabled()) return std::nullopt;
   at::Tensor x = THPVariable_Unpack(input.ptr());
-  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 4 || x.size(1) != in_channels ||
+  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != dim || x.size(1) != in_channels ||
       !versions.unchanged())
     return std::nullopt;
   return x;
@@ -94,16 +96,18 @@ class NetworkCall {
   std::vector<at::Tensor> head_, classifier_;
 };
 
-// A fused block's folded weights and settings bound to one of the block ops (inverted_residual,
-// mbconv): every argument after x, converted once to the op's schema types, and the versions of the
-// tensors the weights were folded from. A call pushes x in front of them and runs the op boxed.
+// A fused module's folded weights and settings bound to its op (a block's inverted_residual or
+// mbconv; a layer's conv3x3, pointwise or linear): every argument after x, converted once to the
+// op's schema types, and the versions of the tensors the weights were folded from. A call pushes x
+// in front of them and runs the op boxed.
 class OpCall {
  public:
   OpCall(std::shared_ptr<VersionSnapshot> versions, const std::string& op_name, int64_t in_channels,
-         const pybind11::list& rest)
+         const pybind11::list& rest, int64_t input_dim)
       : versions_(std::move(versions)),
         op_(c10::Dispatcher::singleton().findSchemaOrThrow(op_name.c_str(), "")),
-        in_channels_(in_channels) {
+        in_channels_(in_channels),
+        input_dim_(input_dim) {
     TORCH_CHECK(versions_, "mnv2_fused: a bound call needs a version snapshot");
     const auto& arguments = op_.schema().arguments();
     TORCH_CHECK(rest.size() + 1 == arguments.size(), "mnv2_fused: ", op_name, " takes ", arguments.size(),
@@ -113,7 +117,7 @@ class OpCall {
 
   // The op's output for x, or nullopt (see bound_input).
   std::optional<at::Tensor> operator()(pybind11::handle input) const {
-    const std::optional<at::Tensor> in = bound_input(input, in_channels_, *versions_);
+    const std::optional<at::Tensor> in = bound_input(input, in_channels_, *versions_, input_dim_);
     if (!in) return std::nullopt;
     const at::Tensor& x = *in;
     pybind11::gil_scoped_release no_gil;
@@ -129,7 +133,7 @@ class OpCall {
   std::shared_ptr<VersionSnapshot> versions_;
   c10::OperatorHandle op_;
   std::vector<c10::IValue> args_;
-  int64_t in_channels_;
+  int64_t in_channels_, input_dim_;
 };
 
 }  // namespace
@@ -147,6 +151,9 @@ PYBIND11_MODULE(_C, m) {
                           std::vector<at::Tensor>, std::vector<at::Tensor>>())
       .def("__call__", &NetworkCall::operator());
   pybind11::class_<mnv2_fused::OpCall>(m, "OpCall")
-      .def(pybind11::init<std::shared_ptr<VersionSnapshot>, const std::string&, int64_t, const pybind11::list&>())
+      .def(pybind11::init<std::shared_ptr<VersionSnapshot>, const std::string&, int64_t, const pybind11::list&,
+                          int64_t>(),
+           pybind11::arg("versions"), pybind11::arg("op"), pybind11::arg("in_channels"), pybind11::arg("rest"),
+           pybind11::arg("input_dim") = 4)
       .def("__call__", &mnv2_fused::OpCall::operator());
 }

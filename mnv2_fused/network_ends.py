@@ -5,10 +5,11 @@ its end (convolution, BN, activation) and the Linear layers of the classifier. A
 and isinstance checks stay as they were. At inference on float32 CPU tensors it runs the CPU
 kernels (BN folded into the weights, the activation applied in the same call, the weights cached
 in the layout the kernel reads); in training, with gradients, in ONNX export, FX and TorchScript it
-runs its own layers. The 1x1 convolution and the Linear layers are mnv2_fused.linear, the GEMM
-(weights packed, which stream from memory fastest; on channels_last input the convolution is that
-GEMM over the pixels, with no copy, where PyTorch's own takes a slow path: EfficientNet-B0's head
-0.36 ms against 0.13 ms at batch 1); the stem is mnv2_fused.conv3x3, one pass instead of three.
+runs its own layers. The Linear layers are mnv2_fused.linear, the GEMM (weights packed, which
+stream from memory fastest), the 1x1 convolution mnv2_fused.pointwise, that GEMM over the pixels
+(no copy of channels_last input, where PyTorch's own convolution takes a slow path: EfficientNet-B0's
+head 0.36 ms against 0.13 ms at batch 1), the stem mnv2_fused.conv3x3, one pass instead of three.
+After its first forward a layer is bound to its op (bound.py): later forwards are one C++ call.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from . import backends
 from .families import Unfusable, activation_name, base_class_path
+from .bound import generation
 from .fused_module import FusedSubclass, fused_subclass
 from .layout import conv3x3_layout, matrix_layout
 from .reference import fold_bn
@@ -93,12 +95,15 @@ class FusedLayer(FusedSubclass):
     def _fused_dispatch(self, x: torch.Tensor) -> torch.Tensor:
         if is_fx_proxy(x) or backends.needs_unfused(x, self.training, self.parameters) or not self._kernel_runs(x):
             return self._unfused(x)
+        seen = generation()  # read before the checks a binding relies on
         try:
             folded = self._fused_bound.weights(self)
         except Unfusable as e:  # a layer was replaced by one the kernels do not compute
             if self.backend != "auto":
                 raise RuntimeError(f"mnv2_fused: backend={self.backend!r} cannot run this layer: {e}") from e
             return self._unfused(x)
+        if backends.may_bind("cpu"):
+            self._fused_bound.bind(self._op_call, seen)
         return self._run_kernel(x, folded)
 
 
@@ -109,10 +114,15 @@ class _ConvNormActKernel(FusedLayer):
             return self._unfused(x)  # PyTorch's own error message
         if w.dim() == 4:  # the 3x3 convolution
             return torch.ops.mnv2_fused.conv3x3(x, w, b, stride, act)
-        n, c, h, wd = x.shape
-        # The pixels as GEMM rows: a view of channels_last input; the output is channels_last.
-        y = torch.ops.mnv2_fused.linear(x.permute(0, 2, 3, 1).reshape(n * h * wd, c), w, b, act)
-        return y.view(n, h, wd, b.shape[0]).permute(0, 3, 1, 2)
+        return torch.ops.mnv2_fused.pointwise(x, w, b, act)
+
+    def _op_call(self, folded: tuple, versions):
+        from . import _C
+
+        w, b, act, stride = folded
+        if w.dim() == 4:
+            return _C.OpCall(versions, "mnv2_fused::conv3x3", self[0].in_channels, [w, b, stride, act])
+        return _C.OpCall(versions, "mnv2_fused::pointwise", self[0].in_channels, [w, b, act])
 
 
 class _LinearKernel(FusedLayer):
@@ -122,6 +132,12 @@ class _LinearKernel(FusedLayer):
             return self._unfused(x)
         y = torch.ops.mnv2_fused.linear(x.reshape(-1, self.in_features), w, b)
         return y.view(*x.shape[:-1], self.out_features)
+
+    def _op_call(self, folded: tuple, versions):
+        from . import _C
+
+        w, b = folded
+        return _C.OpCall(versions, "mnv2_fused::linear", self.in_features, [w, b, "none"], input_dim=2)
 
 
 _FOLDS = {}  # original class -> fold function

@@ -130,6 +130,12 @@ if _extension.extension_loaded():
         out = x.new_empty((n, b.shape[0], conv_out(h, stride), conv_out(wd, stride)))
         return out.contiguous(memory_format=torch.channels_last)
 
+    @torch.library.register_fake("mnv2_fused::pointwise")
+    def _pointwise_fake(x, w, b, activation="none"):
+        torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
+        n, _, h, wd = x.shape
+        return x.new_empty((n, b.shape[0], h, wd)).contiguous(memory_format=torch.channels_last)
+
     @torch.library.register_fake("mnv2_fused::pointwise_relu6_mean")
     def _head_fake(x, w, b):
         torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")

@@ -21,8 +21,8 @@ from mnv2_fused.layout import conv3x3_layout, pack_columns
 from mnv2_fused.network_ends import FusedLayer, conv_norm_act_reason, fused_layer_class
 from mnv2_fused.reference import activate
 
-# The layers fused in each network, by name: the stem (a call of mnv2_fused.conv3x3), then the
-# head and the classifier (a call of mnv2_fused.linear each).
+# The layers fused in each network, by name: the stem (a call of mnv2_fused.conv3x3), the head (of
+# mnv2_fused.pointwise) and the classifier (of mnv2_fused.linear each).
 NETWORKS = {
     "efficientnet_b0": ["features.0", "features.8", "classifier.1"],
     "mobilenet_v3_large": ["features.0", "features.16", "classifier.0", "classifier.3"],
@@ -56,8 +56,8 @@ def test_the_ends_are_gemm_calls(name):
     with torch.no_grad(), native_stderr_silenced(), torch.profiler.profile() as prof:
         net(x)
     calls = {e.key: e.count for e in prof.key_averages()}
-    assert calls.get("mnv2_fused::conv3x3") == 1
-    assert calls.get("mnv2_fused::linear") == len(NETWORKS[name]) - 1
+    assert calls.get("mnv2_fused::conv3x3") == 1 and calls.get("mnv2_fused::pointwise") == 1
+    assert calls.get("mnv2_fused::linear") == len(NETWORKS[name]) - 2
     assert "aten::addmm" not in calls and "aten::convolution" not in calls
 
 
@@ -160,6 +160,46 @@ def test_conv3x3_op_rejects_bad_arguments():
         conv(x, w, b, 1, "gelu")
     with pytest.raises(TypeError, match="float32 only"):
         conv(x.double(), w.double(), b.double(), 1)
+
+
+def test_layers_bind_their_op_and_see_edits_after():
+    reference = random_net("mobilenet_v3_small")
+    net = convert(copy.deepcopy(reference))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        net(x)
+        for path in NETWORKS["mobilenet_v3_small"]:
+            assert net.get_submodule(path)._fused_bound._call[0] is not None, path  # later forwards: one C++ call
+        assert rel_err(net(x), reference(x)) <= 1e-4
+        for m in (net, reference):
+            m.features[0][1].running_mean.add_(0.5)  # in place, after binding
+            m.classifier[3].bias.mul_(-1)
+        assert rel_err(net(x), reference(x)) <= 1e-4
+        # Inputs the bound calls do not take go the full way: other shapes, float64, gradients.
+        lin, lin_fused = reference.classifier[0], net.classifier[0]
+        for v in (torch.randn(2, 3, 576), torch.randn(576), torch.randn(4, 576).double()):
+            assert rel_err(lin_fused.to(v.dtype)(v), lin.to(v.dtype)(v)) <= 1e-5
+        lin.float(), lin_fused.float()
+    v = torch.randn(3, 576, requires_grad=True)
+    lin_fused(v).sum().backward()
+    assert v.grad is not None
+
+
+@pytest.mark.parametrize("act", ["none", "relu6", "hardswish", "silu"])
+def test_pointwise_op_against_pytorch(act):
+    g = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(3, 40, 7, 5, generator=g), torch.randn(70, 40, generator=g), torch.randn(70, generator=g)
+    expected = activate(F.conv2d(x, w[:, :, None, None], b), act)
+    for layout in ("nchw", "channels_last", "noncontig"):
+        xl = make_input(x.shape, layout)
+        xl.copy_(x)
+        for weight in (w, pack_columns(w)):
+            out = torch.ops.mnv2_fused.pointwise(xl, weight, b, act)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            assert rel_err(out, expected) <= 1e-5
+    torch.library.opcheck(torch.ops.mnv2_fused.pointwise.default, (x, pack_columns(w), b, act))
+    with pytest.raises(ValueError, match="w must have shape"):
+        torch.ops.mnv2_fused.pointwise(x, torch.randn(70, 41), b, act)
 
 
 def test_drop_in_linear_any_leading_shape_and_no_bias():

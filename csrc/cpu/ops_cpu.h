@@ -18,6 +18,7 @@ at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem,
                                   const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride);
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation);
+at::Tensor pointwise(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation);
 at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride,
                    c10::string_view activation);
 

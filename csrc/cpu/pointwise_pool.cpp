@@ -1,6 +1,6 @@
 // CPU kernels of mnv2_fused::pointwise_relu6_mean (the last 1x1 convolution, ReLU6 and the global
-// average pool in one pass, parallel over images and blocks of output channels) and of
-// mnv2_fused::linear.
+// average pool in one pass, parallel over images and blocks of output channels), of
+// mnv2_fused::linear and of mnv2_fused::pointwise (linear over the pixels).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -53,6 +53,23 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   return y;
 }
 
+at::Tensor pointwise(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation) {
+  check_pointwise(x, w, b);
+  const Act act = parse_act(activation, "mnv2_fused.pointwise", "activation", /*none_allowed=*/true);
+  check_cpu_float(x, "mnv2_fused.pointwise");
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3), o = b.size(0);
+  at::Tensor y = at::empty({n, o, h, wd}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
+  // Dense channels-last pixels are rows c floats apart, whatever the strides of size-1 dims.
+  const at::Tensor rows = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor keep_w, keep_b;
+  bool packed = false;
+  const float* w_ptr = matrix_columns(w, keep_w, packed);
+  run_linear({rows.data_ptr<float>(), c, 1, w_ptr, packed, contiguous_ptr(b, keep_b), y.data_ptr<float>(), c, o, act},
+             n * h * wd);
+  return y;
+}
+
 void run_linear(const LinearArgs& a, int64_t rows) {
   const Isa& isa = cpu_isa();
   // Column blocks, so every thread streams its own part of the weight.
@@ -65,6 +82,7 @@ void run_linear(const LinearArgs& a, int64_t rows) {
 TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) {
   m.impl("pointwise_relu6_mean", &pointwise_relu6_mean);
   m.impl("linear", &linear);
+  m.impl("pointwise", &pointwise);
 }
 
 }  // namespace cpu
