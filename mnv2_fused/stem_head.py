@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layout import kernel_layout, matrix_layout
+from .layout import conv3x3_layout, matrix_layout
 from .reference import FoldedWeights, as_matrix, fold_bn, relu6
 
 
@@ -30,7 +30,7 @@ def fold_stem(stem: nn.Sequential, block: FoldedWeights) -> StemWeights:
     """Folds torchvision's stem (Conv2dNormActivation) in front of the folded weights of an
     expand-free block (as its device's kernel reads them)."""
     w_s, b_s = fold_bn(stem[0].weight, stem[1])
-    return StemWeights(kernel_layout(w_s), b_s.detach().contiguous(), block.w_dw, block.b_dw, block.w_proj,
+    return StemWeights(conv3x3_layout(w_s), b_s.detach().contiguous(), block.w_dw, block.b_dw, block.w_proj,
                        block.b_proj)
 
 

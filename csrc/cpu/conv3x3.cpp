@@ -37,7 +37,7 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   a.hidden = cout, a.hh = oh, a.hw = ow;
   a.act = act;
   const Isa& isa = cpu_isa();
-  const int64_t scratch_floats = conv3x3_scratch_floats(a.w, a.cin);
+  const int64_t scratch_floats = conv3x3_scratch_floats(ow, stride, a.cin);
   // A few rows per item: each is a GEMM of one output row's pixels.
   at::parallel_for(0, n * oh, 4, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(scratch_floats);

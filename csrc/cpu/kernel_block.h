@@ -15,42 +15,52 @@ struct Band {
 
 inline int64_t ring_slot(int64_t hr, int64_t ring_rows) { return ((hr % ring_rows) + ring_rows) % ring_rows; }
 
-// 3x3 input patches ([c][dy][dx], zeros outside the input) of the hidden pixels [jlo, jhi) of ring
-// row hr, one after another in dst. The three taps of a row are neighbours in the input, so each
-// patch is written front to back.
-void im2col_row(const BlockArgs& a, const Band& b, int64_t hr, int64_t jlo, int64_t jhi, float* dst) {
-  const int64_t K = 9 * a.cin, es = a.expand_stride;
-  // Pixels whose three columns all fall inside the input: no checks for them.
-  int64_t in_lo = jlo, in_hi = jhi;
-  while (in_lo < in_hi && (b.hc0 + in_lo) * es - 1 < 0) ++in_lo;
-  while (in_hi > in_lo && (b.hc0 + in_hi - 1) * es + 1 >= a.w) --in_hi;
-  for (int64_t c = 0; c < a.cin; ++c) {
-    for (int64_t dy = 0; dy < 3; ++dy) {
-      const int64_t ih = hr * es - 1 + dy;
-      float* d = dst + (c * 3 + dy) * 3;
-      if (ih < 0 || ih >= a.h) {
-        for (int64_t j = jlo; j < jhi; ++j) d[(j - jlo) * K] = d[(j - jlo) * K + 1] = d[(j - jlo) * K + 2] = 0.f;
-        continue;
-      }
-      const float* row = a.x + b.n * a.sxn + c * a.sxc + ih * a.sxh;
-      auto tap = [&](int64_t iw) { return iw >= 0 && iw < a.w ? row[iw * a.sxw] : 0.f; };
-      for (int64_t j = jlo; j < jhi; ++j) {
-        float* p = d + (j - jlo) * K;
-        const int64_t iw = (b.hc0 + j) * es - 1;
-        if (j >= in_lo && j < in_hi) {
-          const float* s = row + iw * a.sxw;
-          p[0] = s[0], p[1] = s[a.sxw], p[2] = s[2 * a.sxw];
-        } else {
-          p[0] = tap(iw), p[1] = tap(iw + 1), p[2] = tap(iw + 2);
-        }
-      }
+// The 3x3 convolution's input (a stem's: MobileNetV2's in place of the first block's expand, or
+// mnv2_fused.conv3x3 on its own), one output row at a time: the three input rows it reads, for
+// output columns [j0, j1), channels-last and zero-padded in `buf` (row dy at buf + dy * ld, input
+// column (j0 * stride - 1 + t) at t * cin); then each column's patch, three runs of 3 cin
+// neighbouring floats ([dy][dx][c], the weight's (3, 3, Cin, Cout) order). Patches gathered tap by
+// tap from an NCHW image took longer than the GEMM that reads them.
+inline int64_t conv3x3_rows_ld(int64_t cols, int64_t stride, int64_t cin) { return ((cols - 1) * stride + 3) * cin; }
+
+void conv3x3_input_rows(const BlockArgs& a, int64_t n, int64_t r, int64_t j0, int64_t j1, float* buf) {
+  const int64_t es = a.expand_stride, cin = a.cin, ld = conv3x3_rows_ld(j1 - j0, es, cin);
+  const int64_t iw0 = j0 * es - 1, lo = std::max<int64_t>(0, iw0), hi = std::min(a.w, iw0 + ld / cin);
+  for (int64_t dy = 0; dy < 3; ++dy) {
+    float* row = buf + dy * ld;
+    const int64_t ih = r * es - 1 + dy;
+    if (ih < 0 || ih >= a.h || lo >= hi) {
+      std::fill_n(row, ld, 0.f);
+      continue;
     }
+    std::fill_n(row, (lo - iw0) * cin, 0.f);
+    std::fill(row + (hi - iw0) * cin, row + ld, 0.f);
+    const float* src = a.x + n * a.sxn + ih * a.sxh;
+    float* dst = row + (lo - iw0) * cin;
+    if (a.sxc == 1 && a.sxw == cin) {  // channels_last: the row as it is
+      std::memcpy(dst, src + lo * cin, sizeof(float) * (hi - lo) * cin);
+      continue;
+    }
+    for (int64_t c = 0; c < cin; ++c)  // (pixel-major, writing in order, measured 15% slower)
+      for (int64_t iw = lo; iw < hi; ++iw) dst[(iw - lo) * cin + c] = src[c * a.sxc + iw * a.sxw];
   }
+}
+
+// The patch of output column j0 + j (see conv3x3_input_rows).
+inline void conv3x3_patch(const BlockArgs& a, const float* buf, int64_t ld, int64_t j, float* dst) {
+  const int64_t run = 3 * a.cin;
+  const float* src = buf + j * a.expand_stride * a.cin;
+  if (run <= kLanes) {
+    const Mask mk = make_mask(static_cast<int>(run));
+    for (int64_t dy = 0; dy < 3; ++dy) store_m(dst + dy * run, load_m(src + dy * ld, mk), mk);
+    return;
+  }
+  for (int64_t dy = 0; dy < 3; ++dy) std::memcpy(dst + dy * run, src + dy * ld, sizeof(float) * run);
 }
 
 // Fills the ring rows [hr_begin, hr_end) with hidden channels [c0, c0 + hc), for the band's columns.
 void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t hr_begin, int64_t hr_end,
-                      int64_t c0, int64_t hc, float* ring, float* im2col) {
+                      int64_t c0, int64_t hc, float* ring, float* im2col, float* input_rows) {
   const int64_t row_floats = p.ring_cols * p.ld;
   const int64_t ncols = (b.cols - 1) * a.stride + dw_span(a);
   // Columns of the ring inside the hidden image.
@@ -81,14 +91,13 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
     if (jlo > 0) std::memset(row, 0, sizeof(float) * jlo * p.ld);
     if (jhi < ncols) std::memset(row + jhi * p.ld, 0, sizeof(float) * (ncols - jhi) * p.ld);
     if (a.expand == Expand::kConv3x3) {
-      for (int64_t j0 = jlo; j0 < jhi; j0 += kRowBlock) {
-        const int64_t j1 = std::min(jhi, j0 + kRowBlock);
-        if (pending + (j1 - j0) > kRowBlock) flush();
-        im2col_row(a, b, hr, j0, j1, im2col + pending * K);
-        for (int64_t j = j0; j < j1; ++j, ++pending) {
-          a_rows[pending] = im2col + pending * K;
-          c_rows[pending] = row + j * p.ld;
-        }
+      const int64_t ld = conv3x3_rows_ld(jhi - jlo, a.expand_stride, a.cin);
+      conv3x3_input_rows(a, b.n, hr, b.hc0 + jlo, b.hc0 + jhi, input_rows);
+      for (int64_t j = jlo; j < jhi; ++j) {
+        if (pending == kRowBlock) flush();
+        conv3x3_patch(a, input_rows, ld, j - jlo, im2col + pending * K);
+        a_rows[pending] = im2col + pending * K;
+        c_rows[pending++] = row + j * p.ld;
       }
       continue;
     }
@@ -237,6 +246,7 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
   float* dw = scratch + p.off_dw;
   float* acc = scratch + p.off_acc;
   float* im2col = scratch + p.off_im2col;
+  float* input_rows = scratch + p.off_input_rows;
   const float* zeros = scratch + p.off_zero;
   const int64_t h_lo = group * p.group_size, h_hi = std::min(a.hidden, h_lo + p.group_size);
   // Which hidden rows the ring already holds (every channel of the group; only when the plan carries).
@@ -256,7 +266,7 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
     const int64_t hr_begin = reuse ? ring_next : b.hr0;
     for (int64_t c0 = h_lo; c0 < h_hi; c0 += p.chunk) {
       const int64_t hc = std::min(p.chunk, h_hi - c0);
-      fill_hidden_rows(a, p, b, hr_begin, hr_end, c0, hc, ring, im2col);
+      fill_hidden_rows(a, p, b, hr_begin, hr_end, c0, hc, ring, im2col, input_rows);
       depthwise(a, p, b, c0, hc, ring, dw);
       if (channel_sums) {
         sum_channels(a, p, b, c0, hc, dw, channel_sums);

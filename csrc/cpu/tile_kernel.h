@@ -81,7 +81,8 @@ struct TilePlan {
   int64_t ld;                    // floats per pixel in the ring and the depthwise output
   int64_t acc_ld;                // floats per pixel in the projection accumulator
   int64_t im2col_k;              // floats per pixel of the 3x3-expand input patches
-  int64_t off_dw, off_acc, off_im2col, off_zero, floats;  // scratch layout; the ring is at offset 0
+  // Scratch layout (the ring is at offset 0); input_rows: the 3x3 expand's three input rows.
+  int64_t off_dw, off_acc, off_im2col, off_input_rows, off_zero, floats;
   bool carry;                    // one chunk holds every hidden channel of the group: bands share halo rows
   int64_t run = 1;               // with one group: consecutive tiles a worker claims at a time
   int64_t plane_pixels = 0;      // with groups: output pixels of the call, one partial plane each
@@ -118,7 +119,8 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
   p.off_dw = p.ring_rows * p.ring_cols * p.ld;
   p.off_acc = p.off_dw + rows * cols * p.ld;
   p.off_im2col = p.off_acc + (p.carry ? 0 : rows * cols * p.acc_ld);
-  p.off_zero = p.off_im2col + std::min(kRowBlock, p.ring_rows * p.ring_cols) * p.im2col_k;
+  p.off_input_rows = p.off_im2col + std::min(kRowBlock, p.ring_rows * p.ring_cols) * p.im2col_k;
+  p.off_zero = p.off_input_rows + (p.im2col_k ? 3 * ((p.ring_cols - 1) * a.expand_stride + 3) * a.cin : 0);
   p.floats = p.off_zero + p.acc_ld;  // zeros: the bias of every group but the first
   return p;
 }
@@ -179,16 +181,14 @@ using LinearFn = void (*)(const LinearArgs&, int64_t n0, int64_t n1, int64_t j0,
 // Output rows [r0, r1) of image n of a 3x3 convolution with padding 1 (mnv2_fused::conv3x3), all
 // columns, from a.x (a.cin channels, a.h x a.w, stride a.expand_stride) into a.y: weights
 // a.w_expand ((3, 3, Cin, Cout) row-major), bias a.b_expand, a.hidden output channels, a.hw output
-// columns, then a.act. `scratch` holds conv3x3_scratch_floats(a.w, a.cin) floats.
+// columns, then a.act. `scratch` holds conv3x3_scratch_floats(a.hw, a.expand_stride, a.cin) floats.
 using Conv3x3RowsFn = void (*)(const BlockArgs&, int64_t n, int64_t r0, int64_t r1, float* scratch);
 
 // Pixels whose patches go through one GEMM call: up to a row block, the patches within ~64 KiB.
 inline int64_t conv3x3_block_pixels(int64_t k) { return std::clamp<int64_t>(16384 / k, 16, kRowBlock); }
-// One padded input row, channels last.
-inline int64_t conv3x3_row_floats(int64_t w, int64_t cin) { return (w + 2) * cin; }
-// Three input rows and a block of patches.
-inline int64_t conv3x3_scratch_floats(int64_t w, int64_t cin) {
-  return 3 * conv3x3_row_floats(w, cin) + conv3x3_block_pixels(9 * cin) * 9 * cin;
+// Three input rows for `cols` output columns, and a block of patches.
+inline int64_t conv3x3_scratch_floats(int64_t cols, int64_t stride, int64_t cin) {
+  return 3 * ((cols - 1) * stride + 3) * cin + conv3x3_block_pixels(9 * cin) * 9 * cin;
 }
 
 #define MNV2_DECLARE_ISA(isa)                                                      \

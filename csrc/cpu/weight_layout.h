@@ -64,10 +64,11 @@ struct KernelWeights {
     set_dw_proj(a, w_dw, b_dw, w_proj, b_proj);
   }
 
-  // w_stem (hidden, Cin, 3, 3) -> (Cin, 3, 3, hidden), read as (9 Cin, hidden).
+  // w_stem (hidden, Cin, 3, 3) -> (3, 3, Cin, hidden), read as (9 Cin, hidden): the order of the
+  // patches (conv3x3_patch).
   void set_stem(BlockArgs& a, const at::Tensor& w_stem, const at::Tensor& b_stem, const at::Tensor& w_dw,
                 const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj) {
-    a.w_expand = out_fastest(w_stem, {1, 2, 3, 0}, keep[0]);
+    a.w_expand = out_fastest(w_stem, {2, 3, 1, 0}, keep[0]);
     a.expand_packed = false;
     a.b_expand = contiguous_ptr(b_stem, keep[1]);
     set_dw_proj(a, w_dw, b_dw, w_proj, b_proj);
