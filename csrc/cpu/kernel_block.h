@@ -197,9 +197,17 @@ void sum_channels(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t 
 // The squeeze-and-excite's first pass, when the depthwise output is kept: the band's rows of
 // channels [c0, c0 + hc) into a.dw_store.
 void keep_depthwise(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* dw) {
-  for (int64_t pix = 0; pix < b.rows * b.cols; ++pix) {
-    const int64_t r = b.r0 + pix / b.cols, q = b.q0 + pix % b.cols;
-    std::memcpy(a.dw_store + ((b.n * a.oh + r) * a.ow + q) * a.hidden + c0, dw + pix * p.ld, sizeof(float) * hc);
+  // Every channel, unpadded: a band's row is one run in both (a call per pixel cost as much as
+  // the copy).
+  const bool whole_rows = hc == a.hidden && p.ld == hc;
+  for (int64_t r = 0; r < b.rows; ++r) {
+    float* dst = a.dw_store + ((b.n * a.oh + b.r0 + r) * a.ow + b.q0) * a.hidden + c0;
+    const float* src = dw + r * b.cols * p.ld;
+    if (whole_rows) {
+      std::memcpy(dst, src, sizeof(float) * b.cols * hc);
+      continue;
+    }
+    for (int64_t q = 0; q < b.cols; ++q) std::memcpy(dst + q * a.hidden, src + q * p.ld, sizeof(float) * hc);
   }
 }
 
@@ -292,13 +300,18 @@ void MNV2_CAT(project_rows_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p
   const float* a_rows[kRowBlock];
   float* c_rows[kRowBlock];
   const float* res_rows[kRowBlock];
+  // Pixel p0's image, row and column, then counted along (no division per row).
+  int64_t n = p0 / (a.oh * a.ow), r = p0 / a.ow % a.oh, q = p0 % a.ow;
   for (int64_t i0 = p0; i0 < p1; i0 += kRowBlock) {
     const int64_t m = std::min(kRowBlock, p1 - i0);
     for (int64_t i = 0; i < m; ++i) {
-      const int64_t pix = i0 + i, n = pix / (a.oh * a.ow), r = pix / a.ow % a.oh, q = pix % a.ow;
-      a_rows[i] = a.dw_store + pix * a.hidden;
+      a_rows[i] = a.dw_store + (i0 + i) * a.hidden;
       c_rows[i] = a.y + n * a.syn + r * a.syh + q * a.syw + j0 * a.syc;
       if (a.residual) res_rows[i] = a.x + n * a.sxn + r * a.sxh + q * a.sxw + j0 * a.sxc;
+      if (++q == a.ow) {
+        q = 0;
+        if (++r == a.oh) r = 0, ++n;
+      }
     }
     Gemm g;
     g.set_weights(a.w_proj, a.proj_packed, a.hidden, 0, a.hidden, a.cout, j0);
