@@ -2,6 +2,7 @@
 of tolerances every back end is held to."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -87,3 +88,14 @@ def make_input(shape, layout="nchw", dtype=torch.float32, seed=0):
         x = wide[..., ::2]
         assert x.numel() == 0 or w == 1 or not x.is_contiguous()
     return x
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """PyTorch's intra-op threads set to n inside the block, restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

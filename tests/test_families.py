@@ -7,12 +7,13 @@ import warnings
 import pytest
 import torch
 import torchvision
-from helpers import make_input, randomize_bn, rel_err
+from helpers import make_input, num_threads, randomize_bn, rel_err
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mnv2_fused
 from mnv2_fused import convert, fusion_report
+from mnv2_fused.layout import for_kernel
 from mnv2_fused.reference import FoldedWeights, mbconv_reference
 from mnv2_fused.spec import ACTIVATIONS, SE_GATES, BlockSpec, SEWeights
 
@@ -219,11 +220,12 @@ def random_weights(spec, cin, hidden, cout, expand, seed):
     return w, se
 
 
-def run_spec_case(backend, case, tolerance):
+def run_spec_case(backend, case, tolerance, cached_layout=False):
+    """cached_layout: the weights as the modules cache them for the CPU kernel (matrices packed)."""
     spec, hidden, cout, expand, shape, layout, seed = case
     w, se = random_weights(spec, shape[1], hidden, cout, expand, seed)
     x = make_input(shape, layout, seed=seed)
-    out = mnv2_fused.ops.run_mbconv(x, w, se, spec, backend)
+    out = mnv2_fused.ops.run_mbconv(x, for_kernel(w) if cached_layout else w, se, spec, backend)
     ref = mbconv_reference(x.double(), FoldedWeights(*[None if t is None else t.double() for t in w]),
                            None if se is None else SEWeights(*[t.double() for t in se]), spec)
     assert out.shape == ref.shape
@@ -244,18 +246,23 @@ def test_property_spec_triton(case):
 
 
 @pytest.mark.parametrize("shape,hidden,expand", [((2, 16, 96, 96), 96, True), ((2, 40, 14, 14), 240, True),
-                                                 ((2, 64, 7, 7), 128, True), ((2, 24, 112, 112), 24, False),
-                                                 ((2, 24, 14, 14), 24, False)],
-                         ids=["recomputed", "kept_gate_in_weights", "kept_gate_in_rows", "no_expand_recomputed",
-                              "no_expand_kept"])
+                                                 ((2, 64, 7, 7), 128, True), ((1, 64, 7, 7), 128, True),
+                                                 ((2, 24, 112, 112), 24, False), ((2, 24, 14, 14), 24, False)],
+                         ids=["recomputed", "kept_gate_in_weights_and_rows", "kept_gate_in_rows",
+                              "kept_column_parts", "no_expand_recomputed", "no_expand_kept"])
 def test_squeeze_excite_second_pass_every_way(shape, hidden, expand):
     """The CPU kernel's second squeeze-and-excite pass runs the block again when the depthwise
     output is large (here 96 x 96 x 96 floats per image, past 2 MiB and the block's input and
     output; without an expand layer, past 2 MiB for the whole batch), and projects the kept output
-    otherwise, with the gate in a per-image copy of the projection's weight (more pixels than
-    output channels) or in the kept rows (fewer): each against the reference."""
+    otherwise, in items of up to 64 rows of one image: with the gate in a copy of the projection's
+    weight (an item with more rows than output channels: 64 of 196 pixels, 40 channels) or in the
+    kept rows (fewer: the last 4 of those; 49 pixels, 64 channels), or, with fewer items than
+    threads (one 7x7 image on two), in column parts that each gate their own columns of the
+    weight: each against the reference, with the weights as given and as the modules cache them."""
     spec = BlockSpec(kernel_size=5, activation="silu", se_activation="silu", residual=True, squeeze_excite=True)
-    run_spec_case("cpu", (spec, hidden, shape[1], expand, shape, "channels_last", 3), 1e-5)
+    with num_threads(2):
+        for cached_layout in (False, True):
+            run_spec_case("cpu", (spec, hidden, shape[1], expand, shape, "channels_last", 3), 1e-5, cached_layout)
 
 
 def test_cuda_backend_names_what_it_lacks():

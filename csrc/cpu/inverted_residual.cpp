@@ -204,55 +204,33 @@ at::Tensor se_gate(at::Tensor& sums, int64_t pixels, const at::Tensor& w1, const
   return out;
 }
 
-// The projection's weight times each image's gate, W'[k, o] = gate[k] W[k, o], in the layout the
-// GEMM reads (packed or (hidden, Cout)): (N, weight floats).
-at::Tensor gated_weights(const BlockArgs& a, int64_t n, const at::TensorOptions& options) {
-  const int64_t k = a.hidden, width = a.proj_packed ? kPackedColumns : a.cout;
-  const int64_t groups = a.proj_packed ? ceil_div(a.cout, kPackedColumns) : 1, floats = groups * k * width;
-  at::Tensor w = at::empty({n, floats}, options);
-  float* out = w.data_ptr<float>();
-  at::parallel_for(0, n * groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t image = item / groups, offset = item % groups * k * width;
-      const float* gate = a.gate + image * k;
-      for (int64_t row = 0; row < k; ++row)
-        for (int64_t c = 0; c < width; ++c)
-          out[image * floats + offset + row * width + c] = a.w_proj[offset + row * width + c] * gate[row];
-    }
-  });
-  return w;
-}
-
-// The squeeze-and-excite's second pass from the kept depthwise output: the gate goes into the rows
-// (in place) or, for images with more pixels than output channels, into a copy of the weight per
-// image, whichever is fewer multiplications; then the rows are projected, in items that stay within
-// one image. Few rows (small images, batch 1) are projected in column parts, one per thread, so
-// each thread streams its own part of the weight instead of all of it.
+// The squeeze-and-excite's second pass from the kept depthwise output, in one parallel region:
+// the rows are projected in items that stay within one image. Few rows (small images, batch 1) are
+// projected in column parts, one per thread, so each thread streams its own part of the weight
+// instead of all of it; each part then puts the gate into its columns of a copy of the weight. A
+// part with every column gates its rows in place, or, when they outnumber the columns, a copy of
+// the weight: whichever is fewer multiplications. (The gate in a pass of its own over all rows or
+// weights, in a parallel region of its own, cost up to 8%: MobileNetV3-Large's 14x14 block 11.)
 constexpr int64_t kProjectRowsPerItem = kRowBlock / 4;
 
 void project_kept(const BlockArgs& a, int64_t n, const at::TensorOptions& options) {
   const Isa& isa = cpu_isa();
   const int64_t pixels = a.oh * a.ow;
-  const bool gate_weights = pixels >= a.cout;
-  at::Tensor gated;
-  if (gate_weights)
-    gated = gated_weights(a, n, options);
-  else
-    at::parallel_for(0, n * pixels, kProjectRowsPerItem,
-                     [&](int64_t begin, int64_t end) { isa.gate_rows(a, begin, end); });
   const int64_t threads = at::get_num_threads(), vectors = ceil_div(a.cout, isa.lanes);
   const int64_t per_image = ceil_div(pixels, kProjectRowsPerItem), row_items = n * per_image;
   const int64_t parts = row_items >= threads ? 1 : std::min(vectors, threads);
+  const int64_t weight_floats = a.hidden * (a.proj_packed ? round_up(a.cout, kPackedColumns) : a.cout);
+  at::Tensor copies = at::empty({threads, weight_floats}, options);  // a weight copy per thread
   at::parallel_for(0, row_items * parts, 1, [&](int64_t begin, int64_t end) {
+    float* copy = copies.data_ptr<float>() + at::get_thread_num() * weight_floats;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t image = item / parts / per_image, part = item % parts;
       const int64_t r0 = image * pixels + item / parts % per_image * kProjectRowsPerItem;
       const int64_t r1 = std::min((image + 1) * pixels, r0 + kProjectRowsPerItem);
       const int64_t j0 = std::min(a.cout, vectors * part / parts * isa.lanes);
       const int64_t j1 = std::min(a.cout, vectors * (part + 1) / parts * isa.lanes);
-      BlockArgs b = a;
-      if (gate_weights) b.w_proj = gated.data_ptr<float>() + image * gated.size(1);
-      isa.project_rows(b, r0, r1, j0, j1);
+      const bool gate_weight = parts > 1 || r1 - r0 > j1 - j0;
+      isa.project_kept(a, r0, r1, j0, j1, gate_weight ? copy : nullptr);
     }
   });
 }

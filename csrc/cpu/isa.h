@@ -10,8 +10,7 @@ struct Isa {
   const char* name;
   TilesFn run_tiles;
   SumGroupsFn sum_groups;
-  GateRowsFn gate_rows;
-  ProjectRowsFn project_rows;
+  ProjectKeptFn project_kept;
   PoolFn pointwise_pool;
   LinearFn linear;
   Conv3x3RowsFn conv3x3_rows;

@@ -287,16 +287,28 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
   }
 }
 
-void MNV2_CAT(gate_rows_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p1) {
-  const int64_t pixels = a.oh * a.ow;
-  for (int64_t pix = p0; pix < p1;) {  // runs of rows of one image, which share its gate
-    const int64_t image = pix / pixels, end = std::min(p1, (image + 1) * pixels);
-    activate_rows(a.dw_store + pix * a.hidden, end - pix, a.hidden, a.hidden, Act::kNone, a.gate + image * a.hidden);
-    pix = end;
+namespace {
+
+// Columns [j0, j1) of the projection weight, each row k times image n's gate[k], into `out` (the
+// weight's own layout, packed or (hidden, Cout) row-major).
+void gate_weight_columns(const BlockArgs& a, int64_t n, int64_t j0, int64_t j1, float* out) {
+  static_assert(kPackedColumns % kLanes == 0, "a packed group is whole vectors");
+  const float* gate = a.gate + n * a.hidden;
+  if (a.proj_packed) {
+    const int64_t group = kPackedColumns * a.hidden;
+    for (int64_t g = j0 / kPackedColumns; g * kPackedColumns < j1; ++g)
+      for (int64_t k = 0; k < a.hidden; ++k) {
+        const int64_t at = g * group + k * kPackedColumns;
+        for (int64_t c = 0; c < kPackedColumns; c += kLanes)
+          store(out + at + c, load(a.w_proj + at + c) * splat(gate[k]));
+      }
+    return;
   }
+  for (int64_t k = 0; k < a.hidden; ++k)
+    for (int64_t j = j0; j < j1; ++j) out[k * a.cout + j] = a.w_proj[k * a.cout + j] * gate[k];
 }
 
-void MNV2_CAT(project_rows_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0, int64_t j1) {
+void project_rows(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0, int64_t j1) {
   const float* a_rows[kRowBlock];
   float* c_rows[kRowBlock];
   const float* res_rows[kRowBlock];
@@ -323,6 +335,21 @@ void MNV2_CAT(project_rows_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p
     g.rk = a.sxc;
     gemm(g, m, j1 - j0);
   }
+}
+
+}  // namespace
+
+void MNV2_CAT(project_kept_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0, int64_t j1,
+                                       float* gated_weight) {
+  const int64_t image = p0 / (a.oh * a.ow);
+  if (!gated_weight) {
+    activate_rows(a.dw_store + p0 * a.hidden, p1 - p0, a.hidden, a.hidden, Act::kNone, a.gate + image * a.hidden);
+    return project_rows(a, p0, p1, j0, j1);
+  }
+  gate_weight_columns(a, image, j0, j1, gated_weight);
+  BlockArgs b = a;
+  b.w_proj = gated_weight;
+  project_rows(b, p0, p1, j0, j1);
 }
 
 void MNV2_CAT(sum_groups_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, const float* partial, int64_t p0,

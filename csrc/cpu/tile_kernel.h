@@ -136,11 +136,13 @@ using TilesFn = void (*)(const BlockArgs&, const TilePlan&, int64_t t0, int64_t 
                          float* partial, float* channel_sums);
 
 // The squeeze-and-excite's second pass from the kept depthwise output (a.dw_store), for output
-// pixels [p0, p1) of the call (pixel index = (n * OH + r) * OW + q): GateRowsFn multiplies each row
-// by its image's gate (a.gate) in place; ProjectRowsFn then projects the rows into output channels
-// [j0, j1) of y, with the bias and the residual.
-using GateRowsFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1);
-using ProjectRowsFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1, int64_t j0, int64_t j1);
+// pixels [p0, p1) of one image (pixel index = (n * OH + r) * OW + q): their projection into output
+// channels [j0, j1) of y, with the bias and the residual, gated by the image's gate (a.gate). With
+// gated_weight null the rows are gated in place first; otherwise the gate goes into columns
+// [j0, j1) of a copy of the projection's weight there (as many floats as the weight), which the
+// rows are projected with.
+using ProjectKeptFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1, int64_t j0, int64_t j1,
+                               float* gated_weight);
 
 // y = the sum of the groups' partial outputs (+ the residual) for output pixels [p0, p1) of the
 // call (pixel index = (n * OH + r) * OW + q).
@@ -194,8 +196,7 @@ inline int64_t conv3x3_scratch_floats(int64_t cols, int64_t stride, int64_t cin)
 #define MNV2_DECLARE_ISA(isa)                                                      \
   void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*, float*, float*); \
   void sum_groups_##isa(const BlockArgs&, const TilePlan&, const float*, int64_t, int64_t);        \
-  void gate_rows_##isa(const BlockArgs&, int64_t, int64_t);                        \
-  void project_rows_##isa(const BlockArgs&, int64_t, int64_t, int64_t, int64_t);   \
+  void project_kept_##isa(const BlockArgs&, int64_t, int64_t, int64_t, int64_t, float*); \
   void pointwise_pool_##isa(const PoolArgs&, int64_t, int64_t, int64_t, int64_t);  \
   void linear_##isa(const LinearArgs&, int64_t, int64_t, int64_t, int64_t);        \
   void conv3x3_rows_##isa(const BlockArgs&, int64_t, int64_t, int64_t, float*);    \

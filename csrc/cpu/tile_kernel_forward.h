@@ -12,12 +12,9 @@ void MNV2_FWD_CAT(sum_groups_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, cons
                                                        int64_t p0, int64_t p1) {
   sum_groups_generic(a, p, partial, p0, p1);
 }
-void MNV2_FWD_CAT(gate_rows_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, int64_t p0, int64_t p1) {
-  gate_rows_generic(a, p0, p1);
-}
-void MNV2_FWD_CAT(project_rows_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0,
-                                                         int64_t j1) {
-  project_rows_generic(a, p0, p1, j0, j1);
+void MNV2_FWD_CAT(project_kept_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0,
+                                                         int64_t j1, float* gated_weight) {
+  project_kept_generic(a, p0, p1, j0, j1, gated_weight);
 }
 void MNV2_FWD_CAT(pointwise_pool_, MNV2_FORWARD_TO_GENERIC)(const PoolArgs& a, int64_t n0, int64_t n1,
                                                            int64_t j0, int64_t j1) {
