@@ -41,7 +41,8 @@ void conv3x3_input_rows(const BlockArgs& a, int64_t n, int64_t r, int64_t j0, in
       std::memcpy(dst, src + lo * cin, sizeof(float) * (hi - lo) * cin);
       continue;
     }
-    for (int64_t c = 0; c < cin; ++c)  // (pixel-major, writing in order, measured 15% slower)
+    // Channel by channel: pixel by pixel, which writes in order, measured 15% slower.
+    for (int64_t c = 0; c < cin; ++c)
       for (int64_t iw = lo; iw < hi; ++iw) dst[(iw - lo) * cin + c] = src[c * a.sxc + iw * a.sxw];
   }
 }
