@@ -2,7 +2,7 @@
 out= variant's checks. The shapes every back end must get right are in test_blocks.py."""
 import pytest
 import torch
-from helpers import make_block, make_input, rel_err
+from helpers import make_block, make_input, num_threads, rel_err
 
 import mnv2_fused
 from mnv2_fused import FusedInvertedResidual, fold_block
@@ -70,15 +70,10 @@ def test_out_variant_rejects_aliasing_and_bad_shape():
 def test_threads_give_identical_results():
     block = fused_copy(make_block(24, 24, 1, 6))
     x = make_input((4, 24, 20, 20), "channels_last")
-    old = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            with torch.no_grad():
-                outs.append(block(x))
-    finally:
-        torch.set_num_threads(old)
+    outs = []
+    for n in (1, 2):
+        with num_threads(n), torch.no_grad():
+            outs.append(block(x))
     assert torch.equal(outs[0], outs[1])
 
 
@@ -91,12 +86,7 @@ def test_single_image_split_across_threads(threads, cin, cout, stride, t, res, l
     images) or the rows (large ones); both must match the oracle, with any thread count."""
     block = make_block(cin, cout, stride, t, seed=cin + res)
     x = make_input((1, cin, res, res), layout)
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        with torch.no_grad():
-            out = fused_copy(block)(x)
-            ref = block(x)
-    finally:
-        torch.set_num_threads(old)
+    with num_threads(threads), torch.no_grad():
+        out = fused_copy(block)(x)
+        ref = block(x)
     assert rel_err(out, ref) <= TOL

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 import torch
-from helpers import make_block, make_input, rel_err
+from helpers import make_block, make_input, num_threads, rel_err
 
 import mnv2_fused
 from mnv2_fused import FusedInvertedResidual
@@ -128,15 +128,10 @@ def test_no_leak_over_10000_calls():
 def test_deterministic_across_calls_and_thread_counts():
     fused = FusedInvertedResidual.from_block(make_block(32, 64, 2, 6), backend="cpu").eval()
     x = make_input((3, 32, 23, 19), "channels_last")
-    old = torch.get_num_threads()
     outs = []
-    try:
-        for n in (1, 2, 1, 2):
-            torch.set_num_threads(n)
-            with torch.no_grad():
-                outs.append(fused(x))
-    finally:
-        torch.set_num_threads(old)
+    for n in (1, 2, 1, 2):
+        with num_threads(n), torch.no_grad():
+            outs.append(fused(x))
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
