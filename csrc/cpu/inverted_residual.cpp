@@ -219,10 +219,13 @@ void project_kept(const BlockArgs& a, int64_t n, const at::TensorOptions& option
   const int64_t threads = at::get_num_threads(), vectors = ceil_div(a.cout, isa.lanes);
   const int64_t per_image = ceil_div(pixels, kProjectRowsPerItem), row_items = n * per_image;
   const int64_t parts = row_items >= threads ? 1 : std::min(vectors, threads);
+  // A weight copy per thread, made only when some item gates the weight (the rule below, for the
+  // most rows an item has).
+  const bool copied = parts > 1 || std::min(kProjectRowsPerItem, pixels) > a.cout;
   const int64_t weight_floats = a.hidden * (a.proj_packed ? round_up(a.cout, kPackedColumns) : a.cout);
-  at::Tensor copies = at::empty({threads, weight_floats}, options);  // a weight copy per thread
+  const at::Tensor copies = copied ? at::empty({threads, weight_floats}, options) : at::Tensor();
   at::parallel_for(0, row_items * parts, 1, [&](int64_t begin, int64_t end) {
-    float* copy = copies.data_ptr<float>() + at::get_thread_num() * weight_floats;
+    float* copy = copied ? copies.data_ptr<float>() + at::get_thread_num() * weight_floats : nullptr;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t image = item / parts / per_image, part = item % parts;
       const int64_t r0 = image * pixels + item / parts % per_image * kProjectRowsPerItem;
