@@ -247,9 +247,11 @@ def test_property_spec_triton(case):
 
 @pytest.mark.parametrize("shape,hidden,expand", [((2, 16, 96, 96), 96, True), ((2, 40, 14, 14), 240, True),
                                                  ((2, 64, 7, 7), 128, True), ((1, 64, 7, 7), 128, True),
-                                                 ((2, 24, 112, 112), 24, False), ((2, 24, 14, 14), 24, False)],
+                                                 ((1, 64, 5, 5), 128, True), ((2, 24, 112, 112), 24, False),
+                                                 ((2, 24, 14, 14), 24, False)],
                          ids=["recomputed", "kept_gate_in_weights_and_rows", "kept_gate_in_rows",
-                              "kept_column_parts", "no_expand_recomputed", "no_expand_kept"])
+                              "kept_column_parts_gate_in_weights", "kept_column_parts_gate_in_row_copies",
+                              "no_expand_recomputed", "no_expand_kept"])
 def test_squeeze_excite_second_pass_every_way(shape, hidden, expand):
     """The CPU kernel's second squeeze-and-excite pass runs the block again when the depthwise
     output is large (here 96 x 96 x 96 floats per image, past 2 MiB and the block's input and
@@ -257,8 +259,9 @@ def test_squeeze_excite_second_pass_every_way(shape, hidden, expand):
     otherwise, in items of up to 64 rows of one image: with the gate in a copy of the projection's
     weight (an item with more rows than output channels: 64 of 196 pixels, 40 channels) or in the
     kept rows (fewer: the last 4 of those; 49 pixels, 64 channels), or, with fewer items than
-    threads (one 7x7 image on two), in column parts that each gate their own columns of the
-    weight: each against the reference, with the weights as given and as the modules cache them."""
+    threads (one 7x7 or 5x5 image on two), in column parts of 32 channels that each gate their own
+    columns of the weight (49 rows) or their own copy of the rows (25): each against the
+    reference, with the weights as given and as the modules cache them."""
     spec = BlockSpec(kernel_size=5, activation="silu", se_activation="silu", residual=True, squeeze_excite=True)
     with num_threads(2):
         for cached_layout in (False, True):

@@ -207,10 +207,13 @@ at::Tensor se_gate(at::Tensor& sums, int64_t pixels, const at::Tensor& w1, const
 // The squeeze-and-excite's second pass from the kept depthwise output, in one parallel region:
 // the rows are projected in items that stay within one image. Few rows (small images, batch 1) are
 // projected in column parts, one per thread, so each thread streams its own part of the weight
-// instead of all of it; each part then puts the gate into its columns of a copy of the weight. A
-// part with every column gates its rows in place, or, when they outnumber the columns, a copy of
-// the weight: whichever is fewer multiplications. (The gate in a pass of its own over all rows or
-// weights, in a parallel region of its own, cost up to 8%: MobileNetV3-Large's 14x14 block 11.)
+// instead of all of it. Each item puts the gate where it costs the fewest multiplications: into
+// its rows (in place when the item has them to itself, else into a copy of its own), or, when they
+// outnumber its columns, into its columns of a copy of the weight. (The gate in a pass of its own
+// over all rows or weights, in a parallel region of its own, cost up to 8%: MobileNetV3-Large's
+// 14x14 block 11. EfficientNet-B0's 7x7 blocks at batch 1 project 49 rows in two parts of 160 or
+// 96 columns: gating a copy of the rows instead of the weight took block 15's second pass from 110
+// to 99 us.)
 constexpr int64_t kProjectRowsPerItem = kRowBlock / 4;
 
 void project_kept(const BlockArgs& a, int64_t n, const at::TensorOptions& options) {
@@ -219,21 +222,36 @@ void project_kept(const BlockArgs& a, int64_t n, const at::TensorOptions& option
   const int64_t threads = at::get_num_threads(), vectors = ceil_div(a.cout, isa.lanes);
   const int64_t per_image = ceil_div(pixels, kProjectRowsPerItem), row_items = n * per_image;
   const int64_t parts = row_items >= threads ? 1 : std::min(vectors, threads);
-  // A weight copy per thread, made only when some item gates the weight (the rule below, for the
-  // most rows an item has).
-  const bool copied = parts > 1 || std::min(kProjectRowsPerItem, pixels) > a.cout;
+  struct Item {
+    int64_t r0, r1, j0, j1;
+    GateInto into;
+  };
+  auto item_at = [&](int64_t item) {
+    Item it;
+    const int64_t image = item / parts / per_image, part = item % parts;
+    it.r0 = image * pixels + item / parts % per_image * kProjectRowsPerItem;
+    it.r1 = std::min((image + 1) * pixels, it.r0 + kProjectRowsPerItem);
+    it.j0 = std::min(a.cout, vectors * part / parts * isa.lanes);
+    it.j1 = std::min(a.cout, vectors * (part + 1) / parts * isa.lanes);
+    it.into = it.r1 - it.r0 > it.j1 - it.j0 ? GateInto::kWeightCopy
+              : parts > 1                     ? GateInto::kRowsCopy
+                                              : GateInto::kRows;
+    return it;
+  };
+  // Floats of the largest copy an item makes; each thread has one such buffer, made only if needed.
   const int64_t weight_floats = a.hidden * (a.proj_packed ? round_up(a.cout, kPackedColumns) : a.cout);
-  const at::Tensor copies = copied ? at::empty({threads, weight_floats}, options) : at::Tensor();
+  int64_t copy_floats = 0;
+  for (int64_t item = 0; item < row_items * parts; ++item) {
+    const Item it = item_at(item);
+    if (it.into == GateInto::kWeightCopy) copy_floats = std::max(copy_floats, weight_floats);
+    if (it.into == GateInto::kRowsCopy) copy_floats = std::max(copy_floats, (it.r1 - it.r0) * a.hidden);
+  }
+  const at::Tensor copies = copy_floats ? at::empty({threads, copy_floats}, options) : at::Tensor();
   at::parallel_for(0, row_items * parts, 1, [&](int64_t begin, int64_t end) {
-    float* copy = copied ? copies.data_ptr<float>() + at::get_thread_num() * weight_floats : nullptr;
+    float* copy = copy_floats ? copies.data_ptr<float>() + at::get_thread_num() * copy_floats : nullptr;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t image = item / parts / per_image, part = item % parts;
-      const int64_t r0 = image * pixels + item / parts % per_image * kProjectRowsPerItem;
-      const int64_t r1 = std::min((image + 1) * pixels, r0 + kProjectRowsPerItem);
-      const int64_t j0 = std::min(a.cout, vectors * part / parts * isa.lanes);
-      const int64_t j1 = std::min(a.cout, vectors * (part + 1) / parts * isa.lanes);
-      const bool gate_weight = parts > 1 || r1 - r0 > j1 - j0;
-      isa.project_kept(a, r0, r1, j0, j1, gate_weight ? copy : nullptr);
+      const Item it = item_at(item);
+      isa.project_kept(a, it.r0, it.r1, it.j0, it.j1, it.into, copy);
     }
   });
 }

@@ -109,18 +109,24 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
                   sizeof(float) * (jhi - jlo) * hc);
       continue;
     }
-    for (int64_t j = jlo; j < jhi; ++j) {
-      const int64_t hcol = b.hc0 + j;
-      float* dst = row + j * p.ld;
-      if (a.expand == Expand::kNone) {
-        const float* src = a.x + b.n * a.sxn + hr * a.sxh + hcol * a.sxw + c0 * a.sxc;
+    const float* x_row = a.x + b.n * a.sxn + hr * a.sxh + b.hc0 * a.sxw;  // the ring's column 0
+    if (a.expand == Expand::kNone) {
+      for (int64_t j = jlo; j < jhi; ++j) {
+        const float* src = x_row + j * a.sxw + c0 * a.sxc;
+        float* dst = row + j * p.ld;
         if (a.sxc == 1) std::memcpy(dst, src, sizeof(float) * hc);
         else for (int64_t c = 0; c < hc; ++c) dst[c] = src[c * a.sxc];
-        continue;
       }
-      a_rows[pending] = a.x + b.n * a.sxn + hr * a.sxh + hcol * a.sxw;
-      c_rows[pending] = dst;
-      if (++pending == kRowBlock) flush();
+      continue;
+    }
+    for (int64_t j = jlo; j < jhi;) {  // the GEMM's rows, a block at a time
+      const int64_t take = std::min(jhi - j, kRowBlock - pending);
+      for (int64_t k = 0; k < take; ++k) {
+        a_rows[pending + k] = x_row + (j + k) * a.sxw;
+        c_rows[pending + k] = row + (j + k) * p.ld;
+      }
+      pending += take, j += take;
+      if (pending == kRowBlock) flush();
     }
   }
   flush();
@@ -223,16 +229,36 @@ void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, i
   float* c_rows[kRowBlock];
   const float* res_rows[kRowBlock];
   int64_t r = b.r0, q = b.q0;  // output pixel of row pix (no division per row)
+  // Where output pixel (r, q) goes: y (with the residual from x), the group's partial plane, or
+  // (chunks before the last) the accumulator, row by row.
+  float* const y_band = a.y + b.n * a.syn;
+  const float* const x_band = a.x + b.n * a.sxn;
+  float* const partial_band = partial ? partial + b.n * a.oh * a.ow * p.acc_ld : nullptr;
   for (int64_t i0 = 0; i0 < M; i0 += kRowBlock) {
     const int64_t m = std::min(kRowBlock, M - i0);
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t pix = i0 + i;
-      a_rows[i] = dw + pix * p.ld;
-      init_rows[i] = acc + pix * p.acc_ld;
-      c_rows[i] = to_y ? a.y + b.n * a.syn + r * a.syh + q * a.syw
-                       : last ? partial + ((b.n * a.oh + r) * a.ow + q) * p.acc_ld : acc + pix * p.acc_ld;
-      if (to_y && a.residual) res_rows[i] = a.x + b.n * a.sxn + r * a.sxh + q * a.sxw;
-      if (++q == b.q0 + b.cols) q = b.q0, ++r;
+    for (int64_t i = 0; i < m; ++i) a_rows[i] = dw + (i0 + i) * p.ld;
+    if (!first)
+      for (int64_t i = 0; i < m; ++i) init_rows[i] = acc + (i0 + i) * p.acc_ld;
+    if (!last) {
+      for (int64_t i = 0; i < m; ++i) c_rows[i] = acc + (i0 + i) * p.acc_ld;
+    } else {
+      // Pixels in runs along a band row: one multiply per run, not per pixel.
+      for (int64_t i = 0; i < m;) {
+        const int64_t run = std::min(m - i, b.q0 + b.cols - q);
+        if (to_y) {
+          float* yr = y_band + r * a.syh + q * a.syw;
+          for (int64_t k = 0; k < run; ++k) c_rows[i + k] = yr + k * a.syw;
+          if (a.residual) {
+            const float* xr = x_band + r * a.sxh + q * a.sxw;
+            for (int64_t k = 0; k < run; ++k) res_rows[i + k] = xr + k * a.sxw;
+          }
+        } else {
+          float* pr = partial_band + (r * a.ow + q) * p.acc_ld;
+          for (int64_t k = 0; k < run; ++k) c_rows[i + k] = pr + k * p.acc_ld;
+        }
+        i += run, q += run;
+        if (q == b.q0 + b.cols) q = b.q0, ++r;
+      }
     }
     Gemm g;
     g.set_weights(a.w_proj, a.proj_packed, a.hidden, c0, hc, a.cout, 0);
@@ -309,7 +335,23 @@ void gate_weight_columns(const BlockArgs& a, int64_t n, int64_t j0, int64_t j1, 
     for (int64_t j = j0; j < j1; ++j) out[k * a.cout + j] = a.w_proj[k * a.cout + j] * gate[k];
 }
 
-void project_rows(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0, int64_t j1) {
+// `count` rows of n floats, each times gate[k] column by column, into out (n floats per row; out
+// may be rows itself).
+void gate_rows_into(const float* rows, int64_t count, int64_t n, const float* gate, float* out) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float* src = rows + i * n;
+    float* dst = out + i * n;
+    int64_t k = 0;
+    for (; k + kLanes <= n; k += kLanes) store(dst + k, load(src + k) * load(gate + k));
+    if (k < n) {
+      const Mask mk = make_mask(static_cast<int>(n - k));
+      store_m(dst + k, load_m(src + k, mk) * load_m(gate + k, mk), mk);
+    }
+  }
+}
+
+// Output pixels [p0, p1) from their depthwise rows (hidden floats each, from `rows` on).
+void project_rows(const BlockArgs& a, const float* rows, int64_t p0, int64_t p1, int64_t j0, int64_t j1) {
   const float* a_rows[kRowBlock];
   float* c_rows[kRowBlock];
   const float* res_rows[kRowBlock];
@@ -318,7 +360,7 @@ void project_rows(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0, int64_
   for (int64_t i0 = p0; i0 < p1; i0 += kRowBlock) {
     const int64_t m = std::min(kRowBlock, p1 - i0);
     for (int64_t i = 0; i < m; ++i) {
-      a_rows[i] = a.dw_store + (i0 + i) * a.hidden;
+      a_rows[i] = rows + (i0 - p0 + i) * a.hidden;
       c_rows[i] = a.y + n * a.syn + r * a.syh + q * a.syw + j0 * a.syc;
       if (a.residual) res_rows[i] = a.x + n * a.sxn + r * a.sxh + q * a.sxw + j0 * a.sxc;
       if (++q == a.ow) {
@@ -341,16 +383,24 @@ void project_rows(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0, int64_
 }  // namespace
 
 void MNV2_CAT(project_kept_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0, int64_t j1,
-                                       float* gated_weight) {
+                                       GateInto into, float* copy) {
   const int64_t image = p0 / (a.oh * a.ow);
-  if (!gated_weight) {
-    activate_rows(a.dw_store + p0 * a.hidden, p1 - p0, a.hidden, a.hidden, Act::kNone, a.gate + image * a.hidden);
-    return project_rows(a, p0, p1, j0, j1);
+  float* rows = a.dw_store + p0 * a.hidden;
+  const float* gate = a.gate + image * a.hidden;
+  switch (into) {
+    case GateInto::kRows:
+    case GateInto::kRowsCopy: {
+      float* gated = into == GateInto::kRows ? rows : copy;
+      gate_rows_into(rows, p1 - p0, a.hidden, gate, gated);
+      return project_rows(a, gated, p0, p1, j0, j1);
+    }
+    case GateInto::kWeightCopy: {
+      gate_weight_columns(a, image, j0, j1, copy);
+      BlockArgs b = a;
+      b.w_proj = copy;
+      return project_rows(b, rows, p0, p1, j0, j1);
+    }
   }
-  gate_weight_columns(a, image, j0, j1, gated_weight);
-  BlockArgs b = a;
-  b.w_proj = gated_weight;
-  project_rows(b, p0, p1, j0, j1);
 }
 
 void MNV2_CAT(sum_groups_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, const float* partial, int64_t p0,

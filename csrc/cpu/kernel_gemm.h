@@ -181,19 +181,23 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
       for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
     }
   }
-  const bool act = g.store == Store::kAct;
-  for (int i = 0; i < MR; ++i) {
-    float* c = g.c[i0 + i] + j0;
-    for (int j = 0; j < NV; ++j) {
-      vec v = act ? activate(acc[i][j], g.act) : acc[i][j];
-      if constexpr (kRes) {
-        const float* r = g.res[i0 + i] + j0 + j * kLanes;
-        v += j < NV - 1 ? load(r) : load_m(r, tail);
+  // The activation as a constant: a switch on it per row made GCC spill the accumulators and
+  // store them in a loop (a quarter of a K = 16 projection's time).
+  auto finish = [&](auto act) {
+    for (int i = 0; i < MR; ++i) {
+      float* c = g.c[i0 + i] + j0;
+      for (int j = 0; j < NV; ++j) {
+        vec v = activate(acc[i][j], decltype(act)::value);
+        if constexpr (kRes) {
+          const float* r = g.res[i0 + i] + j0 + j * kLanes;
+          v += j < NV - 1 ? load(r) : load_m(r, tail);
+        }
+        if (j < NV - 1) store(c + j * kLanes, v);
+        else store_m(c + j * kLanes, v, tail);
       }
-      if (j < NV - 1) store(c + j * kLanes, v);
-      else store_m(c + j * kLanes, v, tail);
     }
-  }
+  };
+  with_act(g.store == Store::kAct ? g.act : Act::kNone, finish);
 }
 
 // Every row of one column panel, in micro-tiles of MR rows, then MR/2 and MR/4 for the remainder.
@@ -230,7 +234,7 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
 // K = 16-32); here a row costs K FMAs, a ReLU6 and a store. K = kChunks * KC: with one chunk B is
 // loaded once for all rows, with more it is reloaded chunk by chunk for every R rows. The
 // activation is a template argument: a switch on it per row cost 15-25% at K = 16.
-template <int KC, int kChunks, Act A>
+template <int KC, int kChunks, Act A, bool kRes>
 void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   // Rows in flight, independent FMA chains that cover the FMA latency: as many as the registers
   // left beside B's hold.
@@ -242,7 +246,11 @@ void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   auto load_b = [&](int chunk) {
     for (int k = 0; k < KC; ++k) b[k] = load_m(bcol + (chunk * KC + k) * ldb, tail);
   };
-  auto finish = [&](vec v, int64_t row) { store_m(g.c[row] + j0, activate(v, A), tail); };
+  auto finish = [&](vec v, int64_t row) {
+    v = activate(v, A);
+    if constexpr (kRes) v += load_m(g.res[row] + j0, tail);
+    store_m(g.c[row] + j0, v, tail);
+  };
   if constexpr (kChunks == 1) load_b(0);
   int64_t i = 0;
   for (; i + R <= M; i += R) {
@@ -321,20 +329,29 @@ void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
   // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32), and for K = 32
   // with enough rows: the rows past the last group of R go one at a time.
   constexpr bool short_k_fits = kMaxAcc >= 24;
+  // A residual only comes with a plain store (a projection's), the one instantiation it gets.
   const bool short_k = (g.K == 16 || g.K == 24 || g.K == 27 || (g.K == 32 && M >= 32)) &&
-                       (g.store == Store::kAct || g.store == Store::kPlain) && g.ck == 1 && !g.res;
+                       (g.store == Store::kAct || g.store == Store::kPlain) && g.ck == 1 &&
+                       (!g.res || (g.rk == 1 && g.store == Store::kPlain));
   if (short_k_fits && short_k) {
     with_act(g.store == Store::kAct ? g.act : Act::kNone, [&](auto act) {
       constexpr Act A = decltype(act)::value;
-      for (int64_t j0 = 0; j0 < N; j0 += kLanes) {
-        const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));
-        switch (g.K) {
-          case 16: column_short_k<16, 1, A>(g, M, j0, ncols); break;
-          case 24: column_short_k<24, 1, A>(g, M, j0, ncols); break;
-          case 27: column_short_k<27, 1, A>(g, M, j0, ncols); break;  // the stem: 3 x 3 taps of 3 channels
-          default: column_short_k<16, 2, A>(g, M, j0, ncols); break;
+      auto columns = [&](auto res) {
+        constexpr bool R = decltype(res)::value;
+        for (int64_t j0 = 0; j0 < N; j0 += kLanes) {
+          const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));
+          switch (g.K) {
+            case 16: column_short_k<16, 1, A, R>(g, M, j0, ncols); break;
+            case 24: column_short_k<24, 1, A, R>(g, M, j0, ncols); break;
+            case 27: column_short_k<27, 1, A, R>(g, M, j0, ncols); break;  // the stem: 3 x 3 taps of 3 channels
+            default: column_short_k<16, 2, A, R>(g, M, j0, ncols); break;
+          }
         }
+      };
+      if constexpr (A == Act::kNone) {
+        if (g.res) return columns(std::true_type{});
       }
+      columns(std::false_type{});
     });
     return;
   }

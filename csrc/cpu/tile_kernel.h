@@ -137,12 +137,13 @@ using TilesFn = void (*)(const BlockArgs&, const TilePlan&, int64_t t0, int64_t 
 
 // The squeeze-and-excite's second pass from the kept depthwise output (a.dw_store), for output
 // pixels [p0, p1) of one image (pixel index = (n * OH + r) * OW + q): their projection into output
-// channels [j0, j1) of y, with the bias and the residual, gated by the image's gate (a.gate). With
-// gated_weight null the rows are gated in place first; otherwise the gate goes into columns
-// [j0, j1) of a copy of the projection's weight there (as many floats as the weight), which the
-// rows are projected with.
-using ProjectKeptFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1, int64_t j0, int64_t j1,
-                               float* gated_weight);
+// channels [j0, j1) of y, with the bias and the residual, gated by the image's gate (a.gate). The
+// gate goes where `into` says: into the rows in place, into a copy of the rows at `copy`
+// ((p1 - p0) x hidden floats: for items that share their rows), or into columns [j0, j1) of a copy
+// of the projection's weight at `copy` (as many floats as the weight).
+enum class GateInto { kRows, kRowsCopy, kWeightCopy };
+using ProjectKeptFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1, int64_t j0, int64_t j1, GateInto into,
+                               float* copy);
 
 // y = the sum of the groups' partial outputs (+ the residual) for output pixels [p0, p1) of the
 // call (pixel index = (n * OH + r) * OW + q).
@@ -196,7 +197,7 @@ inline int64_t conv3x3_scratch_floats(int64_t cols, int64_t stride, int64_t cin)
 #define MNV2_DECLARE_ISA(isa)                                                      \
   void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*, float*, float*); \
   void sum_groups_##isa(const BlockArgs&, const TilePlan&, const float*, int64_t, int64_t);        \
-  void project_kept_##isa(const BlockArgs&, int64_t, int64_t, int64_t, int64_t, float*); \
+  void project_kept_##isa(const BlockArgs&, int64_t, int64_t, int64_t, int64_t, GateInto, float*); \
   void pointwise_pool_##isa(const PoolArgs&, int64_t, int64_t, int64_t, int64_t);  \
   void linear_##isa(const LinearArgs&, int64_t, int64_t, int64_t, int64_t);        \
   void conv3x3_rows_##isa(const BlockArgs&, int64_t, int64_t, int64_t, float*);    \

@@ -13,8 +13,8 @@ void MNV2_FWD_CAT(sum_groups_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, cons
   sum_groups_generic(a, p, partial, p0, p1);
 }
 void MNV2_FWD_CAT(project_kept_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0,
-                                                         int64_t j1, float* gated_weight) {
-  project_kept_generic(a, p0, p1, j0, j1, gated_weight);
+                                                         int64_t j1, GateInto into, float* copy) {
+  project_kept_generic(a, p0, p1, j0, j1, into, copy);
 }
 void MNV2_FWD_CAT(pointwise_pool_, MNV2_FORWARD_TO_GENERIC)(const PoolArgs& a, int64_t n0, int64_t n1,
                                                            int64_t j0, int64_t j1) {
