@@ -28,13 +28,14 @@ def main():
         groups[b["group"]][provider] = b
     providers = ["fused", "eager_nchw", "eager_channels_last", "onnxruntime", "compile"]
     header = f"{'configuration':<48}" + "".join(f"{p[:12]:>13}" for p in providers) + f"{'fused/ORT':>10}{'altern.':>8}{'GFLOP/s':>9}{'of peak':>8}{'fused MiB':>10}{'eager MiB':>10}"
+    if args.plot:
+        write_plot(groups, providers, args.plot)
     if args.markdown:
         print_markdown(groups, providers, args.peak_gflops)
         return
     print(header)
-    rows = []
     for group, entries in groups.items():
-        med = {p: entries[p]["stats"]["median"] * 1e3 for p in providers if p in entries}
+        med = medians(entries, providers)
         line = f"{group:<48}" + "".join(f"{med[p]:>12.3f}m" if p in med else f"{'-':>13}" for p in providers)
         fused = entries.get("fused")
         ratio = med["onnxruntime"] / med["fused"] if "fused" in med and "onnxruntime" in med else float("nan")
@@ -45,28 +46,34 @@ def main():
         line += f"{ratio:>9.2f}x{alt:>7.2f}x{gflops:>9.1f}{gflops / args.peak_gflops:>8.0%}"
         line += f"{fmem / 2**20 if fmem is not None else float('nan'):>10.2f}{emem / 2**20 if emem is not None else float('nan'):>10.2f}"
         print(line)
-        rows.append((group, med))
     print("\nmedian latency in ms; fused/ORT > 1 means the fused kernel is faster than ONNX Runtime: from the")
     print("medians above, and (altern.) from alternating blocks of fused and ONNX Runtime runs, steadier on a")
     print("shared machine.")
-    if args.plot:
-        import matplotlib
+def medians(entries, providers):
+    """Median latency in ms of each provider that ran the configuration."""
+    return {p: entries[p]["stats"]["median"] * 1e3 for p in providers if p in entries}
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        names = [g for g, m in rows if "fused" in m]
-        fig, ax = plt.subplots(figsize=(10, max(3, 0.3 * len(names))))
-        for i, prov in enumerate(["eager_nchw", "onnxruntime", "compile"]):
-            vals = [m.get(prov, float("nan")) / m["fused"] for g, m in rows if "fused" in m]
-            ax.barh([j + 0.25 * i for j in range(len(names))], vals, height=0.25, label=f"{prov} / fused")
-        ax.set_yticks(range(len(names)))
-        ax.set_yticklabels(names, fontsize=7)
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_xlabel("latency relative to fused (>1: fused is faster)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+def write_plot(groups, providers, path):
+    """A bar chart of each provider's latency over the fused one's, per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(g, medians(entries, providers)) for g, entries in groups.items()]
+    rows = [(g, m) for g, m in rows if "fused" in m]
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.3 * len(rows))))
+    for i, prov in enumerate(["eager_nchw", "onnxruntime", "compile"]):
+        vals = [m.get(prov, float("nan")) / m["fused"] for _, m in rows]
+        ax.barh([j + 0.25 * i for j in range(len(rows))], vals, height=0.25, label=f"{prov} / fused")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([g for g, _ in rows], fontsize=7)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("latency relative to fused (>1: fused is faster)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def print_markdown(groups, providers, peak):
@@ -77,7 +84,7 @@ def print_markdown(groups, providers, peak):
           + " | ORT/fused | ORT/fused alternating | fused GFLOP/s | fused peak MiB | eager peak MiB |")
     print("|---" * (len(order) + 6) + "|")
     for group, entries in groups.items():
-        med = {p: entries[p]["stats"]["median"] * 1e3 for p in providers if p in entries}
+        med = medians(entries, providers)
         info = entries.get("fused", {}).get("extra_info", {})
         ratio = med["onnxruntime"] / med["fused"] if "fused" in med and "onnxruntime" in med else float("nan")
         alt, gflops = info.get("ort_over_fused", float("nan")), info.get("gflops") or float("nan")

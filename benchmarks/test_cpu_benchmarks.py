@@ -32,7 +32,7 @@ def block_flops(cin, cout, stride, t, res, batch):
 
 
 # Alternating rounds, and runs per round by batch size, for the fused-vs-ONNX Runtime ratio.
-ALTERNATING_ROUNDS = 8
+ALTERNATING_ROUNDS = 12
 ALTERNATING_RUNS = {1: 20, 8: 3}
 
 
