@@ -109,10 +109,10 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
                   sizeof(float) * (jhi - jlo) * hc);
       continue;
     }
-    const float* x_row = a.x + b.n * a.sxn + hr * a.sxh + b.hc0 * a.sxw;  // the ring's column 0
+    const float* x_row = a.x + b.n * a.sxn + hr * a.sxh + (b.hc0 + jlo) * a.sxw;  // the ring's column jlo
     if (a.expand == Expand::kNone) {
       for (int64_t j = jlo; j < jhi; ++j) {
-        const float* src = x_row + j * a.sxw + c0 * a.sxc;
+        const float* src = x_row + (j - jlo) * a.sxw + c0 * a.sxc;
         float* dst = row + j * p.ld;
         if (a.sxc == 1) std::memcpy(dst, src, sizeof(float) * hc);
         else for (int64_t c = 0; c < hc; ++c) dst[c] = src[c * a.sxc];
@@ -122,7 +122,7 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
     for (int64_t j = jlo; j < jhi;) {  // the GEMM's rows, a block at a time
       const int64_t take = std::min(jhi - j, kRowBlock - pending);
       for (int64_t k = 0; k < take; ++k) {
-        a_rows[pending + k] = x_row + (j + k) * a.sxw;
+        a_rows[pending + k] = x_row + (j - jlo + k) * a.sxw;
         c_rows[pending + k] = row + (j + k) * p.ld;
       }
       pending += take, j += take;

@@ -181,8 +181,8 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
       for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
     }
   }
-  // The activation as a constant: a switch on it per row made GCC spill the accumulators and
-  // store them in a loop (a quarter of a K = 16 projection's time).
+  // The activation as a constant: with a switch on it GCC spilled the accumulators and stored
+  // them in a loop, a jump per row (1-7% of a 112x112 block's time).
   auto finish = [&](auto act) {
     for (int i = 0; i < MR; ++i) {
       float* c = g.c[i0 + i] + j0;
@@ -228,12 +228,13 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
 }
 
 // GEMMs with a short K (the expands of blocks with 16, 24 or 32 input channels, the stem's 27
-// taps, the first block's projection): one column vector at a time, KC rows of B held in
-// registers, the rows of A streamed R at a time. A micro-tile would spend about as long loading
-// and storing its accumulators as multiplying (measured: 60-75% of the long-K speed at
-// K = 16-32); here a row costs K FMAs, a ReLU6 and a store. K = kChunks * KC: with one chunk B is
-// loaded once for all rows, with more it is reloaded chunk by chunk for every R rows. The
-// activation is a template argument: a switch on it per row cost 15-25% at K = 16.
+// taps, projections from as few hidden channels, with their residual): one column vector at a
+// time, KC rows of B held in registers, the rows of A streamed R at a time. A micro-tile would
+// spend about as long loading and storing its accumulators as multiplying (measured: 60-75% of
+// the long-K speed at K = 16-32); here a row costs K FMAs, a ReLU6 and a store.
+// K = kChunks * KC: with one chunk B is loaded once for all rows, with more it is reloaded chunk
+// by chunk for every R rows. The activation is a template argument: a switch on it per row cost
+// 15-25% at K = 16.
 template <int KC, int kChunks, Act A, bool kRes>
 void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   // Rows in flight, independent FMA chains that cover the FMA latency: as many as the registers
