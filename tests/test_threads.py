@@ -1,6 +1,9 @@
-"""The whole-network call on the CPU with any thread count, a count changed between calls, and
-callers on several Python threads at once: torchvision's output every time."""
+"""The whole-network call on the CPU with any thread count, a count changed between calls,
+callers on several Python threads at once, its stages on a team or on one thread, and another
+process busy on a core: torchvision's output every time."""
 import copy
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -60,3 +63,59 @@ def test_callers_on_several_threads_at_once(nets):
             t.join(timeout=300)
         assert not errors, errors
         assert len(results) == len(inputs)
+
+
+@pytest.mark.parametrize("mode", ["alone", "auto", ""])
+def test_chain_on_one_thread_gives_the_teams_output(nets, mode, monkeypatch):
+    reference, fused = nets
+    x = make_input((2, 3, 64, 80), "channels_last")
+    with torch.no_grad(), num_threads(3):
+        ref = reference(x)
+        monkeypatch.setenv("MNV2_FUSED_CHAIN", "team")
+        team = fused(x)
+        monkeypatch.setenv("MNV2_FUSED_CHAIN", mode)
+        out = fused(x)
+    assert rel_err(team, ref) <= 1e-4
+    # Alone, the stages keep the tiling planned for the team's threads: the very same output.
+    assert torch.equal(out, team)
+
+
+def test_unknown_chain_mode_is_refused(nets, monkeypatch):
+    _, fused = nets
+    monkeypatch.setenv("MNV2_FUSED_CHAIN", "sometimes")
+    with torch.no_grad(), num_threads(2), pytest.raises(ValueError, match="MNV2_FUSED_CHAIN must be team, alone"):
+        fused(make_input((1, 3, 32, 32), "channels_last"))
+
+
+@pytest.mark.parametrize("mode", ["team", "alone"])
+def test_error_in_a_stage_leaves_the_team_usable(nets, mode, monkeypatch):
+    _, fused = nets
+    monkeypatch.setenv("MNV2_FUSED_CHAIN", mode)
+    x = make_input((2, 3, 48, 48), "channels_last")
+    with torch.no_grad(), num_threads(2):
+        expected = fused(x)
+        args = list(fused._bound.weights(fused.features, fused.classifier).op_arguments())
+        bad = list(args[3])
+        bad[6 * 8 + 4] = bad[6 * 8 + 4][:, :-1]  # block 8's projection loses an input channel
+        with pytest.raises((RuntimeError, ValueError)):
+            torch.ops.mnv2_fused.mobilenet_v2_forward(x, *args[:3], bad, *args[4:])
+        assert torch.equal(torch.ops.mnv2_fused.mobilenet_v2_forward(x, *args), expected)
+
+
+def test_another_process_on_a_core(nets):
+    """With a process spinning on a core the chains switch to one thread and back (by the time
+    their leader spends off its core): every output is still torchvision's."""
+    reference, fused = nets
+    x = make_input((1, 3, 96, 96), "channels_last")
+    with torch.no_grad(), num_threads(2):
+        ref = reference(x)
+        expected = fused(x)
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            loaded = [fused(x) for _ in range(60)]
+        finally:
+            spinner.kill()
+            spinner.wait()
+        quiet = [fused(x) for _ in range(20)]
+    assert rel_err(expected, ref) <= 1e-4
+    assert all(torch.equal(o, expected) for o in loaded + quiet)

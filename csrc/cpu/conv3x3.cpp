@@ -12,6 +12,7 @@
 #include "../checks.h"
 #include "isa.h"
 #include "ops_cpu.h"
+#include "team.h"
 #include "weight_layout.h"
 
 namespace mnv2_fused {
@@ -39,7 +40,7 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   const Isa& isa = cpu_isa();
   const int64_t scratch_floats = conv3x3_scratch_floats(ow, stride, a.cin);
   // A few rows per item: each is a GEMM of one output row's pixels.
-  at::parallel_for(0, n * oh, 4, [&](int64_t begin, int64_t end) {
+  team_parallel_for(0, n * oh, 4, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(scratch_floats);
     for (int64_t item = begin; item < end;) {  // runs of rows within one image
       const int64_t image = item / oh, r0 = item % oh, r1 = std::min(oh, r0 + (end - item));

@@ -14,6 +14,7 @@
 #include "isa.h"
 #include "ops_cpu.h"
 #include "plan.h"
+#include "team.h"
 #include "weight_layout.h"
 
 namespace mnv2_fused {
@@ -75,7 +76,7 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
     const int64_t claims = claims_per_worker();
     const int64_t run = std::max<int64_t>(1, ceil_div(tiles, workers * claims));
     std::atomic<int64_t> next{0};
-    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    team_parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
       for (int64_t w = begin; w < end; ++w)
         for (int64_t t0 = next.fetch_add(run); t0 < tiles; t0 = next.fetch_add(run)) {
           clear(w);
@@ -87,14 +88,14 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
     const int64_t pixels = plan.plane_pixels, plane = pixels * plan.acc_ld;
     at::Tensor partial = summing ? at::Tensor() : at::empty({plan.groups, plane}, x.options());
     float* part = summing ? nullptr : partial.data_ptr<float>();
-    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    team_parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
         clear(g);
         isa.run_tiles(a, plan, 0, tiles, g, scratch_of(g), summing ? nullptr : part + g * plane, sums_of(g));
       }
     });
     if (!summing)
-      at::parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) { isa.sum_groups(a, plan, part, begin, end); });
+      team_parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) { isa.sum_groups(a, plan, part, begin, end); });
   }
   if (summing) {  // the slabs of workers that ran no tile hold nothing
     float* out = channel_sums.data_ptr<float>();
@@ -247,7 +248,7 @@ void project_kept(const BlockArgs& a, int64_t n, const at::TensorOptions& option
     if (it.into == GateInto::kRowsCopy) copy_floats = std::max(copy_floats, (it.r1 - it.r0) * a.hidden);
   }
   const at::Tensor copies = copy_floats ? at::empty({threads, copy_floats}, options) : at::Tensor();
-  at::parallel_for(0, row_items * parts, 1, [&](int64_t begin, int64_t end) {
+  team_parallel_for(0, row_items * parts, 1, [&](int64_t begin, int64_t end) {
     float* copy = copy_floats ? copies.data_ptr<float>() + at::get_thread_num() * copy_floats : nullptr;
     for (int64_t item = begin; item < end; ++item) {
       const Item it = item_at(item);

@@ -1,9 +1,12 @@
 // CPU kernel of mnv2_fused::mobilenet_v2_forward: every fused stage of a converted MobileNetV2 in
-// one call, so a forward crosses from Python into the library once instead of once per stage.
+// one call, so a forward crosses from Python into the library once instead of once per stage, and
+// its stages share one team of threads (team.h).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "ops_cpu.h"
+#include "team.h"
 
 namespace mnv2_fused {
 namespace cpu {
@@ -21,15 +24,19 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
                         static_cast<int64_t>(block_residuals.size()) == n_blocks,
                     op, ": expected 6 weights, a stride and a residual flag per block, got ", blocks.size(),
                     " weights, ", n_blocks, " strides and ", block_residuals.size(), " flags");
-  at::Tensor y = stem_inverted_residual(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride);
-  for (int64_t i = 0; i < n_blocks; ++i) {
-    auto w = [&](int64_t j) { return blocks.get(6 * i + j); };
-    TORCH_CHECK_VALUE(w(2).has_value() && w(3).has_value() && w(4).has_value() && w(5).has_value(), op,
-                      ": block ", i, " lacks a depthwise or projection weight");
-    y = inverted_residual(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], block_residuals[i] != 0);
-  }
-  y = pointwise_relu6_mean(y, head[0], head[1]);
-  return classifier.empty() ? y : linear(y, classifier[0], classifier[1], "none");
+  at::Tensor y;
+  run_as_team(at::get_num_threads(), [&] {
+    y = stem_inverted_residual(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride);
+    for (int64_t i = 0; i < n_blocks; ++i) {
+      auto w = [&](int64_t j) { return blocks.get(6 * i + j); };
+      TORCH_CHECK_VALUE(w(2).has_value() && w(3).has_value() && w(4).has_value() && w(5).has_value(), op,
+                        ": block ", i, " lacks a depthwise or projection weight");
+      y = inverted_residual(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], block_residuals[i] != 0);
+    }
+    y = pointwise_relu6_mean(y, head[0], head[1]);
+    if (!classifier.empty()) y = linear(y, classifier[0], classifier[1], "none");
+  });
+  return y;
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "../checks.h"
 #include "isa.h"
 #include "ops_cpu.h"
+#include "team.h"
 #include "weight_layout.h"
 
 namespace mnv2_fused {
@@ -27,7 +28,7 @@ at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const 
              contiguous_ptr(b, keep_b), y.data_ptr<float>(), cin, cout, x.size(2), x.size(3)};
   const Isa& isa = cpu_isa();
   const int64_t block = 4 * isa.lanes, blocks = (cout + block - 1) / block;
-  at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+  team_parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t j0 = item % blocks * block;
       isa.pointwise_pool(a, item / blocks, item / blocks + 1, j0, std::min(cout, j0 + block));
@@ -74,7 +75,7 @@ void run_linear(const LinearArgs& a, int64_t rows) {
   const Isa& isa = cpu_isa();
   // Column blocks, so every thread streams its own part of the weight.
   const int64_t block = 4 * isa.lanes, blocks = (a.o + block - 1) / block;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  team_parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     isa.linear(a, 0, rows, begin * block, std::min(a.o, end * block));
   });
 }

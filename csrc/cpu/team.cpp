@@ -1,0 +1,286 @@
+#include "team.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <cstdio>
+#include <string>
+#include <time.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+namespace mnv2_fused {
+namespace cpu {
+namespace {
+
+// How long a waiting thread spins before it sleeps. Longer than the gap between two stages of a
+// forward (allocating the next output, looking up its plan: a few microseconds) and than the
+// usual wait for the last chunk, far shorter than a scheduler's time slice.
+// Measured at batch 1: spinning 0 or 10 us took a quiet forward from 3.3 or 3.0 ms to 4.9 or 3.6
+// (a stage often finds its helper asleep); with another process on one of the cores, 200 us took
+// a forward of a team from 7.5 to 12 ms.
+constexpr std::chrono::microseconds kSpin{50};
+
+void pause() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#endif
+}
+
+// Spins until ready() for up to kSpin, then sleeps on `cv` until it holds. `sleepers` is
+// raised before the check under the lock: whoever makes ready() true and then reads `sleepers`
+// either sees the sleeper and notifies under the lock, or made it true before that check.
+template <class Ready>
+void wait_until(const Ready& ready, std::mutex& mutex, std::condition_variable& cv, std::atomic<int>& sleepers) {
+  const auto until = std::chrono::steady_clock::now() + kSpin;
+  while (!ready()) {
+    if (std::chrono::steady_clock::now() >= until) {
+      sleepers.fetch_add(1);
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        cv.wait(lock, ready);
+      }
+      sleepers.fetch_sub(1);
+      return;
+    }
+    for (int i = 0; i < 32; ++i) pause();
+  }
+}
+
+void wake(std::mutex& mutex, std::condition_variable& cv, const std::atomic<int>& sleepers) {
+  if (sleepers.load() == 0) return;
+  std::lock_guard<std::mutex> lock(mutex);
+  cv.notify_all();
+}
+
+// A job's claims are one 64-bit ticket: generation, chunk count and next chunk, so a thread that
+// claims a chunk knows in the same atomic step that the chunk belongs to the job it saw.
+constexpr int kIndexBits = 20;
+constexpr uint64_t kIndexMask = (uint64_t(1) << kIndexBits) - 1;
+uint64_t generation(uint64_t t) { return t >> (2 * kIndexBits); }
+int64_t chunks_of(uint64_t t) { return static_cast<int64_t>((t >> kIndexBits) & kIndexMask); }
+int64_t next_of(uint64_t t) { return static_cast<int64_t>(t & kIndexMask); }
+
+class Team {
+ public:
+  explicit Team(int64_t size) : size_(size) {}
+
+  // The leader: hands out [begin, end) in chunks, runs what it claims, and returns when every
+  // chunk is done (rethrowing the first exception a chunk threw).
+  void run(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
+    int64_t chunks = size_;
+    if (grain > 0) chunks = std::min(chunks, (end - begin + grain - 1) / grain);
+    job_begin_ = begin, job_end_ = end, chunk_ = (end - begin + chunks - 1) / chunks, f_ = &f;
+    chunks = (end - begin + chunk_ - 1) / chunk_;
+    done_.store(0);
+    const uint64_t gen = generation(ticket_.load()) + 1;
+    const uint64_t ticket = (gen << (2 * kIndexBits)) | (static_cast<uint64_t>(chunks) << kIndexBits);
+    ticket_.store(ticket);
+    wake(mutex_, helpers_cv_, helpers_asleep_);
+    claim(gen);
+    wait_until([&] { return done_.load() == chunks; }, mutex_, leader_cv_, leader_asleep_);
+    if (error_) {
+      std::exception_ptr e = error_;
+      error_ = nullptr;
+      std::rethrow_exception(e);
+    }
+  }
+
+  // A helper: runs the chunks it claims until the leader stops the team.
+  void serve() {
+    uint64_t seen = 0;
+    for (;;) {
+      wait_until([&] { return stopped_.load() || generation(ticket_.load()) != seen; }, mutex_, helpers_cv_,
+                 helpers_asleep_);
+      if (stopped_.load()) return;
+      seen = generation(ticket_.load());
+      claim(seen);
+    }
+  }
+
+  void stop() {
+    stopped_.store(true);
+    wake(mutex_, helpers_cv_, helpers_asleep_);
+  }
+
+ private:
+  void claim(uint64_t gen) {
+    uint64_t t = ticket_.load();
+    while (generation(t) == gen && next_of(t) < chunks_of(t)) {
+      if (!ticket_.compare_exchange_weak(t, t + 1)) continue;
+      // The job cannot finish before this chunk does, so its fields stay as the leader set them.
+      const int64_t b = job_begin_ + next_of(t) * chunk_;
+      try {
+        (*f_)(b, std::min(job_end_, b + chunk_));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+      if (done_.fetch_add(1) + 1 == chunks_of(t)) wake(mutex_, leader_cv_, leader_asleep_);
+      t = ticket_.load();
+    }
+  }
+
+  const int64_t size_;
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<bool> stopped_{false};
+  int64_t job_begin_ = 0, job_end_ = 0, chunk_ = 1;
+  const std::function<void(int64_t, int64_t)>* f_ = nullptr;
+  std::exception_ptr error_;
+  std::mutex mutex_;
+  std::condition_variable helpers_cv_, leader_cv_;
+  std::atomic<int> helpers_asleep_{0}, leader_asleep_{0};
+};
+
+thread_local Team* led_team = nullptr;  // the team this thread leads, inside run_as_team
+thread_local bool in_chunk = false;     // running a chunk: nested calls run where they are
+thread_local bool alone = false;        // leading a chain on one thread (see Contention): the
+                                        // tiling stays that of the team, and so do the outputs
+
+// CPU time of the calling thread.
+std::chrono::nanoseconds thread_cpu_time() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return std::chrono::seconds(t.tv_sec) + std::chrono::nanoseconds(t.tv_nsec);
+}
+
+// Whether chains run on one thread for a while, because another process holds one of the cores.
+// Measured at batch 1 with a process spinning on one of two cores: two threads took 6-12 ms a
+// forward (a helper, once the other process holds its core, runs again only when the scheduler
+// next balances, milliseconds later, however the leader waits), one thread 5.7 ms, against 2.9 ms
+// for two threads on a quiet machine. The sign is the leader's time off its core: it spins while it
+// waits, so on a quiet machine it is off its core for a few percent of a chain, under load for
+// half or more. After two such chains in a row the chains run alone for 100 ms (and at least four
+// chains' time), then as teams again: two more contended chains in a row send them back alone for
+// twice as long (up to 400 ms), one clean chain starts over. (A quiet but noisy machine now and
+// then has two contended chains in a row: that costs one run alone.)
+class Contention {
+  using Clock = std::chrono::steady_clock;
+
+ public:
+  bool run_alone() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return Clock::now() < alone_until_;
+  }
+
+  void record(Clock::duration wall, std::chrono::nanoseconds cpu) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto off = wall - cpu;
+    const bool contended = off * 10 > wall * 3 && off > std::chrono::microseconds(200);
+    if (!contended) {
+      strikes_ = 0, backoff_ = std::chrono::milliseconds(0);
+      return;
+    }
+    if (++strikes_ < 2) return;
+    // Alone for a while, and for at least a few chains as long as this one, so that long chains
+    // (large batches) are not probed every other time.
+    backoff_ = backoff_.count() == 0 ? kFirstRun : std::min(backoff_ * 2, kLongestRun);
+    alone_until_ = Clock::now() + std::max<Clock::duration>(backoff_, 4 * wall);
+    strikes_ = 0;
+  }
+
+ private:
+  static constexpr std::chrono::milliseconds kFirstRun{100}, kLongestRun{400};
+  std::mutex mutex_;
+  Clock::time_point alone_until_{};
+  int strikes_ = 0;
+  std::chrono::milliseconds backoff_{0};  // the last run alone's length; 0 after a clean chain
+};
+
+// MNV2_FUSED_CHAIN=team / alone: every chain as a team / on one thread (read at every call).
+enum class ChainMode { kAdaptive, kTeam, kAlone };
+ChainMode chain_mode() {
+  const char* v = std::getenv("MNV2_FUSED_CHAIN");
+  if (v == nullptr || *v == 0) return ChainMode::kAdaptive;
+  const std::string mode(v);
+  TORCH_CHECK_VALUE(mode == "team" || mode == "alone" || mode == "auto",
+                    "mnv2_fused: MNV2_FUSED_CHAIN must be team, alone or auto, got '", mode, "'");
+  return mode == "team" ? ChainMode::kTeam : mode == "alone" ? ChainMode::kAlone : ChainMode::kAdaptive;
+}
+
+Contention& contention() {
+  static Contention c;
+  return c;
+}
+
+}  // namespace
+
+void run_as_team(int64_t threads, const std::function<void()>& body) {
+  if (led_team != nullptr || alone || threads <= 1 || at::in_parallel_region() || at::get_num_threads() <= 1) {
+    body();
+    return;
+  }
+  const ChainMode mode = chain_mode();
+  if (mode == ChainMode::kAlone || (mode == ChainMode::kAdaptive && contention().run_alone())) {
+    alone = true;
+    try {
+      body();
+    } catch (...) {
+      alone = false;
+      throw;
+    }
+    alone = false;
+    return;
+  }
+  TORCH_CHECK(threads < (int64_t(1) << kIndexBits), "mnv2_fused: too many threads for a team: ", threads);
+  Team team(threads);
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    if (begin != 0) {  // a helper: the team's other threads
+      team.serve();
+      return;
+    }
+    // The leader (the calling thread, or every index at once when the region runs on one thread).
+    const auto wall0 = std::chrono::steady_clock::now();
+    const auto cpu0 = thread_cpu_time();
+    led_team = &team;
+    try {
+      body();
+    } catch (...) {
+      led_team = nullptr;
+      team.stop();
+      throw;
+    }
+    led_team = nullptr;
+    team.stop();
+    if (mode == ChainMode::kAdaptive)
+      contention().record(std::chrono::steady_clock::now() - wall0, thread_cpu_time() - cpu0);
+  });
+}
+
+void team_parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
+  if (begin >= end) return;
+  if (alone) {
+    f(begin, end);
+    return;
+  }
+  Team* team = led_team;
+  if (team == nullptr || in_chunk) {
+    at::parallel_for(begin, end, grain, f);
+    return;
+  }
+  if (end - begin <= grain || end - begin == 1) {
+    f(begin, end);
+    return;
+  }
+  in_chunk = true;
+  try {
+    team->run(begin, end, grain, f);
+  } catch (...) {
+    in_chunk = false;
+    throw;
+  }
+  in_chunk = false;
+}
+
+}  // namespace cpu
+}  // namespace mnv2_fused

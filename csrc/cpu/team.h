@@ -1,0 +1,26 @@
+// A team of threads for a chain of kernel calls (a whole network's forward), so its stages do not
+// each open and close an OpenMP region. The team's threads are ATen's own (one at::parallel_for
+// region for the whole chain): no second set of threads competes with them for the cores.
+//
+// Why: with another process on one of the cores, an OpenMP region's closing barrier and its idle
+// workers spin for up to milliseconds, holding a core while the thread they wait for queues behind
+// the other process. In a team, a thread that waits spins for a few tens of microseconds (stages
+// follow each other that closely) and then sleeps, so the scheduler can move the other thread onto
+// its core; and the leader waits only for work a helper has claimed, never for a helper to start.
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace mnv2_fused {
+namespace cpu {
+
+// Runs body() on the calling thread, which leads a team of up to `threads` threads for the
+// team_parallel_for calls body makes. Inside a team already, or with one thread, just runs body().
+void run_as_team(int64_t threads, const std::function<void()>& body);
+
+// f(b, e) over [begin, end) in chunks, as at::parallel_for(begin, end, grain, f) divides it: on
+// the team when called by a team's leader, on at::parallel_for otherwise.
+void team_parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f);
+
+}  // namespace cpu
+}  // namespace mnv2_fused
