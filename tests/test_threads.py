@@ -1,5 +1,5 @@
 """The whole-network call on the CPU with any thread count, a count changed between calls,
-callers on several Python threads at once, its stages on a team or on one thread, and another
+callers on several Python threads at once, its stages on all threads or one fewer, and another
 process busy on a core: torchvision's output every time."""
 import copy
 import subprocess
@@ -65,34 +65,37 @@ def test_callers_on_several_threads_at_once(nets):
         assert len(results) == len(inputs)
 
 
-@pytest.mark.parametrize("mode", ["alone", "auto", ""])
-def test_chain_on_one_thread_gives_the_teams_output(nets, mode, monkeypatch):
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("mode", ["reduced", "auto", ""])
+def test_reduced_chain_gives_the_full_teams_output(nets, threads, mode, monkeypatch):
     reference, fused = nets
     x = make_input((2, 3, 64, 80), "channels_last")
-    with torch.no_grad(), num_threads(3):
+    with torch.no_grad(), num_threads(threads):
         ref = reference(x)
-        monkeypatch.setenv("MNV2_FUSED_CHAIN", "team")
-        team = fused(x)
+        monkeypatch.setenv("MNV2_FUSED_CHAIN", "full")
+        full = fused(x)
         monkeypatch.setenv("MNV2_FUSED_CHAIN", mode)
         out = fused(x)
-    assert rel_err(team, ref) <= 1e-4
-    # Alone, the stages keep the tiling planned for the team's threads: the very same output.
-    assert torch.equal(out, team)
+    assert rel_err(full, ref) <= 1e-4
+    # One thread fewer (on two, the calling thread alone), the stages keep the tiling planned for
+    # all of them: the very same output.
+    assert torch.equal(out, full)
 
 
 def test_unknown_chain_mode_is_refused(nets, monkeypatch):
     _, fused = nets
     monkeypatch.setenv("MNV2_FUSED_CHAIN", "sometimes")
-    with torch.no_grad(), num_threads(2), pytest.raises(ValueError, match="MNV2_FUSED_CHAIN must be team, alone"):
+    with torch.no_grad(), num_threads(2), pytest.raises(ValueError, match="MNV2_FUSED_CHAIN must be full, reduced"):
         fused(make_input((1, 3, 32, 32), "channels_last"))
 
 
-@pytest.mark.parametrize("mode", ["team", "alone"])
-def test_error_in_a_stage_leaves_the_team_usable(nets, mode, monkeypatch):
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("mode", ["full", "reduced"])
+def test_error_in_a_stage_leaves_the_team_usable(nets, threads, mode, monkeypatch):
     _, fused = nets
     monkeypatch.setenv("MNV2_FUSED_CHAIN", mode)
     x = make_input((2, 3, 48, 48), "channels_last")
-    with torch.no_grad(), num_threads(2):
+    with torch.no_grad(), num_threads(threads):
         expected = fused(x)
         args = list(fused._bound.weights(fused.features, fused.classifier).op_arguments())
         bad = list(args[3])
@@ -104,7 +107,8 @@ def test_error_in_a_stage_leaves_the_team_usable(nets, mode, monkeypatch):
 
 def test_another_process_on_a_core(nets):
     """With a process spinning on a core the chains switch to one thread and back (by the time
-    their leader spends off its core): every output is still torchvision's."""
+    their leader spends off its core, and the machine's idle time): every output is still
+    torchvision's."""
     reference, fused = nets
     x = make_input((1, 3, 96, 96), "channels_last")
     with torch.no_grad(), num_threads(2):

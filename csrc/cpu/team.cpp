@@ -7,12 +7,14 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
-#include <cstdio>
 #include <string>
+
 #include <time.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -144,8 +146,7 @@ class Team {
 
 thread_local Team* led_team = nullptr;  // the team this thread leads, inside run_as_team
 thread_local bool in_chunk = false;     // running a chunk: nested calls run where they are
-thread_local bool alone = false;        // leading a chain on one thread (see Contention): the
-                                        // tiling stays that of the team, and so do the outputs
+thread_local bool alone = false;        // leading a chain on one thread
 
 // CPU time of the calling thread.
 std::chrono::nanoseconds thread_cpu_time() {
@@ -154,23 +155,48 @@ std::chrono::nanoseconds thread_cpu_time() {
   return std::chrono::seconds(t.tv_sec) + std::chrono::nanoseconds(t.tv_nsec);
 }
 
-// Whether chains run on one thread for a while, because another process holds one of the cores.
-// Measured at batch 1 with a process spinning on one of two cores: two threads took 6-12 ms a
-// forward (a helper, once the other process holds its core, runs again only when the scheduler
-// next balances, milliseconds later, however the leader waits), one thread 5.7 ms, against 2.9 ms
-// for two threads on a quiet machine. The sign is the leader's time off its core: it spins while it
-// waits, so on a quiet machine it is off its core for a few percent of a chain, under load for
-// half or more. After two such chains in a row the chains run alone for 100 ms (and at least four
-// chains' time), then as teams again: two more contended chains in a row send them back alone for
-// twice as long (up to 400 ms), one clean chain starts over. (A quiet but noisy machine now and
-// then has two contended chains in a row: that costs one run alone.)
+// Time the machine's CPUs have spent idle since boot, added over all of them (Linux's /proc/stat,
+// in clock ticks); negative where it cannot be read.
+std::chrono::milliseconds machine_idle_time() {
+  std::FILE* f = std::fopen("/proc/stat", "r");
+  if (f == nullptr) return std::chrono::milliseconds(-1);
+  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0;
+  const int read = std::fscanf(f, "cpu %llu %llu %llu %llu %llu", &user, &nice, &system, &idle, &iowait);
+  std::fclose(f);
+  const long ticks = sysconf(_SC_CLK_TCK);
+  if (read != 5 || ticks <= 0) return std::chrono::milliseconds(-1);
+  return std::chrono::milliseconds(static_cast<long long>((idle + iowait) * 1000 / ticks));
+}
+
+// Whether chains run reduced (one thread fewer: on two threads, the calling thread alone) for a
+// while, because another process holds one of the cores. Measured at batch 1 with a process
+// spinning on one of two cores: two threads took 6-12 ms a forward (a helper, once the other
+// process holds its core, runs again only when the scheduler next balances, milliseconds later,
+// however the leader waits), one thread 5.7 ms, against 2.9 ms for two threads on a quiet machine.
+// The sign is the leader's time off its core: it spins while it waits, so on a quiet machine it
+// is off its core for a few percent of a chain, under load for half or more. After two such
+// chains in a row the chains run reduced for 100 ms (and at least four chains' time), then as full
+// teams again: two more contended chains in a row send them back for twice as long (up to 400 ms),
+// one clean chain starts over. A reduced run ends early once the machine's CPUs, added together,
+// have been idle for half of its time so far (a core left free: the other process is gone);
+// otherwise a brief load, or the spinning workers of another runtime in the same process, kept
+// whole benchmarks of the network on one thread, up to 400 ms after the load had passed.
 class Contention {
   using Clock = std::chrono::steady_clock;
 
  public:
-  bool run_alone() {
+  bool run_reduced() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return Clock::now() < alone_until_;
+    const auto now = Clock::now();
+    if (now >= reduced_until_) return false;
+    if (idle0_.count() >= 0 && now - reduced_since_ >= kIdleCheckAfter) {
+      const auto idle = machine_idle_time() - idle0_;
+      if (idle * 2 >= now - reduced_since_) {
+        reduced_until_ = now, backoff_ = std::chrono::milliseconds(0);
+        return false;
+      }
+    }
+    return true;
   }
 
   void record(Clock::duration wall, std::chrono::nanoseconds cpu) {
@@ -182,30 +208,35 @@ class Contention {
       return;
     }
     if (++strikes_ < 2) return;
-    // Alone for a while, and for at least a few chains as long as this one, so that long chains
-    // (large batches) are not probed every other time.
+    // Reduced for a while, and for at least a few chains as long as this one, so that long
+    // chains (large batches) are not probed every other time.
     backoff_ = backoff_.count() == 0 ? kFirstRun : std::min(backoff_ * 2, kLongestRun);
-    alone_until_ = Clock::now() + std::max<Clock::duration>(backoff_, 4 * wall);
+    reduced_since_ = Clock::now();
+    reduced_until_ = reduced_since_ + std::max<Clock::duration>(backoff_, 4 * wall);
+    idle0_ = machine_idle_time();
     strikes_ = 0;
   }
 
  private:
-  static constexpr std::chrono::milliseconds kFirstRun{100}, kLongestRun{400};
+  // /proc/stat counts in ticks (10 ms on most systems): the idle time is judged over 30 ms or more.
+  static constexpr std::chrono::milliseconds kFirstRun{100}, kLongestRun{400}, kIdleCheckAfter{30};
   std::mutex mutex_;
-  Clock::time_point alone_until_{};
+  Clock::time_point reduced_since_{}, reduced_until_{};
+  std::chrono::milliseconds idle0_{-1};
   int strikes_ = 0;
-  std::chrono::milliseconds backoff_{0};  // the last run alone's length; 0 after a clean chain
+  std::chrono::milliseconds backoff_{0};  // the last reduced run's length; 0 after a clean chain
 };
 
-// MNV2_FUSED_CHAIN=team / alone: every chain as a team / on one thread (read at every call).
-enum class ChainMode { kAdaptive, kTeam, kAlone };
+// MNV2_FUSED_CHAIN=full / reduced: every chain on all threads / on one thread fewer (read at every
+// call); auto (the default) as Contention decides.
+enum class ChainMode { kAuto, kFull, kReduced };
 ChainMode chain_mode() {
   const char* v = std::getenv("MNV2_FUSED_CHAIN");
-  if (v == nullptr || *v == 0) return ChainMode::kAdaptive;
+  if (v == nullptr || *v == 0) return ChainMode::kAuto;
   const std::string mode(v);
-  TORCH_CHECK_VALUE(mode == "team" || mode == "alone" || mode == "auto",
-                    "mnv2_fused: MNV2_FUSED_CHAIN must be team, alone or auto, got '", mode, "'");
-  return mode == "team" ? ChainMode::kTeam : mode == "alone" ? ChainMode::kAlone : ChainMode::kAdaptive;
+  TORCH_CHECK_VALUE(mode == "full" || mode == "reduced" || mode == "auto",
+                    "mnv2_fused: MNV2_FUSED_CHAIN must be full, reduced or auto, got '", mode, "'");
+  return mode == "full" ? ChainMode::kFull : mode == "reduced" ? ChainMode::kReduced : ChainMode::kAuto;
 }
 
 Contention& contention() {
@@ -213,28 +244,10 @@ Contention& contention() {
   return c;
 }
 
-}  // namespace
-
-void run_as_team(int64_t threads, const std::function<void()>& body) {
-  if (led_team != nullptr || alone || threads <= 1 || at::in_parallel_region() || at::get_num_threads() <= 1) {
-    body();
-    return;
-  }
-  const ChainMode mode = chain_mode();
-  if (mode == ChainMode::kAlone || (mode == ChainMode::kAdaptive && contention().run_alone())) {
-    alone = true;
-    try {
-      body();
-    } catch (...) {
-      alone = false;
-      throw;
-    }
-    alone = false;
-    return;
-  }
-  TORCH_CHECK(threads < (int64_t(1) << kIndexBits), "mnv2_fused: too many threads for a team: ", threads);
+// Leads a team of `size` threads (at least 2) for body's stages, planned for `threads`.
+void lead(int64_t size, int64_t threads, const std::function<void()>& body, bool measure) {
   Team team(threads);
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, size, 1, [&](int64_t begin, int64_t end) {
     if (begin != 0) {  // a helper: the team's other threads
       team.serve();
       return;
@@ -252,9 +265,32 @@ void run_as_team(int64_t threads, const std::function<void()>& body) {
     }
     led_team = nullptr;
     team.stop();
-    if (mode == ChainMode::kAdaptive)
-      contention().record(std::chrono::steady_clock::now() - wall0, thread_cpu_time() - cpu0);
+    if (measure) contention().record(std::chrono::steady_clock::now() - wall0, thread_cpu_time() - cpu0);
   });
+}
+
+}  // namespace
+
+void run_as_team(int64_t threads, const std::function<void()>& body) {
+  if (led_team != nullptr || alone || threads <= 1 || at::in_parallel_region() || at::get_num_threads() <= 1) {
+    body();
+    return;
+  }
+  TORCH_CHECK(threads < (int64_t(1) << kIndexBits), "mnv2_fused: too many threads for a team: ", threads);
+  const ChainMode mode = chain_mode();
+  const bool reduced = mode == ChainMode::kReduced || (mode == ChainMode::kAuto && contention().run_reduced());
+  if (!reduced) return lead(threads, threads, body, mode == ChainMode::kAuto);
+  // Reduced: the stages keep the tiling planned for all the threads (and so the same outputs);
+  // whichever threads there are claim its chunks.
+  if (threads > 2) return lead(threads - 1, threads, body, false);
+  alone = true;
+  try {
+    body();
+  } catch (...) {
+    alone = false;
+    throw;
+  }
+  alone = false;
 }
 
 void team_parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
