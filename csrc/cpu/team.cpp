@@ -148,6 +148,16 @@ thread_local Team* led_team = nullptr;  // the team this thread leads, inside ru
 thread_local bool in_chunk = false;     // running a chunk: nested calls run where they are
 thread_local bool alone = false;        // leading a chain on one thread
 
+// Sets a thread-local flag for the scope (an exception included).
+class Raised {
+ public:
+  explicit Raised(bool& flag) : flag_(flag) { flag_ = true; }
+  ~Raised() { flag_ = false; }
+
+ private:
+  bool& flag_;
+};
+
 // CPU time of the calling thread.
 std::chrono::nanoseconds thread_cpu_time() {
   timespec t{};
@@ -255,16 +265,18 @@ void lead(int64_t size, int64_t threads, const std::function<void()>& body, bool
     // The leader (the calling thread, or every index at once when the region runs on one thread).
     const auto wall0 = std::chrono::steady_clock::now();
     const auto cpu0 = thread_cpu_time();
-    led_team = &team;
-    try {
+    {
+      // Led until body returns or throws; then the helpers leave.
+      struct Leading {
+        Team& team;
+        explicit Leading(Team& t) : team(t) { led_team = &team; }
+        ~Leading() {
+          led_team = nullptr;
+          team.stop();
+        }
+      } leading(team);
       body();
-    } catch (...) {
-      led_team = nullptr;
-      team.stop();
-      throw;
     }
-    led_team = nullptr;
-    team.stop();
     if (measure) contention().record(std::chrono::steady_clock::now() - wall0, thread_cpu_time() - cpu0);
   });
 }
@@ -283,14 +295,8 @@ void run_as_team(int64_t threads, const std::function<void()>& body) {
   // Reduced: the stages keep the tiling planned for all the threads (and so the same outputs);
   // whichever threads there are claim its chunks.
   if (threads > 2) return lead(threads - 1, threads, body, false);
-  alone = true;
-  try {
-    body();
-  } catch (...) {
-    alone = false;
-    throw;
-  }
-  alone = false;
+  Raised alone_for_now(alone);
+  body();
 }
 
 void team_parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
@@ -308,14 +314,8 @@ void team_parallel_for(int64_t begin, int64_t end, int64_t grain, const std::fun
     f(begin, end);
     return;
   }
-  in_chunk = true;
-  try {
-    team->run(begin, end, grain, f);
-  } catch (...) {
-    in_chunk = false;
-    throw;
-  }
-  in_chunk = false;
+  Raised in_chunk_now(in_chunk);
+  team->run(begin, end, grain, f);
 }
 
 }  // namespace cpu
