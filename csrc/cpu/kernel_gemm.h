@@ -154,50 +154,79 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
   }
 }
 
-// micro() for the common case: all MR rows valid, packed B (no masked rows), a plain or ReLU6
-// store into rows of contiguous columns, with a residual of contiguous columns when kRes.
-// Straight-line code around the k-loop lets the compiler keep the accumulators in registers from
-// the first load to the last store; the general micro() spills them around its branches, which
-// costs ~10% of a tile at K ~ 100.
-template <int NV, int MR, bool kRes>
+// micro() for the common case: all MR rows valid, packed B (no masked rows), a store with
+// activation A (a constant) into rows of contiguous columns, with a residual of contiguous columns
+// when kRes. Straight-line code from the first load to the last store lets the compiler keep the
+// accumulators in registers throughout; the general micro() spills them around its branches
+// (~10% of a tile at K ~ 100), and so did a switch on the activation inside this function: every
+// accumulator stored to the stack before the k-loop and read back after it (at K = 16-32 a fifth
+// of the tile's time).
+template <int NV, int MR, bool kRes, Act A>
 void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
   const Mask tail = make_mask(ncols - (NV - 1) * kLanes);
   const float* ap[MR];
-  vec acc[MR][NV];
+  const float* start[MR];  // where each row's sums start: its init row or the bias
   for (int i = 0; i < MR; ++i) {
     ap[i] = g.a[i0 + i];
-    const float* start = (g.init ? g.init[i0 + i] : g.bias) + j0;
-    for (int j = 0; j < NV; ++j)
-      acc[i][j] = j < NV - 1 ? load(start + j * kLanes) : load_m(start + j * kLanes, tail);
+    start[i] = (g.init ? g.init[i0 + i] : g.bias) + j0;
   }
   const float* bp[NV];
   for (int j = 0; j < NV; ++j) bp[j] = b_column(g, j0 + j * kLanes);
-  const int64_t K = g.K, ak = g.ak;
-  for (int64_t k = 0; k < K; ++k) {
+  const int64_t K = g.K;
+  // The accumulators are loaded only after every pointer is chosen: with a branch between their
+  // loads and the k-loop, GCC kept them on the stack.
+  vec acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j)
+      acc[i][j] = j < NV - 1 ? load(start[i] + j * kLanes) : load_m(start[i] + j * kLanes, tail);
+  // K >= 1 and A's rows contiguous (full_tiles checks both): one version of the loop, entered
+  // unconditionally.
+  int64_t k = 0;
+  do {
     vec b[NV];
     for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + k * kPackedColumns);
     for (int i = 0; i < MR; ++i) {
-      const vec av = splat(ap[i][k * ak]);
+      const vec av = splat(ap[i][k]);
       for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
     }
-  }
-  // The activation as a constant: with a switch on it GCC spilled the accumulators and stored
-  // them in a loop, a jump per row (1-7% of a 112x112 block's time).
-  auto finish = [&](auto act) {
-    for (int i = 0; i < MR; ++i) {
-      float* c = g.c[i0 + i] + j0;
-      for (int j = 0; j < NV; ++j) {
-        vec v = activate(acc[i][j], decltype(act)::value);
-        if constexpr (kRes) {
-          const float* r = g.res[i0 + i] + j0 + j * kLanes;
-          v += j < NV - 1 ? load(r) : load_m(r, tail);
-        }
-        if (j < NV - 1) store(c + j * kLanes, v);
-        else store_m(c + j * kLanes, v, tail);
+  } while (++k < K);
+  for (int i = 0; i < MR; ++i) {
+    float* c = g.c[i0 + i] + j0;
+    for (int j = 0; j < NV; ++j) {
+      vec v = activate(acc[i][j], A);
+      if constexpr (kRes) {
+        const float* r = g.res[i0 + i] + j0 + j * kLanes;
+        v += j < NV - 1 ? load(r) : load_m(r, tail);
       }
+      if (j < NV - 1) store(c + j * kLanes, v);
+      else store_m(c + j * kLanes, v, tail);
     }
+  }
+}
+
+// Rows [0, MR * (M / MR)) of a panel with micro_full, the activation dispatched once for all of
+// them; returns the first row left, 0 where micro_full does not apply.
+template <int NV, int MR>
+int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
+  int64_t i = 0;
+  auto run = [&](auto act, auto res) {
+    for (; i + MR <= M; i += MR) micro_full<NV, MR, decltype(res)::value, decltype(act)::value>(g, i, j0, ncols);
   };
-  with_act(g.store == Store::kAct ? g.act : Act::kNone, finish);
+  using None = std::integral_constant<Act, Act::kNone>;
+  const Act act = g.store == Store::kAct ? g.act : Act::kNone;
+  if (g.res) {  // a projection's residual comes with a plain store
+    if (act == Act::kNone) run(None{}, std::true_type{});
+    return i;
+  }
+  switch (act) {  // the costly activations are applied in a pass of their own (gemm())
+    case Act::kNone: run(None{}, std::false_type{}); break;
+    case Act::kReLU: run(std::integral_constant<Act, Act::kReLU>{}, std::false_type{}); break;
+    case Act::kReLU6: run(std::integral_constant<Act, Act::kReLU6>{}, std::false_type{}); break;
+    case Act::kHardswish: run(std::integral_constant<Act, Act::kHardswish>{}, std::false_type{}); break;
+    case Act::kHardsigmoid: run(std::integral_constant<Act, Act::kHardsigmoid>{}, std::false_type{}); break;
+    default: break;
+  }
+  return i;
 }
 
 // Every row of one column panel, in micro-tiles of MR rows, then MR/2 and MR/4 for the remainder.
@@ -206,15 +235,11 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   constexpr int MR1 = static_cast<int>(tile_rows(NV, kMaxAcc)), MR2 = (MR1 + 1) / 2, MR3 = (MR1 + 3) / 4;
   // B's last rows that a whole tail vector would read past (see micro).
   const int64_t masked = std::min<int64_t>(g.K, (NV * kLanes + g.ldb - 1) / std::max<int64_t>(g.ldb, 1));
-  const bool full_ok = kPacked && g.ck == 1 && (!g.res || g.rk == 1) && g.store != Store::kPool;
-  int64_t i = 0;
+  const bool full_ok = kPacked && g.K > 0 && g.ak == 1 && g.ck == 1 && (!g.res || g.rk == 1) && g.store != Store::kPool;
+  int64_t i = full_ok && M >= MR1 ? full_tiles<NV, MR1>(g, M, j0, ncols) : 0;
   while (i < M) {
     const int64_t rem = M - i;
-    if (full_ok && rem >= MR1) {
-      if (g.res) micro_full<NV, MR1, true>(g, i, j0, ncols);
-      else micro_full<NV, MR1, false>(g, i, j0, ncols);
-      i += MR1;
-    } else if (rem > MR2) {
+    if (rem > MR2) {
       micro<NV, MR1, kPacked>(g, i, static_cast<int>(std::min<int64_t>(rem, MR1)), j0, ncols, masked);
       i += MR1;
     } else if (rem > MR3) {
@@ -227,53 +252,50 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   }
 }
 
-// GEMMs with a short K (the expands of blocks with 16, 24 or 32 input channels, the stem's 27
-// taps, projections from as few hidden channels, with their residual): one column vector at a
-// time, KC rows of B held in registers, the rows of A streamed R at a time. A micro-tile would
-// spend about as long loading and storing its accumulators as multiplying (measured: 60-75% of
-// the long-K speed at K = 16-32); here a row costs K FMAs, a ReLU6 and a store.
-// K = kChunks * KC: with one chunk B is loaded once for all rows, with more it is reloaded chunk
-// by chunk for every R rows. The activation is a template argument: a switch on it per row cost
-// 15-25% at K = 16.
-template <int KC, int kChunks, Act A, bool kRes>
+// GEMMs with K = 16 (the expands of blocks with 16 input channels) or 27 (the stem's 3 x 3 taps of
+// 3 channels): one column vector at a time, B's K rows held in registers, the rows of A streamed R
+// at a time; a row costs K FMAs, the activation and a store, with no accumulators to load and
+// store per micro-tile. Measured against micro_full: 1.3x at K = 16 with 16 columns, level with
+// more columns, 1.16x on the stem's K = 27 (MobileNetV2's 3 -> 32). At K = 24 and 32 micro-tiles
+// win (B's rows leave room for 4 rows in flight, or are reloaded every R rows): MobileNetV2's
+// K = 24 and 32 expands ran 1.05-1.22x faster on micro_full. The activation is a template
+// argument: a switch on it per row cost 15-25% at K = 16. kTail: the column vector is the
+// matrix's last, partly outside it, so its loads and stores are masked; whole vectors go
+// unmasked (masked, 4-7% slower).
+template <int K, Act A, bool kRes, bool kTail>
 void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   // Rows in flight, independent FMA chains that cover the FMA latency: as many as the registers
   // left beside B's hold.
-  constexpr int R = KC <= 16 ? 8 : 4;
+  constexpr int R = K <= 16 ? 8 : 4;
   const Mask tail = make_mask(ncols);
+  auto ld = [&](const float* p) { return kTail ? load_m(p, tail) : load(p); };
   const float* bcol = b_column(g, j0);
   const int64_t ak = g.ak, ldb = g.ldb;
-  vec b[KC];
-  auto load_b = [&](int chunk) {
-    for (int k = 0; k < KC; ++k) b[k] = load_m(bcol + (chunk * KC + k) * ldb, tail);
-  };
+  vec b[K];
+  for (int k = 0; k < K; ++k) b[k] = ld(bcol + k * ldb);
   auto finish = [&](vec v, int64_t row) {
     v = activate(v, A);
-    if constexpr (kRes) v += load_m(g.res[row] + j0, tail);
-    store_m(g.c[row] + j0, v, tail);
+    if constexpr (kRes) v += ld(g.res[row] + j0);
+    if constexpr (kTail) store_m(g.c[row] + j0, v, tail);
+    else store(g.c[row] + j0, v);
   };
-  if constexpr (kChunks == 1) load_b(0);
   int64_t i = 0;
   for (; i + R <= M; i += R) {
     const float* ap[R];
     vec acc[R];
     for (int r = 0; r < R; ++r) {
       ap[r] = g.a[i + r];
-      acc[r] = load_m((g.init ? g.init[i + r] : g.bias) + j0, tail);
+      acc[r] = ld((g.init ? g.init[i + r] : g.bias) + j0);
     }
-    for (int chunk = 0; chunk < kChunks; ++chunk) {
-      if constexpr (kChunks > 1) load_b(chunk);
 #pragma GCC unroll 32
-      for (int k = 0; k < KC; ++k)
-        for (int r = 0; r < R; ++r) acc[r] += splat(ap[r][(chunk * KC + k) * ak]) * b[k];
-    }
+    for (int k = 0; k < K; ++k)
+      for (int r = 0; r < R; ++r) acc[r] += splat(ap[r][k * ak]) * b[k];
     for (int r = 0; r < R; ++r) finish(acc[r], i + r);
   }
   for (; i < M; ++i) {  // fewer than R rows left
     const float* ap = g.a[i];
-    vec acc = load_m((g.init ? g.init[i] : g.bias) + j0, tail);
-    for (int k = 0; k < kChunks * KC; ++k)
-      acc += splat(ap[k * ak]) * (kChunks == 1 ? b[k % KC] : load_m(bcol + k * ldb, tail));
+    vec acc = ld((g.init ? g.init[i] : g.bias) + j0);
+    for (int k = 0; k < K; ++k) acc += splat(ap[k * ak]) * b[k];
     finish(acc, i);
   }
 }
@@ -327,13 +349,11 @@ inline void activate_rows(float* base, int64_t rows, int64_t ld, int64_t n, Act 
 }
 
 void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
-  // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32), and for K = 32
-  // with enough rows: the rows past the last group of R go one at a time.
+  // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32).
   constexpr bool short_k_fits = kMaxAcc >= 24;
   // A residual only comes with a plain store (a projection's), the one instantiation it gets.
-  const bool short_k = (g.K == 16 || g.K == 24 || g.K == 27 || (g.K == 32 && M >= 32)) &&
-                       (g.store == Store::kAct || g.store == Store::kPlain) && g.ck == 1 &&
-                       (!g.res || (g.rk == 1 && g.store == Store::kPlain));
+  const bool short_k = (g.K == 16 || g.K == 27) && (g.store == Store::kAct || g.store == Store::kPlain) &&
+                       g.ck == 1 && (!g.res || (g.rk == 1 && g.store == Store::kPlain));
   if (short_k_fits && short_k) {
     with_act(g.store == Store::kAct ? g.act : Act::kNone, [&](auto act) {
       constexpr Act A = decltype(act)::value;
@@ -341,11 +361,13 @@ void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
         constexpr bool R = decltype(res)::value;
         for (int64_t j0 = 0; j0 < N; j0 += kLanes) {
           const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));
-          switch (g.K) {
-            case 16: column_short_k<16, 1, A, R>(g, M, j0, ncols); break;
-            case 24: column_short_k<24, 1, A, R>(g, M, j0, ncols); break;
-            case 27: column_short_k<27, 1, A, R>(g, M, j0, ncols); break;  // the stem: 3 x 3 taps of 3 channels
-            default: column_short_k<16, 2, A, R>(g, M, j0, ncols); break;
+          const bool whole = ncols == kLanes;
+          if (g.K == 16) {
+            if (whole) column_short_k<16, A, R, false>(g, M, j0, ncols);
+            else column_short_k<16, A, R, true>(g, M, j0, ncols);
+          } else {
+            if (whole) column_short_k<27, A, R, false>(g, M, j0, ncols);
+            else column_short_k<27, A, R, true>(g, M, j0, ncols);
           }
         }
       };
