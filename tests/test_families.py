@@ -268,6 +268,25 @@ def test_squeeze_excite_second_pass_every_way(shape, hidden, expand):
             run_spec_case("cpu", (spec, hidden, shape[1], expand, shape, "channels_last", 3), 1e-5, cached_layout)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_squeeze_excite_output_is_the_same_every_call(batch):
+    """The workers claim runs of tiles from a shared counter, so which worker adds up which part of
+    the squeeze-and-excite's sums changes from call to call; the sums are grouped per run and
+    added in a fixed order, so the gate, and the output, do not change. (Grouped per worker they
+    differed in their last bits from call to call.)"""
+    reference = randomize_bn(torchvision.models.mobilenet_v3_large(), seed=3).eval()
+    fused = convert(copy.deepcopy(reference)).eval()
+    x = make_input((batch, 3, 224, 224), "channels_last")
+    with torch.no_grad(), num_threads(2):
+        y = reference.features[:6](x).contiguous(memory_format=torch.channels_last)
+        # 40 -> 40, 5x5, SE, at 28x28: large enough that the threads split the tiles, not the
+        # hidden channels
+        block, ref = fused.features[6], reference.features[6](y)
+        outs = [block(y) for _ in range(40)]
+    assert rel_err(outs[0], ref) <= 1e-4
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
 def test_cuda_backend_names_what_it_lacks():
     spec = BlockSpec(kernel_size=5, activation="silu", squeeze_excite=True)
     reason = mnv2_fused.why_not("cuda", torch.empty(1, 8, 4, 4, device="meta"), spec)

@@ -38,8 +38,11 @@ int64_t scratch_budget_floats(const at::Tensor& x, const at::Tensor& y, int64_t 
 
 // Runs the plan's tiles on PyTorch's threads, each worker with its own scratch slab from the
 // framework's allocator (so memory tools see it). With channel_sums ((N, hidden): the
-// squeeze-and-excite's first pass) the workers add up the depthwise output in copies of their
-// own, summed into channel_sums at the end, and write no output.
+// squeeze-and-excite's first pass) the depthwise output is added up per run of tiles (or per
+// hidden group), each in a copy of its own, and the copies are summed into channel_sums in a
+// fixed order at the end; no output is written. Per run, not per worker: which worker claims
+// which runs varies from call to call, and sums grouped by worker changed the gate, and so the
+// output, in its last bits from one call to the next.
 void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::Tensor& y,
               at::Tensor channel_sums = at::Tensor()) {
   const Isa& isa = cpu_isa();
@@ -54,33 +57,45 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
                       a.hidden % plan.group_size != 0;
   const bool summing = channel_sums.defined();
   const int64_t sums_floats = summing ? batch * a.hidden : 0;
-  // One slab per worker: its scratch, then its copy of the sums. Each worker clears its own slab
-  // before its first tiles, on its own thread (clearing them all here took a framework fill and
-  // a sum per call: 2-4% of a batch-1 forward of MobileNetV3-Large).
-  at::Tensor scratch = at::empty({workers, plan.floats + sums_floats}, x.options());
+  // Workers claim runs of consecutive tiles from a shared counter instead of a fixed share each:
+  // a worker slowed down (another process on its core) then takes fewer, rather than everyone
+  // waiting for it. A run's first band computes its halo rows afresh; the rest reuse the ring.
+  const int64_t run = std::max<int64_t>(1, ceil_div(tiles, workers * claims_per_worker()));
+  // Copies of the sums: one per run of tiles, or one per hidden group (see above).
+  const int64_t copies = !summing ? 0 : plan.groups == 1 ? ceil_div(tiles, run) : workers;
+  // One slab per worker, then the copies of the sums. Each worker clears its own slab before its
+  // first tiles, on its own thread, and each copy's images before its tiles (clearing them all
+  // here took a framework fill and a sum per call: 2-4% of a batch-1 forward of
+  // MobileNetV3-Large).
+  at::Tensor scratch = at::empty({workers * plan.floats + copies * sums_floats}, x.options());
   float* base = scratch.data_ptr<float>();
-  auto scratch_of = [&](int64_t w) { return base + w * (plan.floats + sums_floats); };
-  auto sums_of = [&](int64_t w) { return summing ? scratch_of(w) + plan.floats : nullptr; };
+  auto scratch_of = [&](int64_t w) { return base + w * plan.floats; };
+  auto sums_copy = [&](int64_t i) { return summing ? base + workers * plan.floats + i * sums_floats : nullptr; };
   std::vector<char> cleared(workers, 0);  // one byte per worker: no two threads share an element
   auto clear = [&](int64_t w) {
     if (cleared[w]) return;
     cleared[w] = 1;
     if (ragged) std::fill_n(scratch_of(w), plan.floats, 0.f);
     else std::fill_n(scratch_of(w) + plan.off_zero, plan.acc_ld, 0.f);
-    if (summing) std::fill_n(sums_of(w), sums_floats, 0.f);
+  };
+  // The images whose tiles run r covers, [first, last].
+  const int64_t per_image = plan.strips * plan.bands;
+  auto run_images = [&](int64_t r) {
+    const int64_t t0 = r * run, t1 = std::min(tiles, t0 + run);
+    return std::make_pair(t0 / per_image, (t1 - 1) / per_image);
   };
   if (plan.groups == 1) {
-    // Workers claim runs of consecutive tiles from a shared counter instead of a fixed share each:
-    // a worker slowed down (another process on its core) then takes fewer, rather than everyone
-    // waiting for it. A run's first band computes its halo rows afresh; the rest reuse the ring.
-    const int64_t claims = claims_per_worker();
-    const int64_t run = std::max<int64_t>(1, ceil_div(tiles, workers * claims));
     std::atomic<int64_t> next{0};
     team_parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
       for (int64_t w = begin; w < end; ++w)
         for (int64_t t0 = next.fetch_add(run); t0 < tiles; t0 = next.fetch_add(run)) {
           clear(w);
-          isa.run_tiles(a, plan, t0, std::min(tiles, t0 + run), 0, scratch_of(w), nullptr, sums_of(w));
+          float* sums = sums_copy(t0 / run);
+          if (summing) {
+            const auto [first, last] = run_images(t0 / run);
+            std::fill(sums + first * a.hidden, sums + (last + 1) * a.hidden, 0.f);
+          }
+          isa.run_tiles(a, plan, t0, std::min(tiles, t0 + run), 0, scratch_of(w), nullptr, sums);
         }
     });
   } else {
@@ -91,18 +106,20 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
     team_parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
         clear(g);
-        isa.run_tiles(a, plan, 0, tiles, g, scratch_of(g), summing ? nullptr : part + g * plane, sums_of(g));
+        if (summing) std::fill_n(sums_copy(g), sums_floats, 0.f);
+        isa.run_tiles(a, plan, 0, tiles, g, scratch_of(g), summing ? nullptr : part + g * plane, sums_copy(g));
       }
     });
     if (!summing)
       team_parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) { isa.sum_groups(a, plan, part, begin, end); });
   }
-  if (summing) {  // the slabs of workers that ran no tile hold nothing
+  if (summing) {  // in the copies' order; a run's copy holds only its own images
     float* out = channel_sums.data_ptr<float>();
     std::fill_n(out, sums_floats, 0.f);
-    for (int64_t w = 0; w < workers; ++w)
-      if (cleared[w])
-        for (int64_t i = 0; i < sums_floats; ++i) out[i] += sums_of(w)[i];
+    for (int64_t i = 0; i < copies; ++i) {
+      const auto [first, last] = plan.groups == 1 ? run_images(i) : std::make_pair(int64_t(0), batch - 1);
+      for (int64_t j = first * a.hidden; j < (last + 1) * a.hidden; ++j) out[j] += sums_copy(i)[j];
+    }
   }
 }
 
