@@ -186,8 +186,8 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
     for (int i = 1; i < MR; ++i)
       for (int j = 0; j < NV; ++j) acc[i][j] = acc[0][j];
   }
-  // K >= 1 and A's rows contiguous (full_tiles checks both): one version of the loop, entered
-  // unconditionally.
+  // K >= 1 and A's rows contiguous (panel()'s full_ok checks both): one version of the loop,
+  // entered unconditionally.
   int64_t k = 0;
   do {
     vec b[NV];
