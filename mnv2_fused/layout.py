@@ -3,7 +3,8 @@
 The CPU kernels read every weight with the output channel fastest; tensors whose strides say so
 are used without a copy, others are transposed on every call. The matrices of 1x1 convolutions
 and the classifier are cached packed (pack_columns), which streams fastest. Caching this layout
-makes the call copy-free. Other devices' kernels read contiguous weights."""
+makes the call copy-free, except for 3x3 convolutions' weights (a stem's: 27 x 32 floats), which
+the CPU kernels pack on every call. Other devices' kernels read contiguous weights."""
 from __future__ import annotations
 
 import torch
@@ -53,9 +54,9 @@ def matrix_layout(w: torch.Tensor) -> torch.Tensor:
 
 
 def conv3x3_layout(w: torch.Tensor) -> torch.Tensor:
-    """A 3x3 convolution's weight (O, Cin, 3, 3) as mnv2_fused.conv3x3 reads it on the CPU: the
-    same values stored (3, 3, Cin, O), so each input patch, taken from channels-last rows, is one
-    run of floats; detached."""
+    """A 3x3 convolution's weight (O, Cin, 3, 3) for the CPU kernels, which pack it for their
+    GEMM on every call (it is small): the same values stored (3, 3, Cin, O), the patches' order,
+    so the packing reads it in order; detached."""
     w = w.detach()
     if w.device.type != "cpu":
         return w.contiguous()

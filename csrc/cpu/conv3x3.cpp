@@ -30,8 +30,8 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   BlockArgs a{};
   set_io(a, x, y);
   at::Tensor keep_w, keep_b;
-  a.w_expand = out_fastest(w, {2, 3, 1, 0}, keep_w);  // (3, 3, Cin, Cout): the module caches it so
-  a.expand_packed = false;
+  a.w_expand = packed_3x3(w, keep_w);
+  a.expand_packed = true;
   a.b_expand = contiguous_ptr(b, keep_b);
   a.cin = x.size(1), a.h = x.size(2), a.w = x.size(3);
   a.expand_stride = stride;

@@ -262,13 +262,16 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   }
 }
 
-// GEMMs with K = 16 (the expands of blocks with 16 input channels) or 27 (the stem's 3 x 3 taps of
-// 3 channels): one column vector at a time, B's K rows held in registers, the rows of A streamed R
-// at a time; a row costs K FMAs, the activation and a store, with no accumulators to load and
-// store per micro-tile. Measured against micro_full: 1.3x at K = 16 with 16 columns, level with
-// more columns, 1.16x on the stem's K = 27 (MobileNetV2's 3 -> 32). At K = 24 and 32 micro-tiles
-// win (B's rows leave room for 4 rows in flight, or are reloaded every R rows): MobileNetV2's
-// K = 24 and 32 expands ran 1.05-1.22x faster on micro_full. The activation is a template
+// GEMMs with K = 16 (the expands of blocks with 16 input channels) or 27 (a stem's 3 x 3 taps of 3
+// channels, one output vector): one column vector at a time, B's K rows held in registers, the
+// rows of A streamed R at a time; a row costs K FMAs, the activation and a store, with no
+// accumulators to load and store per micro-tile. Measured against micro_full: 1.3x at K = 16 with
+// 16 columns, level to 0.95x with more (MobileNetV2's 16 -> 96 expand: 1.04x at batch 1, 0.95x at
+// batch 8); at K = 27 level with 16 columns, but with 4 rows in flight (27 of the 32 registers
+// hold B) only half the FMA rate: with 32 columns micro-tiles are 1.3x faster (the stem of
+// MobileNetV2 1.06-1.11x). At K = 24 and 32 micro-tiles win (B's rows leave room for 4 rows in
+// flight, or are reloaded every R rows): MobileNetV2's K = 24 and 32 expands ran 1.05-1.22x
+// faster on micro_full. The activation is a template
 // argument: a switch on it per row cost 15-25% at K = 16. kTail: the column vector is the
 // matrix's last, partly outside it, so its loads and stores are masked; whole vectors go
 // unmasked (masked, 4-7% slower).
@@ -362,7 +365,7 @@ void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
   // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32).
   constexpr bool short_k_fits = kMaxAcc >= 24;
   // A residual only comes with a plain store (a projection's), the one instantiation it gets.
-  const bool short_k = (g.K == 16 || g.K == 27) && (g.store == Store::kAct || g.store == Store::kPlain) &&
+  const bool short_k = (g.K == 16 || (g.K == 27 && N <= kLanes)) && (g.store == Store::kAct || g.store == Store::kPlain) &&
                        g.ck == 1 && (!g.res || (g.rk == 1 && g.store == Store::kPlain));
   if (short_k_fits && short_k) {
     with_act(g.store == Store::kAct ? g.act : Act::kNone, [&](auto act) {
