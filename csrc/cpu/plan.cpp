@@ -58,9 +58,9 @@ int64_t run_length(int64_t tiles, int64_t workers) {
   return std::max<int64_t>(1, ceil_div(tiles, workers * claims_per_worker()));
 }
 
-// Estimated vector FMAs on the busiest worker: walks the tiles exactly as run_tiles does (the
-// same runs, claimed by whichever worker is free first, the same ring reuse, the true size of the
-// last band and strip).
+// Estimated vector FMAs on the busiest worker: walks the tiles as run_tiles does (the same runs,
+// claimed by whichever worker is free first, the same ring reuse, the true size of the last band
+// and strip). Runs are taken at their longest; run_plan shortens the last few.
 double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t threads, const Isa& isa) {
   const int64_t per_image = p.strips * p.bands, tiles = batch * per_image;
   // With hidden groups every worker walks every tile for its group's channels.
