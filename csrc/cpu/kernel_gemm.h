@@ -156,12 +156,13 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
 
 // micro() for the common case: all MR rows valid, packed B (no masked rows), a store with
 // activation A (a constant) into rows of contiguous columns, with a residual of contiguous columns
-// when kRes, the sums starting from init's rows when kInit, else from the bias. Straight-line code
-// from the first load to the last store lets the compiler keep the accumulators in registers
-// throughout; the general micro() spills them around its branches (~10% of a tile at K ~ 100),
-// and so did a switch on the activation inside this function: every accumulator stored to the
-// stack before the k-loop and read back after it (at K = 16-32 a fifth of the tile's time).
-template <int NV, int MR, bool kRes, Act A, bool kInit>
+// when kRes, the sums starting from init's rows when kInit, else from the bias; or, when kPool,
+// the rows' relu6 summed into g.pool (the head). Straight-line code from the first load to the
+// last store lets the compiler keep the accumulators in registers throughout; the general micro()
+// spills them around its branches (~10% of a tile at K ~ 100), and so did a switch on the
+// activation inside this function: every accumulator stored to the stack before the k-loop and
+// read back after it (at K = 16-32 a fifth of the tile's time).
+template <int NV, int MR, bool kRes, Act A, bool kInit, bool kPool = false>
 void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
   const Mask tail = make_mask(ncols - (NV - 1) * kLanes);
   const float* ap[MR];
@@ -197,6 +198,16 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
       for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
     }
   } while (++k < K);
+  if constexpr (kPool) {  // summed as micro() sums them, row by row from zero
+    for (int j = 0; j < NV; ++j) {
+      vec sum = splat(0.f);
+      for (int i = 0; i < MR; ++i) sum += relu6(acc[i][j]);
+      float* p = g.pool + j0 + j * kLanes;
+      if (j < NV - 1) store(p, load(p) + sum);
+      else store_m(p, load_m(p, tail) + sum, tail);
+    }
+    return;
+  }
   for (int i = 0; i < MR; ++i) {
     float* c = g.c[i0 + i] + j0;
     for (int j = 0; j < NV; ++j) {
@@ -223,6 +234,10 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
       for (; i + MR <= M; i += MR) micro_full<NV, MR, decltype(res)::value, decltype(act)::value, false>(g, i, j0, ncols);
   };
   using None = std::integral_constant<Act, Act::kNone>;
+  if (g.store == Store::kPool) {  // the head: from the bias (panel()'s full_ok)
+    for (; i + MR <= M; i += MR) micro_full<NV, MR, false, Act::kNone, false, true>(g, i, j0, ncols);
+    return i;
+  }
   const Act act = g.store == Store::kAct ? g.act : Act::kNone;
   if (g.res) {  // a projection's residual comes with a plain store
     if (act == Act::kNone) run(None{}, std::true_type{});
@@ -245,7 +260,8 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   constexpr int MR1 = static_cast<int>(tile_rows(NV, kMaxAcc)), MR2 = (MR1 + 1) / 2, MR3 = (MR1 + 3) / 4;
   // B's last rows that a whole tail vector would read past (see micro).
   const int64_t masked = std::min<int64_t>(g.K, (NV * kLanes + g.ldb - 1) / std::max<int64_t>(g.ldb, 1));
-  const bool full_ok = kPacked && g.K > 0 && g.ak == 1 && g.ck == 1 && (!g.res || g.rk == 1) && g.store != Store::kPool;
+  const bool full_ok = kPacked && g.K > 0 && g.ak == 1 &&
+                       (g.store == Store::kPool ? !g.init && !g.res : g.ck == 1 && (!g.res || g.rk == 1));
   int64_t i = full_ok && M >= MR1 ? full_tiles<NV, MR1>(g, M, j0, ncols) : 0;
   while (i < M) {
     const int64_t rem = M - i;
