@@ -11,7 +11,7 @@ namespace cpu {
 void MNV2_CAT(conv3x3_rows_, MNV2_ISA)(const BlockArgs& a, int64_t n, int64_t r0, int64_t r1, float* scratch) {
   const int64_t K = 9 * a.cin, block = conv3x3_block_pixels(K), ld = conv3x3_rows_ld(a.hw, a.expand_stride, a.cin);
   float* rows = scratch;
-  float* patches = scratch + 3 * ld;
+  float* patches = scratch + 3 * ld + kPatchSlack;
   const float* a_rows[kRowBlock];
   float* c_rows[kRowBlock];
   Gemm g;

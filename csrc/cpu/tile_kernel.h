@@ -98,6 +98,10 @@ constexpr int64_t tile_rows(int64_t nv, int64_t max_acc) {
 // Row pointers of a GEMM are gathered into blocks of this many rows.
 constexpr int64_t kRowBlock = 256;
 
+// Floats after a 3x3 expand's patch buffer and after its input rows that whole-vector patch copies
+// may write or read (conv3x3_patch): one vector of the widest instruction set.
+constexpr int64_t kPatchSlack = 16;
+
 // The plan, and the scratch floats one worker needs, for bands of `rows` x `cols` output pixels.
 inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_t chunk, int64_t lanes,
                           int64_t group_size) {
@@ -119,8 +123,10 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
   p.off_dw = p.ring_rows * p.ring_cols * p.ld;
   p.off_acc = p.off_dw + rows * cols * p.ld;
   p.off_im2col = p.off_acc + (p.carry ? 0 : rows * cols * p.acc_ld);
-  p.off_input_rows = p.off_im2col + std::min(kRowBlock, p.ring_rows * p.ring_cols) * p.im2col_k;
-  p.off_zero = p.off_input_rows + (p.im2col_k ? 3 * ((p.ring_cols - 1) * a.expand_stride + 3) * a.cin : 0);
+  p.off_input_rows =
+      p.off_im2col + (p.im2col_k ? std::min(kRowBlock, p.ring_rows * p.ring_cols) * p.im2col_k + kPatchSlack : 0);
+  p.off_zero =
+      p.off_input_rows + (p.im2col_k ? 3 * ((p.ring_cols - 1) * a.expand_stride + 3) * a.cin + kPatchSlack : 0);
   p.floats = p.off_zero + p.acc_ld;  // zeros: the bias of every group but the first
   return p;
 }
@@ -189,9 +195,10 @@ using Conv3x3RowsFn = void (*)(const BlockArgs&, int64_t n, int64_t r0, int64_t 
 
 // Pixels whose patches go through one GEMM call: up to a row block, the patches within ~64 KiB.
 inline int64_t conv3x3_block_pixels(int64_t k) { return std::clamp<int64_t>(16384 / k, 16, kRowBlock); }
-// Three input rows for `cols` output columns, and a block of patches.
+// Three input rows for `cols` output columns, and a block of patches, each followed by the slack
+// that whole-vector patch copies read and write past them (conv3x3_patch).
 inline int64_t conv3x3_scratch_floats(int64_t cols, int64_t stride, int64_t cin) {
-  return 3 * ((cols - 1) * stride + 3) * cin + conv3x3_block_pixels(9 * cin) * 9 * cin;
+  return 3 * ((cols - 1) * stride + 3) * cin + kPatchSlack + conv3x3_block_pixels(9 * cin) * 9 * cin + kPatchSlack;
 }
 
 #define MNV2_DECLARE_ISA(isa)                                                      \
