@@ -85,8 +85,8 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
     return std::make_pair(t0 / per_image, (t1 - 1) / per_image);
   };
   if (plan.groups == 1 && !summing) {
-    // Runs shrink towards the end (each takes at most its share of what is left), so the workers
-    // finish closer together; a shorter run costs its first band's halo rows once more.
+    // Runs shrink towards the end (each takes at most half its share of what is left), so the
+    // workers finish closer together; a shorter run costs its first band's halo rows once more.
     std::atomic<int64_t> next{0};
     auto claim = [&](int64_t& t0, int64_t& t1) {
       int64_t at = next.load();

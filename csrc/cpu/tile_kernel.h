@@ -45,8 +45,8 @@ struct BlockArgs {
   int64_t syn, syc, syh, syw;
   // Weights in the kernel's layout, output channel fastest (see weight_layout.h). The matrices
   // (K, O) are row-major, or packed when flagged: groups of kPackedColumns output channels, each
-  // (K, kPackedColumns) contiguous, one after another (never the 3x3 expand).
-  const float* w_expand;  // (K, hidden): K = cin for 1x1, 9 * cin ([c][dy][dx]) for 3x3; null for kNone
+  // (K, kPackedColumns) contiguous, one after another (the 3x3 expand's always, packed per call).
+  const float* w_expand;  // (K, hidden): K = cin for 1x1, 9 * cin ([dy][dx][c]) for 3x3; null for kNone
   const float* b_expand;  // (hidden)
   const float* w_dw;      // (k * k, hidden)
   const float* b_dw;      // (hidden)
@@ -189,8 +189,8 @@ using LinearFn = void (*)(const LinearArgs&, int64_t n0, int64_t n1, int64_t j0,
 
 // Output rows [r0, r1) of image n of a 3x3 convolution with padding 1 (mnv2_fused::conv3x3), all
 // columns, from a.x (a.cin channels, a.h x a.w, stride a.expand_stride) into a.y: weights
-// a.w_expand ((3, 3, Cin, Cout) row-major), bias a.b_expand, a.hidden output channels, a.hw output
-// columns, then a.act. `scratch` holds conv3x3_scratch_floats(a.hw, a.expand_stride, a.cin) floats.
+// a.w_expand ((9 Cin, Cout) packed, rows [dy][dx][c]), bias a.b_expand, a.hidden output channels,
+// a.hw output columns, then a.act. `scratch` holds conv3x3_scratch_floats(a.hw, a.expand_stride, a.cin) floats.
 using Conv3x3RowsFn = void (*)(const BlockArgs&, int64_t n, int64_t r0, int64_t r1, float* scratch);
 
 // Pixels whose patches go through one GEMM call: up to a row block, the patches within ~64 KiB.
