@@ -84,17 +84,19 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
     const int64_t t0 = r * run, t1 = std::min(tiles, t0 + run);
     return std::make_pair(t0 / per_image, (t1 - 1) / per_image);
   };
-  if (plan.groups == 1 && !summing) {
+  if (plan.groups == 1) {
     // Runs shrink towards the end (each takes at most half its share of what is left), so the
     // workers finish closer together; a shorter run costs its first band's halo rows once more.
+    // With the squeeze-and-excite's sums the runs keep their length: a run's copy of the sums is
+    // found by its number (t0 / run).
     std::atomic<int64_t> next{0};
     auto claim = [&](int64_t& t0, int64_t& t1) {
       int64_t at = next.load();
       for (;;) {
         if (at >= tiles) return false;
-        const int64_t take = std::clamp<int64_t>(ceil_div(tiles - at, 2 * workers), 1, run);
+        const int64_t take = summing ? run : std::clamp<int64_t>(ceil_div(tiles - at, 2 * workers), 1, run);
         if (next.compare_exchange_weak(at, at + take)) {
-          t0 = at, t1 = at + take;
+          t0 = at, t1 = std::min(tiles, at + take);
           return true;
         }
       }
@@ -103,21 +105,12 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
       for (int64_t w = begin; w < end; ++w)
         for (int64_t t0, t1; claim(t0, t1);) {
           clear(w);
-          isa.run_tiles(a, plan, t0, t1, 0, scratch_of(w), nullptr, nullptr);
-        }
-    });
-  } else if (plan.groups == 1) {
-    std::atomic<int64_t> next{0};
-    team_parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t w = begin; w < end; ++w)
-        for (int64_t t0 = next.fetch_add(run); t0 < tiles; t0 = next.fetch_add(run)) {
-          clear(w);
           float* sums = sums_copy(t0 / run);
           if (summing) {
             const auto [first, last] = run_images(t0 / run);
             std::fill(sums + first * a.hidden, sums + (last + 1) * a.hidden, 0.f);
           }
-          isa.run_tiles(a, plan, t0, std::min(tiles, t0 + run), 0, scratch_of(w), nullptr, sums);
+          isa.run_tiles(a, plan, t0, t1, 0, scratch_of(w), nullptr, sums);
         }
     });
   } else {
