@@ -60,7 +60,8 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   // Workers claim runs of consecutive tiles from a shared counter instead of a fixed share each:
   // a worker slowed down (another process on its core) then takes fewer, rather than everyone
   // waiting for it. A run's first band computes its halo rows afresh; the rest reuse the ring.
-  const int64_t run = std::max<int64_t>(1, ceil_div(tiles, workers * claims_per_worker()));
+  // The plan's run length is the one its cost was estimated with.
+  const int64_t run = plan.run;
   // Copies of the sums: one per run of tiles, or one per hidden group (see above).
   const int64_t copies = !summing ? 0 : plan.groups == 1 ? ceil_div(tiles, run) : workers;
   // One slab per worker, then the copies of the sums. Each worker clears its own slab before its

@@ -287,10 +287,9 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
 // hold B) only half the FMA rate: with 32 columns micro-tiles are 1.3x faster (the stem of
 // MobileNetV2 1.06-1.11x). At K = 24 and 32 micro-tiles win (B's rows leave room for 4 rows in
 // flight, or are reloaded every R rows): MobileNetV2's K = 24 and 32 expands ran 1.05-1.22x
-// faster on micro_full. The activation is a template
-// argument: a switch on it per row cost 15-25% at K = 16. kTail: the column vector is the
-// matrix's last, partly outside it, so its loads and stores are masked; whole vectors go
-// unmasked (masked, 4-7% slower).
+// faster on micro_full. The activation is a template argument: a switch on it per row cost
+// 15-25% at K = 16. kTail: the column vector is the matrix's last, partly outside it, so its
+// loads and stores are masked; whole vectors go unmasked (masked, 4-7% slower).
 template <int K, Act A, bool kRes, bool kTail>
 void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   // Rows in flight, independent FMA chains that cover the FMA latency: as many as the registers
@@ -381,8 +380,9 @@ void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
   // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32).
   constexpr bool short_k_fits = kMaxAcc >= 24;
   // A residual only comes with a plain store (a projection's), the one instantiation it gets.
-  const bool short_k = (g.K == 16 || (g.K == 27 && N <= kLanes)) && (g.store == Store::kAct || g.store == Store::kPlain) &&
-                       g.ck == 1 && (!g.res || (g.rk == 1 && g.store == Store::kPlain));
+  const bool short_k = (g.K == 16 || (g.K == 27 && N <= kLanes)) &&
+                       (g.store == Store::kAct || g.store == Store::kPlain) && g.ck == 1 &&
+                       (!g.res || (g.rk == 1 && g.store == Store::kPlain));
   if (short_k_fits && short_k) {
     with_act(g.store == Store::kAct ? g.act : Act::kNone, [&](auto act) {
       constexpr Act A = decltype(act)::value;

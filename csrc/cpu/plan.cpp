@@ -53,7 +53,18 @@ constexpr int64_t kMaxGroupPixels = 256;
 // Fixed cost of one band (pointer set-up, loop control), in vector-FMA units.
 constexpr double kBandOverhead = 400;
 
-// Tiles a worker claims at a time: about claims_per_worker() runs each.
+// How many runs of tiles each worker claims on average (MNV2_FUSED_CLAIMS overrides, read once:
+// 1 is a fixed share per worker).
+int64_t claims_per_worker() {
+  static const int64_t claims = [] {
+    const char* v = std::getenv("MNV2_FUSED_CLAIMS");
+    return v && *v ? std::max<int64_t>(1, std::atoll(v)) : int64_t(4);
+  }();
+  return claims;
+}
+
+// Tiles a worker claims at a time (the longest; run_plan shortens the last few): about
+// claims_per_worker() runs each.
 int64_t run_length(int64_t tiles, int64_t workers) {
   return std::max<int64_t>(1, ceil_div(tiles, workers * claims_per_worker()));
 }
@@ -173,14 +184,6 @@ TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& i
 }
 
 }  // namespace
-
-int64_t claims_per_worker() {
-  static const int64_t claims = [] {
-    const char* v = std::getenv("MNV2_FUSED_CLAIMS");
-    return v && *v ? std::max<int64_t>(1, std::atoll(v)) : int64_t(4);
-  }();
-  return claims;
-}
 
 TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget_floats) {
   static std::mutex mutex;

@@ -6,10 +6,6 @@
 namespace mnv2_fused {
 namespace cpu {
 
-// How many runs of tiles each worker claims on average (MNV2_FUSED_CLAIMS overrides, read once:
-// 1 is a fixed share per worker).
-int64_t claims_per_worker();
-
 // The cheapest plan (estimated vector FMAs on the busiest worker) whose scratch stays within
 // `budget_floats` per worker; the smallest plan when none does.
 TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget_floats);

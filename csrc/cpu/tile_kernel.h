@@ -84,7 +84,7 @@ struct TilePlan {
   // Scratch layout (the ring is at offset 0); input_rows: the 3x3 expand's three input rows.
   int64_t off_dw, off_acc, off_im2col, off_input_rows, off_zero, floats;
   bool carry;                    // one chunk holds every hidden channel of the group: bands share halo rows
-  int64_t run = 1;               // with one group: consecutive tiles a worker claims at a time
+  int64_t run = 1;               // with one group: the most consecutive tiles a worker claims at a time
   int64_t plane_pixels = 0;      // with groups: output pixels of the call, one partial plane each
 };
 
@@ -190,7 +190,8 @@ using LinearFn = void (*)(const LinearArgs&, int64_t n0, int64_t n1, int64_t j0,
 // Output rows [r0, r1) of image n of a 3x3 convolution with padding 1 (mnv2_fused::conv3x3), all
 // columns, from a.x (a.cin channels, a.h x a.w, stride a.expand_stride) into a.y: weights
 // a.w_expand ((9 Cin, Cout) packed, rows [dy][dx][c]), bias a.b_expand, a.hidden output channels,
-// a.hw output columns, then a.act. `scratch` holds conv3x3_scratch_floats(a.hw, a.expand_stride, a.cin) floats.
+// a.hw output columns, then a.act. `scratch` holds conv3x3_scratch_floats(a.hw, a.expand_stride,
+// a.cin) floats.
 using Conv3x3RowsFn = void (*)(const BlockArgs&, int64_t n, int64_t r0, int64_t r1, float* scratch);
 
 // Pixels whose patches go through one GEMM call: up to a row block, the patches within ~64 KiB.
