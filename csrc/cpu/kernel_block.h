@@ -4,6 +4,8 @@
 #pragma once
 #include "kernel_gemm.h"
 
+#include <limits>
+
 namespace mnv2_fused {
 namespace cpu {
 namespace {
@@ -18,15 +20,18 @@ inline int64_t ring_slot(int64_t hr, int64_t ring_rows) { return ((hr % ring_row
 // The 3x3 convolution's input (a stem's: MobileNetV2's in place of the first block's expand, or
 // mnv2_fused.conv3x3 on its own), one output row at a time: the three input rows it reads, for
 // output columns [j0, j1), channels-last and zero-padded in `buf` (row dy at buf + dy * ld, input
-// column (j0 * stride - 1 + t) at t * cin); then each column's patch, three runs of 3 cin
-// neighbouring floats ([dy][dx][c], the weight's (3, 3, Cin, Cout) order). Patches gathered tap by
-// tap from an NCHW image took longer than the GEMM that reads them.
+// column (j0 * stride - 1 + t) at t * cin), rows dy < dy_from left as they are (a stem's band
+// keeps the input rows of all its hidden rows, consecutive ones sharing 3 - stride rows). A
+// column's patch is three runs of 3 cin neighbouring floats there ([dy][dx][c], the weight's
+// (3, 3, Cin, Cout) order), read in place (conv3x3_gemm). Patches gathered tap by tap from an NCHW
+// image took longer than the GEMM that reads them.
 inline int64_t conv3x3_rows_ld(int64_t cols, int64_t stride, int64_t cin) { return ((cols - 1) * stride + 3) * cin; }
 
-void conv3x3_input_rows(const BlockArgs& a, int64_t n, int64_t r, int64_t j0, int64_t j1, float* buf) {
+void conv3x3_input_rows(const BlockArgs& a, int64_t n, int64_t r, int64_t j0, int64_t j1, float* buf,
+                        int64_t dy_from = 0) {
   const int64_t es = a.expand_stride, cin = a.cin, ld = conv3x3_rows_ld(j1 - j0, es, cin);
   const int64_t iw0 = j0 * es - 1, lo = std::max<int64_t>(0, iw0), hi = std::min(a.w, iw0 + ld / cin);
-  for (int64_t dy = 0; dy < 3; ++dy) {
+  for (int64_t dy = dy_from; dy < 3; ++dy) {
     float* row = buf + dy * ld;
     const int64_t ih = r * es - 1 + dy;
     if (ih < 0 || ih >= a.h || lo >= hi) {
@@ -63,6 +68,31 @@ inline void conv3x3_patch(const BlockArgs& a, const float* buf, int64_t ld, int6
   for (int64_t dy = 0; dy < 3; ++dy) std::memcpy(dst + dy * run, src + dy * ld, sizeof(float) * run);
 }
 
+// g over m output pixels of a 3x3 convolution whose patches are read in place: a_rows[i] is where
+// pixel i's patch starts in the input rows (conv3x3_input_rows, ld floats a row). The micro-tiles
+// read the patches' three runs there (Gemm::a_seg); the rows short of a micro-tile, or all of them
+// where micro-tiles do not apply, are copied to `patches` first (patch copies were 10% of
+// MobileNetV2's stem with its first block at batch 8, 8-18% with the input rows copied for each
+// hidden row).
+void conv3x3_gemm(const BlockArgs& a, Gemm g, const float** a_rows, float** c_rows, int64_t m, int64_t n,
+                  int64_t ld, float* patches) {
+  g.a = a_rows;
+  g.c = c_rows;
+  const int64_t full = segmented_rows(g, m, n);
+  if (full > 0) {
+    g.a_seg = ld;
+    gemm(g, full, n);
+    g.a_seg = 0;
+  }
+  for (int64_t i = full; i < m; ++i) {
+    conv3x3_patch(a, a_rows[i], ld, 0, patches + (i - full) * g.K);
+    a_rows[i] = patches + (i - full) * g.K;
+  }
+  g.a = a_rows + full;
+  g.c = c_rows + full;
+  if (m > full) gemm(g, m - full, n);
+}
+
 // Fills the ring rows [hr_begin, hr_end) with hidden channels [c0, c0 + hc), for the band's columns.
 void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t hr_begin, int64_t hr_end,
                       int64_t c0, int64_t hc, float* ring, float* im2col, float* input_rows) {
@@ -74,6 +104,9 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
   float* c_rows[kRowBlock];
   int64_t pending = 0;
   const int64_t K = a.expand == Expand::kConv3x3 ? 9 * a.cin : a.cin;
+  // A 3x3 expand's input rows, for all the band's hidden rows at once (conv3x3_gemm reads the
+  // patches from them).
+  const int64_t in_ld = conv3x3_rows_ld(jhi - jlo, a.expand_stride, a.cin);
   auto flush = [&]() {
     if (pending == 0) return;
     Gemm g;
@@ -84,9 +117,11 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
     g.c = c_rows;
     g.store = Store::kAct;
     g.act = a.act;
-    gemm(g, pending, hc);
+    if (a.expand == Expand::kConv3x3) conv3x3_gemm(a, g, a_rows, c_rows, pending, hc, in_ld, im2col);
+    else gemm(g, pending, hc);
     pending = 0;
   };
+  int64_t filled_row = std::numeric_limits<int64_t>::min();  // the last hidden row given its input rows
   for (int64_t hr = hr_begin; hr < hr_end; ++hr) {
     float* row = ring + ring_slot(hr, p.ring_rows) * row_floats;
     if (hr < 0 || hr >= a.hh || jlo >= jhi) {  // the depthwise's zero padding
@@ -96,12 +131,16 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
     if (jlo > 0) std::memset(row, 0, sizeof(float) * jlo * p.ld);
     if (jhi < ncols) std::memset(row + jhi * p.ld, 0, sizeof(float) * (ncols - jhi) * p.ld);
     if (a.expand == Expand::kConv3x3) {
-      const int64_t ld = conv3x3_rows_ld(jhi - jlo, a.expand_stride, a.cin);
-      conv3x3_input_rows(a, b.n, hr, b.hc0 + jlo, b.hc0 + jhi, input_rows);
+      // Hidden row hr's three input rows at (hr - hr_begin) * stride rows into the buffer: the
+      // rows it shares with hr - 1 are there already when that row was filled.
+      const int64_t es = a.expand_stride;
+      float* rows = input_rows + (hr - hr_begin) * es * in_ld;
+      conv3x3_input_rows(a, b.n, hr, b.hc0 + jlo, b.hc0 + jhi, rows,
+                         filled_row == hr - 1 ? std::max<int64_t>(0, 3 - es) : 0);
+      filled_row = hr;
       for (int64_t j = jlo; j < jhi; ++j) {
         if (pending == kRowBlock) flush();
-        conv3x3_patch(a, input_rows, ld, j - jlo, im2col + pending * K);
-        a_rows[pending] = im2col + pending * K;
+        a_rows[pending] = rows + (j - jlo) * es * a.cin;
         c_rows[pending++] = row + j * p.ld;
       }
       continue;

@@ -1,7 +1,8 @@
 // A network's first 3x3 convolution on its own (EfficientNet's and MobileNetV3's stems, whose
 // first block does not take it in as MobileNetV2's does), compiled once per instruction set
-// (included by tile_kernel_impl.h): each output row's patches (conv3x3_input_rows, conv3x3_patch)
-// through the GEMM, whose short-K kernel takes the 27 taps of a 3-channel image.
+// (included by tile_kernel_impl.h): each output row's patches, read in place from its input rows
+// (conv3x3_input_rows, conv3x3_gemm), through the GEMM, whose short-K kernel takes the 27 taps of a
+// 3-channel image with 16 output channels.
 #pragma once
 #include "kernel_block.h"
 
@@ -27,11 +28,10 @@ void MNV2_CAT(conv3x3_rows_, MNV2_ISA)(const BlockArgs& a, int64_t n, int64_t r0
     for (int64_t j0 = 0; j0 < a.hw; j0 += block) {
       const int64_t m = std::min(block, a.hw - j0);
       for (int64_t i = 0; i < m; ++i) {
-        conv3x3_patch(a, rows, ld, j0 + i, patches + i * K);
-        a_rows[i] = patches + i * K;
+        a_rows[i] = rows + (j0 + i) * a.expand_stride * a.cin;
         c_rows[i] = a.y + n * a.syn + r * a.syh + (j0 + i) * a.syw;
       }
-      gemm(g, m, a.hidden);
+      conv3x3_gemm(a, g, a_rows, c_rows, m, a.hidden, ld, patches);
     }
   }
 }

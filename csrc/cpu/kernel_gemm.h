@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "kernel_act.h"
 
@@ -30,6 +31,10 @@ struct Gemm {
   int64_t ldb = 0;           // packed B: kPackedColumns
   const float* const* a = nullptr;  // element k of row i at a[i][k * ak]
   int64_t ak = 1;
+  // When not 0, A's rows are three runs of K / 3 floats, a_seg floats apart (a 3x3 convolution's
+  // patches read in place from its input rows); every panel then runs whole micro-tiles only
+  // (segmented_rows).
+  int64_t a_seg = 0;
   const float* const* init = nullptr;  // rows the sums start from (accumulating a chunk), or null: the bias
   const float* bias = nullptr;
   float* const* c = nullptr;  // element j of row i at c[i][j * ck]
@@ -162,7 +167,7 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
 // spills them around its branches (~10% of a tile at K ~ 100), and so did a switch on the
 // activation inside this function: every accumulator stored to the stack before the k-loop and
 // read back after it (at K = 16-32 a fifth of the tile's time).
-template <int NV, int MR, bool kRes, Act A, bool kInit, bool kPool = false>
+template <int NV, int MR, bool kRes, Act A, bool kInit, bool kPool = false, bool kSeg = false>
 void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
   const Mask tail = make_mask(ncols - (NV - 1) * kLanes);
   const float* ap[MR];
@@ -187,17 +192,34 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
     for (int i = 1; i < MR; ++i)
       for (int j = 0; j < NV; ++j) acc[i][j] = acc[0][j];
   }
-  // K >= 1 and A's rows contiguous (panel()'s full_ok checks both): one version of the loop,
-  // entered unconditionally.
-  int64_t k = 0;
-  do {
-    vec b[NV];
-    for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + k * kPackedColumns);
-    for (int i = 0; i < MR; ++i) {
-      const vec av = splat(ap[i][k]);
-      for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
+  // K >= 1 and A's rows contiguous, or in three runs (panel()'s full_ok and segmented_rows check
+  // them): one version of the loop, entered unconditionally.
+  if constexpr (kSeg) {  // A's three runs (Gemm::a_seg), B's rows in order
+    const int64_t run = K / 3, seg = g.a_seg;
+    for (int s = 0; s < 3; ++s) {
+      const int64_t k0 = s * run;
+      int64_t t = 0;
+      do {
+        vec b[NV];
+        for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + (k0 + t) * kPackedColumns);
+        for (int i = 0; i < MR; ++i) {
+          const vec av = splat(ap[i][t]);
+          for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
+        }
+      } while (++t < run);
+      for (int i = 0; i < MR; ++i) ap[i] += seg;
     }
-  } while (++k < K);
+  } else {
+    int64_t k = 0;
+    do {
+      vec b[NV];
+      for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + k * kPackedColumns);
+      for (int i = 0; i < MR; ++i) {
+        const vec av = splat(ap[i][k]);
+        for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
+      }
+    } while (++k < K);
+  }
   if constexpr (kPool) {  // summed as micro() sums them, row by row from zero
     for (int j = 0; j < NV; ++j) {
       vec sum = splat(0.f);
@@ -239,6 +261,20 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
     return i;
   }
   const Act act = g.store == Store::kAct ? g.act : Act::kNone;
+  if (g.a_seg) {  // a 3x3 convolution's patches in place: from the bias, with a plain store
+    auto seg = [&](auto a) {
+      constexpr Act A = decltype(a)::value;
+      for (; i + MR <= M; i += MR) micro_full<NV, MR, false, A, false, false, true>(g, i, j0, ncols);
+    };
+    switch (act) {  // gemm() applies the costly ones after a plain store
+      case Act::kNone: seg(None{}); break;
+      case Act::kReLU: seg(std::integral_constant<Act, Act::kReLU>{}); break;
+      case Act::kReLU6: seg(std::integral_constant<Act, Act::kReLU6>{}); break;
+      case Act::kHardswish: seg(std::integral_constant<Act, Act::kHardswish>{}); break;
+      default: seg(std::integral_constant<Act, Act::kHardsigmoid>{}); break;
+    }
+    return i;
+  }
   if (g.res) {  // a projection's residual comes with a plain store
     if (act == Act::kNone) run(None{}, std::true_type{});
     return i;
@@ -263,6 +299,7 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   const bool full_ok = kPacked && g.K > 0 && g.ak == 1 &&
                        (g.store == Store::kPool ? !g.init && !g.res : g.ck == 1 && (!g.res || g.rk == 1));
   int64_t i = full_ok && M >= MR1 ? full_tiles<NV, MR1>(g, M, j0, ncols) : 0;
+  if (g.a_seg) return;  // whole micro-tiles only (segmented_rows)
   while (i < M) {
     const int64_t rem = M - i;
     if (rem > MR2) {
@@ -328,14 +365,35 @@ void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   }
 }
 
-// Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
-// narrow panels have taller micro-tiles, whose row pointers crowd the registers.
-template <bool kPacked>
-void panels(const Gemm& g, int64_t M, int64_t N) {
+// The panels' widths in vectors for N columns (panels() below), in order.
+template <class F>
+void for_each_panel(int64_t N, F&& f) {
   const int64_t vectors = (N + kLanes - 1) / kLanes, count = (vectors + 3) / 4;
   int64_t j0 = 0;
   for (int64_t p = 0; p < count; ++p) {
     const int64_t nv = vectors / count + (p < vectors % count ? 1 : 0);
+    f(j0, nv);
+    j0 += nv * kLanes;
+  }
+}
+
+// How many of g's M rows its A could be read as segmented rows (Gemm::a_seg, set by the caller
+// after): whole micro-tiles of every panel, a multiple of each panel's tile height; none where
+// micro-tiles do not apply (see panel()'s full_ok) or the column-by-column kernel takes the GEMM.
+inline int64_t segmented_rows(const Gemm& g, int64_t M, int64_t N) {
+  if (!g.group_stride || g.K % 3 != 0 || g.ak != 1 || g.ck != 1 || g.res || g.init || g.store == Store::kPool ||
+      (kMaxAcc >= 24 && g.K == 27 && N <= kLanes))
+    return 0;
+  int64_t step = 1;
+  for_each_panel(N, [&](int64_t, int64_t nv) { step = std::lcm(step, tile_rows(nv, kMaxAcc)); });
+  return M - M % step;
+}
+
+// Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
+// narrow panels have taller micro-tiles, whose row pointers crowd the registers.
+template <bool kPacked>
+void panels(const Gemm& g, int64_t M, int64_t N) {
+  for_each_panel(N, [&](int64_t j0, int64_t nv) {
     const int ncols = static_cast<int>(std::min<int64_t>(nv * kLanes, N - j0));
     switch (nv) {
       case 1: panel<1, kPacked>(g, M, j0, ncols); break;
@@ -343,8 +401,7 @@ void panels(const Gemm& g, int64_t M, int64_t N) {
       case 3: panel<3, kPacked>(g, M, j0, ncols); break;
       default: panel<4, kPacked>(g, M, j0, ncols); break;
     }
-    j0 += nv * kLanes;
-  }
+  });
 }
 
 // Activations that cost tens of instructions per vector (SiLU: an exp and a reciprocal). Applied
@@ -380,7 +437,7 @@ void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
   // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32).
   constexpr bool short_k_fits = kMaxAcc >= 24;
   // A residual only comes with a plain store (a projection's), the one instantiation it gets.
-  const bool short_k = (g.K == 16 || (g.K == 27 && N <= kLanes)) &&
+  const bool short_k = !g.a_seg && (g.K == 16 || (g.K == 27 && N <= kLanes)) &&
                        (g.store == Store::kAct || g.store == Store::kPlain) && g.ck == 1 &&
                        (!g.res || (g.rk == 1 && g.store == Store::kPlain));
   if (short_k_fits && short_k) {

@@ -81,7 +81,7 @@ struct TilePlan {
   int64_t ld;                    // floats per pixel in the ring and the depthwise output
   int64_t acc_ld;                // floats per pixel in the projection accumulator
   int64_t im2col_k;              // floats per pixel of the 3x3-expand input patches
-  // Scratch layout (the ring is at offset 0); input_rows: the 3x3 expand's three input rows.
+  // Scratch layout (the ring is at offset 0); input_rows: the 3x3 expand's input rows for a band.
   int64_t off_dw, off_acc, off_im2col, off_input_rows, off_zero, floats;
   bool carry;                    // one chunk holds every hidden channel of the group: bands share halo rows
   int64_t run = 1;               // with one group: the most consecutive tiles a worker claims at a time
@@ -126,7 +126,9 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
   p.off_input_rows =
       p.off_im2col + (p.im2col_k ? std::min(kRowBlock, p.ring_rows * p.ring_cols) * p.im2col_k + kPatchSlack : 0);
   p.off_zero =
-      p.off_input_rows + (p.im2col_k ? 3 * ((p.ring_cols - 1) * a.expand_stride + 3) * a.cin + kPatchSlack : 0);
+      p.off_input_rows + (p.im2col_k ? ((p.ring_rows - 1) * a.expand_stride + 3) *
+                                             ((p.ring_cols - 1) * a.expand_stride + 3) * a.cin + kPatchSlack
+                                      : 0);
   p.floats = p.off_zero + p.acc_ld;  // zeros: the bias of every group but the first
   return p;
 }
