@@ -52,15 +52,15 @@ void conv3x3_input_rows(const BlockArgs& a, int64_t n, int64_t r, int64_t j0, in
   }
 }
 
-// The patch of output column j0 + j (see conv3x3_input_rows). Runs of at most a vector are copied
-// as whole vectors, in order: the lanes past a run are overwritten by the next run, or by the next
-// patch, or land in the slack after the patch buffer, and are read from the next row of the input
-// rows or the slack after them (kPatchSlack). Masked copies made MobileNetV2's stem with its first
-// block 0.5-1% slower.
-inline void conv3x3_patch(const BlockArgs& a, const float* buf, int64_t ld, int64_t j, float* dst) {
+// Copies the patch whose first run starts at src in the input rows (see conv3x3_input_rows; its
+// runs ld floats apart) to dst, its runs back to back. Runs of at most a vector are copied as whole
+// vectors, in order: the lanes past a run are overwritten by the next run, or by the next patch, or
+// land in the slack after the patch buffer, and are read from the next row of the input rows or the
+// slack after them (kPatchSlack). Masked copies made MobileNetV2's stem with its first block 0.5-1%
+// slower.
+inline void conv3x3_patch(const BlockArgs& a, const float* src, int64_t ld, float* dst) {
   static_assert(kLanes <= kPatchSlack, "a whole-vector copy stays within the slack");
   const int64_t run = 3 * a.cin;
-  const float* src = buf + j * a.expand_stride * a.cin;
   if (run <= kLanes) {
     for (int64_t dy = 0; dy < 3; ++dy) store(dst + dy * run, load(src + dy * ld));
     return;
@@ -85,7 +85,7 @@ void conv3x3_gemm(const BlockArgs& a, Gemm g, const float** a_rows, float** c_ro
     g.a_seg = 0;
   }
   for (int64_t i = full; i < m; ++i) {
-    conv3x3_patch(a, a_rows[i], ld, 0, patches + (i - full) * g.K);
+    conv3x3_patch(a, a_rows[i], ld, patches + (i - full) * g.K);
     a_rows[i] = patches + (i - full) * g.K;
   }
   g.a = a_rows + full;

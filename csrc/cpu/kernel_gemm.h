@@ -377,12 +377,21 @@ void for_each_panel(int64_t N, F&& f) {
   }
 }
 
+// Whether gemm_kernels() runs g's N columns one vector at a time (column_short_k): only where the
+// registers hold B's rows beside the rows in flight (AVX-512's 32). A residual only comes with a
+// plain store (a projection's), the one instantiation it gets.
+inline bool column_by_column(const Gemm& g, int64_t N) {
+  return kMaxAcc >= 24 && !g.a_seg && (g.K == 16 || (g.K == 27 && N <= kLanes)) &&
+         (g.store == Store::kAct || g.store == Store::kPlain) && g.ck == 1 &&
+         (!g.res || (g.rk == 1 && g.store == Store::kPlain));
+}
+
 // How many of g's M rows its A could be read as segmented rows (Gemm::a_seg, set by the caller
 // after): whole micro-tiles of every panel, a multiple of each panel's tile height; none where
 // micro-tiles do not apply (see panel()'s full_ok) or the column-by-column kernel takes the GEMM.
 inline int64_t segmented_rows(const Gemm& g, int64_t M, int64_t N) {
   if (!g.group_stride || g.K % 3 != 0 || g.ak != 1 || g.ck != 1 || g.res || g.init || g.store == Store::kPool ||
-      (kMaxAcc >= 24 && g.K == 27 && N <= kLanes))
+      column_by_column(g, N))
     return 0;
   int64_t step = 1;
   for_each_panel(N, [&](int64_t, int64_t nv) { step = std::lcm(step, tile_rows(nv, kMaxAcc)); });
@@ -434,13 +443,7 @@ inline void activate_rows(float* base, int64_t rows, int64_t ld, int64_t n, Act 
 }
 
 void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
-  // Only where the registers hold B's rows beside the rows in flight (AVX-512's 32).
-  constexpr bool short_k_fits = kMaxAcc >= 24;
-  // A residual only comes with a plain store (a projection's), the one instantiation it gets.
-  const bool short_k = !g.a_seg && (g.K == 16 || (g.K == 27 && N <= kLanes)) &&
-                       (g.store == Store::kAct || g.store == Store::kPlain) && g.ck == 1 &&
-                       (!g.res || (g.rk == 1 && g.store == Store::kPlain));
-  if (short_k_fits && short_k) {
+  if (column_by_column(g, N)) {
     with_act(g.store == Store::kAct ? g.act : Act::kNone, [&](auto act) {
       constexpr Act A = decltype(act)::value;
       auto columns = [&](auto res) {
