@@ -133,7 +133,7 @@ def test_other_convolutions_run_their_own_layers():
 def test_conv3x3_op_against_pytorch(act):
     g = torch.Generator().manual_seed(4)
     for cin, cout, stride, shape in ((3, 16, 2, (2, 224, 224)), (3, 32, 2, (1, 97, 131)), (5, 20, 1, (1, 9, 7)),
-                                     (8, 17, 1, (3, 6, 5)), (1, 3, 2, (1, 1, 1))):
+                                     (8, 17, 1, (3, 6, 5)), (1, 3, 2, (1, 1, 1)), (3, 40, 1, (1, 3, 300))):
         x = torch.randn(shape[0], cin, *shape[1:], generator=g)
         w, b = torch.randn(cout, cin, 3, 3, generator=g), torch.randn(cout, generator=g)
         expected = activate(F.conv2d(x, w, b, stride=stride, padding=1), act)
