@@ -33,7 +33,8 @@ def random_stem(cin, hidden, cout, seed=0):
                        r(cout, hidden) * 0.2, r(cout) * 0.1)
 
 
-@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (7, 9), (33, 17), (64, 64), (3, 600)])  # 600: a row of more pixels than one GEMM takes
+# 600 columns: a row of more pixels than one GEMM takes.
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (7, 9), (33, 17), (64, 64), (3, 600)])
 @pytest.mark.parametrize("stem_stride,stride", [(2, 1), (1, 1), (2, 2), (1, 2)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontig"])
 def test_stem_op_matches_reference(h, w, stem_stride, stride, layout):
