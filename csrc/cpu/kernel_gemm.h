@@ -230,16 +230,21 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
     }
     return;
   }
+  // Every row's pointers read before the first store: the stores (memcpy) may alias g and its
+  // pointer arrays, and GCC reloaded g.c and g.res for each row after the previous row's stores
+  // (MobileNetV2's stem with its first block, whose projection is 12-row tiles, 1.02-1.04x faster).
+  float* cp[MR];
+  const float* rp[MR];
   for (int i = 0; i < MR; ++i) {
-    float* c = g.c[i0 + i] + j0;
+    cp[i] = g.c[i0 + i] + j0;
+    if constexpr (kRes) rp[i] = g.res[i0 + i] + j0;
+  }
+  for (int i = 0; i < MR; ++i) {
     for (int j = 0; j < NV; ++j) {
       vec v = activate(acc[i][j], A);
-      if constexpr (kRes) {
-        const float* r = g.res[i0 + i] + j0 + j * kLanes;
-        v += j < NV - 1 ? load(r) : load_m(r, tail);
-      }
-      if (j < NV - 1) store(c + j * kLanes, v);
-      else store_m(c + j * kLanes, v, tail);
+      if constexpr (kRes) v += j < NV - 1 ? load(rp[i] + j * kLanes) : load_m(rp[i] + j * kLanes, tail);
+      if (j < NV - 1) store(cp[i] + j * kLanes, v);
+      else store_m(cp[i] + j * kLanes, v, tail);
     }
   }
 }
@@ -336,32 +341,51 @@ void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   auto ld = [&](const float* p) { return kTail ? load_m(p, tail) : load(p); };
   const float* bcol = b_column(g, j0);
   const int64_t ak = g.ak, ldb = g.ldb;
+  // g's pointers in locals, and each group's output rows read before its first store: the stores
+  // (memcpy) may alias g and its pointer arrays, and GCC reloaded g.c for every row after the
+  // previous row's store (MobileNetV2's block 1, below: 1.05x at batch 1, 1.09x at batch 8, beside
+  // the prefetch's gain).
+  const float* const* const a_rows = g.a;
+  const float* const* const init = g.init;
+  const float* const bias = g.bias;
+  float* const* const c_rows = g.c;
+  const float* const* const res_rows = g.res;
   vec b[K];
   for (int k = 0; k < K; ++k) b[k] = ld(bcol + k * ldb);
-  auto finish = [&](vec v, int64_t row) {
+  auto finish = [&](vec v, float* c, int64_t row) {
     v = activate(v, A);
-    if constexpr (kRes) v += ld(g.res[row] + j0);
-    if constexpr (kTail) store_m(g.c[row] + j0, v, tail);
-    else store(g.c[row] + j0, v);
+    if constexpr (kRes) v += ld(res_rows[row] + j0);
+    if constexpr (kTail) store_m(c + j0, v, tail);
+    else store(c + j0, v);
   };
+  // The first column's pass is the first to read A's rows (at K = 16 one cache line each, used for
+  // only R * 16 FMAs), and stalled on them: it prefetches the rows 3 groups ahead. MobileNetV2's
+  // block 1 (16 -> 96, its input read in place) ran 1.07-1.11x faster at batch 8 on a Zen 4 EPYC;
+  // 1 group ahead 1.02x, 6 and 12 groups 1.06x and 1.04x.
+  constexpr int64_t kAhead = 3 * R;
+  const bool first_pass = j0 == 0;
   int64_t i = 0;
   for (; i + R <= M; i += R) {
+    if (first_pass && i + kAhead + R <= M)
+      for (int r = 0; r < R; ++r) __builtin_prefetch(a_rows[i + kAhead + r]);
     const float* ap[R];
+    float* cp[R];
     vec acc[R];
     for (int r = 0; r < R; ++r) {
-      ap[r] = g.a[i + r];
-      acc[r] = ld((g.init ? g.init[i + r] : g.bias) + j0);
+      ap[r] = a_rows[i + r];
+      cp[r] = c_rows[i + r];
+      acc[r] = ld((init ? init[i + r] : bias) + j0);
     }
 #pragma GCC unroll 32
     for (int k = 0; k < K; ++k)
       for (int r = 0; r < R; ++r) acc[r] += splat(ap[r][k * ak]) * b[k];
-    for (int r = 0; r < R; ++r) finish(acc[r], i + r);
+    for (int r = 0; r < R; ++r) finish(acc[r], cp[r], i + r);
   }
   for (; i < M; ++i) {  // fewer than R rows left
-    const float* ap = g.a[i];
-    vec acc = ld((g.init ? g.init[i] : g.bias) + j0);
+    const float* ap = a_rows[i];
+    vec acc = ld((init ? init[i] : bias) + j0);
     for (int k = 0; k < K; ++k) acc += splat(ap[k * ak]) * b[k];
-    finish(acc, i);
+    finish(acc, c_rows[i], i);
   }
 }
 
