@@ -89,11 +89,12 @@ struct TilePlan {
 };
 
 // Rows of a GEMM micro-tile NV vectors wide, with max_acc vector accumulators: as many as the
-// accumulators allow, but no more than 12 (one vector) or 8 (wider), because each row's A pointer
-// must stay in a register or the tile turns load-bound.
-constexpr int64_t tile_rows(int64_t nv, int64_t max_acc) {
-  return max_acc / nv < (nv == 1 ? 12 : 8) ? max_acc / nv : (nv == 1 ? 12 : 8);
-}
+// accumulators allow, but no more than 8, because each row's A pointer must stay in a general
+// register. With 12 rows of one vector GCC ran out of them: it kept the row pointers in vector
+// registers and moved one back for each broadcast, which took most of the tile's time
+// (MobileNetV2's stem with its first block, whose projection is 32 -> 16, ran 1.035x faster at
+// batch 8 and 1.05-1.06x at batch 1 with 8 rows; 6 and 10 rows 1.03x).
+constexpr int64_t tile_rows(int64_t nv, int64_t max_acc) { return max_acc / nv < 8 ? max_acc / nv : 8; }
 
 // Row pointers of a GEMM are gathered into blocks of this many rows.
 constexpr int64_t kRowBlock = 256;
