@@ -20,17 +20,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from mnv2_fused import convert
 from mnv2_fused.bench.models import randomize
 from mnv2_fused.network import NetworkWeights, _fold_network
+from mnv2_fused.ops import head_pool, run_block, stem_block
 
 
 def stage_calls(w: NetworkWeights) -> list:
-    """(name, f) for each stage the network op runs, f taking the stage's input."""
-    ops, s = torch.ops.mnv2_fused, w.stem
-    calls = [("stem+block 0", lambda t: ops.stem_inverted_residual(t, s.w_stem, s.b_stem, w.stem_stride, s.w_dw,
-                                                                   s.b_dw, s.w_proj, s.b_proj, w.stride))]
+    """(name, f) for each stage the network op runs, f taking the stage's input (the CPU kernels)."""
+    calls = [("stem+block 0", lambda t: stem_block(t, w.stem, w.stem_stride, w.stride, use_kernel=True))]
     for i, (fw, stride, res) in enumerate(w.blocks):
-        calls.append((f"block {i + 1}", lambda t, fw=fw, stride=stride, res=res:
-                      ops.inverted_residual(t, *fw, stride, res)))
-    calls.append(("head+pool", lambda t: ops.pointwise_relu6_mean(t, w.head[0], w.head[1])))
+        calls.append((f"block {i + 1}", lambda t, fw=fw, stride=stride, res=res: run_block(t, fw, stride, res, "cpu")))
+    calls.append(("head+pool", lambda t: head_pool(t, *w.head, use_kernel=True)))
     return calls
 
 
