@@ -41,6 +41,19 @@ def test_short_k_gemms(cin, cout, stride, t, layout):
         assert rel_err(fused_copy(block)(x), block(x)) <= TOL
 
 
+# Output widths that end within a vector's first half (24, 40: AVX-512's half-vector tails; 60 ends
+# past it), with a residual. With 8 threads a 72x72 image leaves each worker so little scratch that
+# the wide hidden layer (t = 24) goes in chunks: the projection then also starts from the rows
+# summed so far.
+@pytest.mark.parametrize("cout", [24, 40, 60])
+@pytest.mark.parametrize("n,h,w,t,threads", [(2, 9, 13, 6, 2), (1, 72, 72, 24, 8)])
+def test_half_vector_tails(cout, n, h, w, t, threads):
+    block = make_block(cout, cout, 1, t, seed=cout)
+    x = make_input((n, cout, h, w), "channels_last", seed=h)
+    with torch.no_grad(), num_threads(threads):
+        assert rel_err(fused_copy(block)(x), block(x)) <= TOL
+
+
 @pytest.mark.parametrize("cin,cout,hidden", [(3, 5, 7), (1, 1, 1), (17, 33, 100), (5, 5, 31)])
 def test_channel_counts_not_multiple_of_tile(cin, cout, hidden):
     """Channel counts that do not fill the GEMM micro-tile or a hidden chunk, through the op itself."""

@@ -19,6 +19,20 @@ inline vec relu6(vec v) {
   return reinterpret_cast<vec>(_mm512_min_ps(_mm512_set1_ps(6.f), r));
 }
 using Mask = __mmask16;
+// Half vectors (8 lanes) for a micro-tile's last columns when they end within a vector's first
+// half: where a 512-bit FMA issues as two 256-bit halves (Zen 4), a 256-bit one costs half of it.
+#define MNV2_ISA_HALF 1
+typedef float hvec __attribute__((vector_size(32)));
+using HMask = __mmask8;
+inline HMask make_hmask(int n) { return static_cast<HMask>((1u << n) - 1u); }
+inline hvec low_half(vec v) { return reinterpret_cast<hvec>(_mm512_castps512_ps256(reinterpret_cast<__m512>(v))); }
+inline hvec hload(const float* p) { return reinterpret_cast<hvec>(_mm256_loadu_ps(p)); }
+inline hvec hload_m(const float* p, HMask m) { return reinterpret_cast<hvec>(_mm256_maskz_loadu_ps(m, p)); }
+inline void hstore_m(float* p, hvec v, HMask m) { _mm256_mask_storeu_ps(p, m, reinterpret_cast<__m256>(v)); }
+inline hvec hrelu6(hvec v) {
+  const __m256 r = _mm256_max_ps(_mm256_setzero_ps(), reinterpret_cast<__m256>(v));
+  return reinterpret_cast<hvec>(_mm256_min_ps(_mm256_set1_ps(6.f), r));
+}
 inline Mask make_mask(int n) { return static_cast<Mask>((1u << n) - 1u); }
 inline vec load_m(const float* p, Mask m) { return reinterpret_cast<vec>(_mm512_maskz_loadu_ps(m, p)); }
 inline void store_m(float* p, vec v, Mask m) { _mm512_mask_storeu_ps(p, m, reinterpret_cast<__m512>(v)); }
