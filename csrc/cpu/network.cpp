@@ -25,7 +25,7 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
                     op, ": expected 6 weights, a stride and a residual flag per block, got ", blocks.size(),
                     " weights, ", n_blocks, " strides and ", block_residuals.size(), " flags");
   at::Tensor y;
-  run_as_team(at::get_num_threads(), [&] {
+  run_as_team(at::get_num_threads(), x.numel(), [&] {
     y = stem_inverted_residual(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride);
     for (int64_t i = 0; i < n_blocks; ++i) {
       auto w = [&](int64_t j) { return blocks.get(6 * i + j); };

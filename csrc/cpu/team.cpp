@@ -10,8 +10,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include <time.h>
 #include <unistd.h>
@@ -191,6 +193,15 @@ std::chrono::milliseconds machine_idle_time() {
 // have been idle for half of its time so far (a core left free: the other process is gone);
 // otherwise a brief load, or the spinning workers of another runtime in the same process, kept
 // whole benchmarks of the network on one thread, up to 400 ms after the load had passed.
+// In a virtual machine the leader is also off its core while the host runs another guest on it
+// (steal time), and there one thread fewer may win or lose: at batch 1, with the host taking
+// about 40% of this guest's time, a forward took 6.8-7.2 ms on full teams and 8.7-10.4 ms when
+// sent reduced that often; at heavier steal, 11.6-12.2 ms full and 10.1-10.9 ms reduced. So the
+// choice is measured, not assumed: the reduced chains' wall time is kept per thread count and work
+// (the chain's input size), and two contended chains in a row send the chains reduced only when
+// they took longer than the reduced chains of that work did last (or when there is no figure yet).
+// With a process spinning on one of two cores, the chains still went reduced: a forward at batch
+// 1 took 10.2 ms (9.5 ms always reduced, 15.4 ms always full), at batch 8 73 ms (66, 86).
 class Contention {
   using Clock = std::chrono::steady_clock;
 
@@ -209,7 +220,8 @@ class Contention {
     return true;
   }
 
-  void record(Clock::duration wall, std::chrono::nanoseconds cpu) {
+  // A full team's chain of `work` on `threads`: its wall time and its leader's CPU time.
+  void record(int64_t threads, int64_t work, Clock::duration wall, std::chrono::nanoseconds cpu) {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto off = wall - cpu;
     const bool contended = off * 10 > wall * 3 && off > std::chrono::microseconds(200);
@@ -217,7 +229,15 @@ class Contention {
       strikes_ = 0, backoff_ = std::chrono::milliseconds(0);
       return;
     }
-    if (++strikes_ < 2) return;
+    if (++strikes_ < 2) {
+      first_strike_ = wall;
+      return;
+    }
+    const auto it = reduced_wall_.find({threads, work});
+    if (it != reduced_wall_.end() && first_strike_ + wall <= 2 * it->second) {  // full teams do no worse
+      strikes_ = 0, backoff_ = std::chrono::milliseconds(0);
+      return;
+    }
     // Reduced for a while, and for at least a few chains as long as this one, so that long
     // chains (large batches) are not probed every other time.
     backoff_ = backoff_.count() == 0 ? kFirstRun : std::min(backoff_ * 2, kLongestRun);
@@ -227,14 +247,29 @@ class Contention {
     strikes_ = 0;
   }
 
+  // A reduced chain of `work` planned for `threads`: its wall time into that work's figure (a
+  // running average that follows the last few).
+  void record_reduced(int64_t threads, int64_t work, Clock::duration wall) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const std::pair<int64_t, int64_t> key{threads, work};
+    if (reduced_wall_.size() >= kMaxWorks && !reduced_wall_.count(key)) reduced_wall_.clear();
+    const auto [it, fresh] = reduced_wall_.try_emplace(key, wall);
+    if (!fresh) it->second = (3 * it->second + wall) / 4;
+  }
+
  private:
   // /proc/stat counts in ticks (10 ms on most systems): the idle time is judged over 30 ms or more.
   static constexpr std::chrono::milliseconds kFirstRun{100}, kLongestRun{400}, kIdleCheckAfter{30};
+  // Works whose reduced figure is kept; past this many (input sizes that vary call after call)
+  // the figures start over.
+  static constexpr size_t kMaxWorks = 64;
   std::mutex mutex_;
   Clock::time_point reduced_since_{}, reduced_until_{};
   std::chrono::milliseconds idle0_{-1};
   int strikes_ = 0;
+  Clock::duration first_strike_{};        // the wall time of the first of two contended chains
   std::chrono::milliseconds backoff_{0};  // the last reduced run's length; 0 after a clean chain
+  std::map<std::pair<int64_t, int64_t>, Clock::duration> reduced_wall_;  // per thread count and work
 };
 
 // MNV2_FUSED_CHAIN=full / reduced: every chain on all threads / on one thread fewer (read at every
@@ -255,7 +290,7 @@ Contention& contention() {
 }
 
 // Leads a team of `size` threads (at least 2) for body's stages, planned for `threads`.
-void lead(int64_t size, int64_t threads, const std::function<void()>& body, bool measure) {
+void lead(int64_t size, int64_t threads, int64_t work, const std::function<void()>& body, bool measure) {
   Team team(threads);
   at::parallel_for(0, size, 1, [&](int64_t begin, int64_t end) {
     if (begin != 0) {  // a helper: the team's other threads
@@ -277,13 +312,13 @@ void lead(int64_t size, int64_t threads, const std::function<void()>& body, bool
       } leading(team);
       body();
     }
-    if (measure) contention().record(std::chrono::steady_clock::now() - wall0, thread_cpu_time() - cpu0);
+    if (measure) contention().record(threads, work, std::chrono::steady_clock::now() - wall0, thread_cpu_time() - cpu0);
   });
 }
 
 }  // namespace
 
-void run_as_team(int64_t threads, const std::function<void()>& body) {
+void run_as_team(int64_t threads, int64_t work, const std::function<void()>& body) {
   if (led_team != nullptr || alone || threads <= 1 || at::in_parallel_region() || at::get_num_threads() <= 1) {
     body();
     return;
@@ -291,12 +326,17 @@ void run_as_team(int64_t threads, const std::function<void()>& body) {
   TORCH_CHECK(threads < (int64_t(1) << kIndexBits), "mnv2_fused: too many threads for a team: ", threads);
   const ChainMode mode = chain_mode();
   const bool reduced = mode == ChainMode::kReduced || (mode == ChainMode::kAuto && contention().run_reduced());
-  if (!reduced) return lead(threads, threads, body, mode == ChainMode::kAuto);
+  if (!reduced) return lead(threads, threads, work, body, mode == ChainMode::kAuto);
   // Reduced: the stages keep the tiling planned for all the threads (and so the same outputs);
   // whichever threads there are claim its chunks.
-  if (threads > 2) return lead(threads - 1, threads, body, false);
-  Raised alone_for_now(alone);
-  body();
+  const auto wall0 = std::chrono::steady_clock::now();
+  if (threads > 2) {
+    lead(threads - 1, threads, work, body, false);
+  } else {
+    Raised alone_for_now(alone);
+    body();
+  }
+  if (mode == ChainMode::kAuto) contention().record_reduced(threads, work, std::chrono::steady_clock::now() - wall0);
 }
 
 void team_parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {

@@ -16,8 +16,9 @@ namespace cpu {
 
 // Runs body() on the calling thread, which leads a team of up to `threads` threads for the
 // team_parallel_for calls body makes; of one thread fewer while another process keeps a core busy
-// (see Contention in team.cpp). Inside a team already, or with one thread, just runs body().
-void run_as_team(int64_t threads, const std::function<void()>& body);
+// and that measurably pays (see Contention in team.cpp: `work` keys the chains that do the same
+// work, such as the input's size). Inside a team already, or with one thread, just runs body().
+void run_as_team(int64_t threads, int64_t work, const std::function<void()>& body);
 
 // f(b, e) over [begin, end) in chunks, as at::parallel_for(begin, end, grain, f) divides it: on
 // the team when called by a team's leader, on at::parallel_for otherwise.
