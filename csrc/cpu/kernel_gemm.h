@@ -306,19 +306,16 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   auto run = [&](auto act, auto res) {
     constexpr Act A = decltype(act)::value;
     constexpr bool R = decltype(res)::value;
-    if constexpr (kHalfVectors && (A == Act::kNone || A == Act::kReLU6)) {
-      if (half) {
-        if (g.init)
-          for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, true, false, false, true>(g, i, j0, ncols);
-        else
-          for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, false, false, false, true>(g, i, j0, ncols);
-        return;
-      }
-    }
-    if (g.init)
-      for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, true>(g, i, j0, ncols);
-    else
-      for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, false>(g, i, j0, ncols);
+    auto tiles = [&](auto half_tail) {
+      constexpr bool H = decltype(half_tail)::value;
+      if (g.init)
+        for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, true, false, false, H>(g, i, j0, ncols);
+      else
+        for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, false, false, false, H>(g, i, j0, ncols);
+    };
+    if constexpr (kHalfVectors && (A == Act::kNone || A == Act::kReLU6))
+      if (half) return tiles(std::true_type{});
+    tiles(std::false_type{});
   };
   using None = std::integral_constant<Act, Act::kNone>;
   if (g.store == Store::kPool) {  // the head: from the bias (panel()'s full_ok)
