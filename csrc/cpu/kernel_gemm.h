@@ -239,26 +239,17 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
       } while (++t < run);
       for (int i = 0; i < MR; ++i) ap[i] += seg;
     }
-  } else if constexpr (kHalf) {  // the half vector reads the first 8 of its group's 16 columns
-    int64_t k = 0;
-    do {
-      vec b[NV];
-      for (int j = 0; j < NF; ++j) b[j] = load(bp[j] + k * kPackedColumns);
-      const hvec hb = hload(bp[NF] + k * kPackedColumns);
-      for (int i = 0; i < MR; ++i) {
-        const vec av = splat(ap[i][k]);
-        for (int j = 0; j < NF; ++j) acc[i][j] += av * b[j];
-        hacc[i] += low_half(av) * hb;
-      }
-    } while (++k < K);
   } else {
     int64_t k = 0;
     do {
       vec b[NV];
-      for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + k * kPackedColumns);
+      for (int j = 0; j < NF; ++j) b[j] = load(bp[j] + k * kPackedColumns);
+      hvec hb{};  // kHalf: the first 8 of the last group's 16 columns
+      if constexpr (kHalf) hb = hload(bp[NF] + k * kPackedColumns);
       for (int i = 0; i < MR; ++i) {
         const vec av = splat(ap[i][k]);
-        for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
+        for (int j = 0; j < NF; ++j) acc[i][j] += av * b[j];
+        if constexpr (kHalf) hacc[i] += low_half(av) * hb;
       }
     } while (++k < K);
   }
