@@ -437,10 +437,11 @@ void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   }
 }
 
-// The panels' widths in vectors for N columns (panels() below), in order.
+// The panels' widths in vectors for N columns (panels() below), in order; `segmented`: A's rows
+// are a 3x3 convolution's patches read in place (panel_count).
 template <class F>
-void for_each_panel(int64_t N, F&& f) {
-  const int64_t vectors = (N + kLanes - 1) / kLanes, count = (vectors + 3) / 4;
+void for_each_panel(int64_t N, bool segmented, F&& f) {
+  const int64_t vectors = (N + kLanes - 1) / kLanes, count = panel_count(vectors, kPanelVectors, segmented);
   int64_t j0 = 0;
   for (int64_t p = 0; p < count; ++p) {
     const int64_t nv = vectors / count + (p < vectors % count ? 1 : 0);
@@ -466,15 +467,15 @@ inline int64_t segmented_rows(const Gemm& g, int64_t M, int64_t N) {
       column_by_column(g, N))
     return 0;
   int64_t step = 1;
-  for_each_panel(N, [&](int64_t, int64_t nv) { step = std::lcm(step, tile_rows(nv, kMaxAcc)); });
+  for_each_panel(N, true, [&](int64_t, int64_t nv) { step = std::lcm(step, tile_rows(nv, kMaxAcc)); });
   return M - M % step;
 }
 
-// Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
+// Column panels (panel_count), as even as possible (on AVX-512 96 columns are 48 + 48, not 64 + 32):
 // narrow panels have taller micro-tiles, whose row pointers crowd the registers.
 template <bool kPacked>
 void panels(const Gemm& g, int64_t M, int64_t N) {
-  for_each_panel(N, [&](int64_t j0, int64_t nv) {
+  for_each_panel(N, g.a_seg != 0, [&](int64_t j0, int64_t nv) {
     const int ncols = static_cast<int>(std::min<int64_t>(nv * kLanes, N - j0));
     switch (nv) {
       case 1: panel<1, kPacked>(g, M, j0, ncols); break;
