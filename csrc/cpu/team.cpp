@@ -30,9 +30,13 @@ namespace {
 // forward (allocating the next output, looking up its plan: a few microseconds) and than the
 // usual wait for the last chunk, far shorter than a scheduler's time slice.
 // Measured at batch 1: spinning 0 or 10 us took a quiet forward from 3.3 or 3.0 ms to 4.9 or 3.6
-// (a stage often finds its helper asleep); with another process on one of the cores, 200 us took
-// a forward of a team from 7.5 to 12 ms.
-constexpr std::chrono::microseconds kSpin{50};
+// (a stage often finds its helper asleep). In a virtual machine (Zen 3, AVX2) 50 us still let a
+// thread sleep 8 times a batch-1 forward and 19 times a batch-8 one (each sleep a wake-up through
+// the host), 300 us 0.2 and 2.2 times: forwards 1.02-1.04x faster at batch 1 and 1.01-1.02x at
+// batch 8, and with another process on one of the cores as fast as with 50 us (1000 us: batch 8
+// 1.1x slower there). Under load the chains mostly run reduced (Contention below), where no
+// thread waits on another.
+constexpr std::chrono::microseconds kSpin{300};
 
 void pause() {
 #if defined(__x86_64__) || defined(_M_X64)
