@@ -459,9 +459,14 @@ void MNV2_CAT(sum_groups_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, cons
       vec v = load(part + o);  // the accumulator rows are padded to whole vectors
       for (int64_t g = 1; g < p.groups; ++g) v += load(part + g * plane + o);
       if (a.syc == 1 && (!a.residual || a.sxc == 1)) {
-        const Mask mk = make_mask(lanes);
-        if (a.residual) v += load_m(res + o, mk);
-        store_m(y + o, v, mk);
+        if (kWholeTails && lanes == kLanes) {  // plain: see kWholeTails
+          if (a.residual) v += load(res + o);
+          store(y + o, v);
+        } else {
+          const Mask mk = make_mask(lanes);
+          if (a.residual) v += load_m(res + o, mk);
+          store_m(y + o, v, mk);
+        }
       } else {
         float lane[kLanes];
         store(lane, v);

@@ -18,6 +18,17 @@ inline vec load(const float* p) {
 }
 inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
 
+// Where masked stores cost more than plain ones (AVX2's vmaskmovps: on Zen 3 the micro-tile stalled
+// after each one), vectors that lie wholly inside the matrix are loaded and stored plainly, the
+// last vector of a micro-tile included (Tail::kWhole). With a mask on every row's last vector,
+// MobileNetV2's stages ran 1.16-1.54x slower on AVX2 (Zen 3, 2 threads; the head, which stores one
+// pooled row per tile, level) and the whole network 1.23x at batch 1 and 1.39x at batch 8.
+#ifdef MNV2_ISA_CHEAP_MASKS
+constexpr bool kWholeTails = false;
+#else
+constexpr bool kWholeTails = true;
+#endif
+
 #ifdef MNV2_ISA_HALF
 constexpr bool kHalfVectors = true;
 #else
@@ -159,8 +170,9 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
       if (g.store == Store::kAct) v = activate(v, g.act);
       const int lanes = j < NV - 1 ? kLanes : ncols - (NV - 1) * kLanes;
       if (vector_io) {
-        if (rrow) v += j < NV - 1 ? load(rrow + j * kLanes) : load_m(rrow + j * kLanes, tail);
-        if (j < NV - 1) store(crow + j * kLanes, v);
+        const bool plain = j < NV - 1 || (kWholeTails && lanes == kLanes);  // see kWholeTails
+        if (rrow) v += plain ? load(rrow + j * kLanes) : load_m(rrow + j * kLanes, tail);
+        if (plain) store(crow + j * kLanes, v);
         else store_m(crow + j * kLanes, v, tail);
       } else {  // NCHW output or input: one element at a time
         float lane[kLanes];
@@ -173,6 +185,10 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
     }
   }
 }
+
+// The last of a micro-tile's vectors: kMasked, loaded and stored masked to the matrix's columns;
+// kWhole, inside the matrix (kWholeTails), plain loads and stores; kHalf, see micro_full.
+enum class Tail { kMasked, kWhole, kHalf };
 
 // micro() for the common case: all MR rows valid, packed B (no masked rows), a store with
 // activation A (a constant) into rows of contiguous columns, with a residual of contiguous columns
@@ -188,10 +204,14 @@ void micro(const Gemm& g, int64_t i0, int m, int64_t j0, int ncols, int64_t mask
 // MobileNetV2's projections to 24 channels (blocks 1 and 2) spent a third of their FMAs on lanes
 // past the matrix; with half vectors the blocks ran 1.03-1.04x and 1.05x faster at batch 1 and 8
 // (Zen 4), outputs bitwise the same.
-template <int NV, int MR, bool kRes, Act A, bool kInit, bool kPool = false, bool kSeg = false, bool kHalf = false>
+template <int NV, int MR, bool kRes, Act A, bool kInit, bool kPool = false, bool kSeg = false,
+          Tail kTail = Tail::kMasked>
 void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
+  constexpr bool kHalf = kTail == Tail::kHalf;
   static_assert(!kHalf || (!kPool && !kSeg && (A == Act::kNone || A == Act::kReLU6)), "half tails: see above");
+  static_assert(kTail != Tail::kWhole || !kPool, "the pool's tail stays masked");
   constexpr int NF = kHalf ? NV - 1 : NV;  // whole vectors
+  constexpr int NU = kTail == Tail::kWhole ? NV : NV - 1;  // vectors loaded and stored unmasked
   const Mask tail = make_mask(kHalf ? kLanes : ncols - (NV - 1) * kLanes);
   const HMask htail = make_hmask(kHalf ? ncols - NF * kLanes : 1);
   const float* ap[MR];
@@ -210,12 +230,12 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
   if constexpr (kInit) {
     for (int i = 0; i < MR; ++i) {
       for (int j = 0; j < NF; ++j)
-        acc[i][j] = j < NV - 1 ? load(start[i] + j * kLanes) : load_m(start[i] + j * kLanes, tail);
+        acc[i][j] = j < NU ? load(start[i] + j * kLanes) : load_m(start[i] + j * kLanes, tail);
       if constexpr (kHalf) hacc[i] = hload_m(start[i] + NF * kLanes, htail);
     }
   } else {  // every row starts from the bias: loaded once, copied (1-2.6% on MobileNetV2's blocks)
     for (int j = 0; j < NF; ++j)
-      acc[0][j] = j < NV - 1 ? load(g.bias + j0 + j * kLanes) : load_m(g.bias + j0 + j * kLanes, tail);
+      acc[0][j] = j < NU ? load(g.bias + j0 + j * kLanes) : load_m(g.bias + j0 + j * kLanes, tail);
     if constexpr (kHalf) hacc[0] = hload_m(g.bias + j0 + NF * kLanes, htail);
     for (int i = 1; i < MR; ++i) {
       for (int j = 0; j < NF; ++j) acc[i][j] = acc[0][j];
@@ -275,8 +295,8 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
   for (int i = 0; i < MR; ++i) {
     for (int j = 0; j < NF; ++j) {
       vec v = activate(acc[i][j], A);
-      if constexpr (kRes) v += j < NV - 1 ? load(rp[i] + j * kLanes) : load_m(rp[i] + j * kLanes, tail);
-      if (j < NV - 1) store(cp[i] + j * kLanes, v);
+      if constexpr (kRes) v += j < NU ? load(rp[i] + j * kLanes) : load_m(rp[i] + j * kLanes, tail);
+      if (j < NU) store(cp[i] + j * kLanes, v);
       else store_m(cp[i] + j * kLanes, v, tail);
     }
     if constexpr (kHalf) {
@@ -292,21 +312,27 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
 template <int NV, int MR>
 int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   int64_t i = 0;
-  // A half-vector tail where the instruction set has them and the activation allows (micro_full).
+  // A half-vector tail where the instruction set has them and the activation allows (micro_full);
+  // a whole one where masked stores are slow.
   const bool half = kHalfVectors && ncols - (NV - 1) * kLanes <= kLanes / 2;
+  const bool whole = kWholeTails && ncols == NV * kLanes;
+  using Masked = std::integral_constant<Tail, Tail::kMasked>;
+  using Whole = std::integral_constant<Tail, Tail::kWhole>;
   auto run = [&](auto act, auto res) {
     constexpr Act A = decltype(act)::value;
     constexpr bool R = decltype(res)::value;
-    auto tiles = [&](auto half_tail) {
-      constexpr bool H = decltype(half_tail)::value;
+    auto tiles = [&](auto tail) {
+      constexpr Tail T = decltype(tail)::value;
       if (g.init)
-        for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, true, false, false, H>(g, i, j0, ncols);
+        for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, true, false, false, T>(g, i, j0, ncols);
       else
-        for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, false, false, false, H>(g, i, j0, ncols);
+        for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, false, false, false, T>(g, i, j0, ncols);
     };
     if constexpr (kHalfVectors && (A == Act::kNone || A == Act::kReLU6))
-      if (half) return tiles(std::true_type{});
-    tiles(std::false_type{});
+      if (half) return tiles(std::integral_constant<Tail, Tail::kHalf>{});
+    if constexpr (kWholeTails)
+      if (whole) return tiles(Whole{});
+    tiles(Masked{});
   };
   using None = std::integral_constant<Act, Act::kNone>;
   if (g.store == Store::kPool) {  // the head: from the bias (panel()'s full_ok)
@@ -317,7 +343,13 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   if (g.a_seg) {  // a 3x3 convolution's patches in place: from the bias, with a plain store
     auto seg = [&](auto a) {
       constexpr Act A = decltype(a)::value;
-      for (; i + MR <= M; i += MR) micro_full<NV, MR, false, A, false, false, true>(g, i, j0, ncols);
+      auto tiles = [&](auto tail) {
+        constexpr Tail T = decltype(tail)::value;
+        for (; i + MR <= M; i += MR) micro_full<NV, MR, false, A, false, false, true, T>(g, i, j0, ncols);
+      };
+      if constexpr (kWholeTails)
+        if (whole) return tiles(Whole{});
+      tiles(Masked{});
     };
     switch (act) {  // gemm() applies the costly ones after a plain store
       case Act::kNone: seg(None{}); break;

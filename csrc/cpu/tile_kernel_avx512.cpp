@@ -20,6 +20,9 @@ inline vec relu6(vec v) {
   return reinterpret_cast<vec>(_mm512_min_ps(_mm512_set1_ps(6.f), r));
 }
 using Mask = __mmask16;
+// Masked loads and stores cost what plain ones do (mask registers): micro-tiles store a whole last
+// vector masked, one code path for every width.
+#define MNV2_ISA_CHEAP_MASKS 1
 // Half vectors (8 lanes) for a micro-tile's last columns when they end within a vector's first
 // half: where a 512-bit FMA issues as two 256-bit halves (Zen 4), a 256-bit one costs half of it.
 #define MNV2_ISA_HALF 1
