@@ -16,7 +16,6 @@ struct Isa {
   Conv3x3RowsFn conv3x3_rows;
   int64_t lanes;    // floats per vector
   int64_t max_acc;  // vector accumulators of the GEMM micro-tile
-  int64_t panel_vectors;  // the widest column panel of a GEMM, in vectors (panel_count)
 };
 
 const Isa& cpu_isa();

@@ -21,8 +21,9 @@ inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
 // Where masked stores cost more than plain ones (AVX2's vmaskmovps: on Zen 3 the micro-tile stalled
 // after each one), vectors that lie wholly inside the matrix are loaded and stored plainly, the
 // last vector of a micro-tile included (Tail::kWhole). With a mask on every row's last vector,
-// MobileNetV2's stages ran 1.16-1.54x slower on AVX2 (Zen 3, 2 threads; the head, which stores one
-// pooled row per tile, level) and the whole network 1.23x at batch 1 and 1.39x at batch 8.
+// MobileNetV2's stem and blocks 1-8 ran 1.04-1.20x slower on AVX2 (Zen 3, 2 threads; the later
+// blocks and the head, which stores one pooled row per tile, up to 1.08x), all its stages 1.07x,
+// the whole network 1.05-1.09x at batch 1 and 1.02-1.08x at batch 8 (two runs).
 #ifdef MNV2_ISA_CHEAP_MASKS
 constexpr bool kWholeTails = false;
 #else
@@ -469,11 +470,10 @@ void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   }
 }
 
-// The panels' widths in vectors for N columns (panels() below), in order; `segmented`: A's rows
-// are a 3x3 convolution's patches read in place (panel_count).
+// The panels' widths in vectors for N columns (panels() below), in order.
 template <class F>
-void for_each_panel(int64_t N, bool segmented, F&& f) {
-  const int64_t vectors = (N + kLanes - 1) / kLanes, count = panel_count(vectors, kPanelVectors, segmented);
+void for_each_panel(int64_t N, F&& f) {
+  const int64_t vectors = (N + kLanes - 1) / kLanes, count = (vectors + 3) / 4;
   int64_t j0 = 0;
   for (int64_t p = 0; p < count; ++p) {
     const int64_t nv = vectors / count + (p < vectors % count ? 1 : 0);
@@ -499,15 +499,19 @@ inline int64_t segmented_rows(const Gemm& g, int64_t M, int64_t N) {
       column_by_column(g, N))
     return 0;
   int64_t step = 1;
-  for_each_panel(N, true, [&](int64_t, int64_t nv) { step = std::lcm(step, tile_rows(nv, kMaxAcc)); });
+  for_each_panel(N, [&](int64_t, int64_t nv) { step = std::lcm(step, tile_rows(nv, kMaxAcc)); });
   return M - M % step;
 }
 
-// Column panels (panel_count), as even as possible (on AVX-512 96 columns are 48 + 48, not 64 + 32):
-// narrow panels have taller micro-tiles, whose row pointers crowd the registers.
+// Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
+// narrow panels have taller micro-tiles, whose row pointers crowd the registers. AVX2 too, though
+// its 3 x 4 tiles take B's row from memory in every FMA (16 registers): 2-vector panels (6 x 2
+// tiles, B in registers) ran a micro-benchmark's k-loop near the FMA ceiling (88-91 against 49-72
+// GFLOP/s on a Zen 3 core), but MobileNetV2 1.14x slower at batch 1 and 1.13x at batch 8 (each
+// panel reads the rows of A again).
 template <bool kPacked>
 void panels(const Gemm& g, int64_t M, int64_t N) {
-  for_each_panel(N, g.a_seg != 0, [&](int64_t j0, int64_t nv) {
+  for_each_panel(N, [&](int64_t j0, int64_t nv) {
     const int ncols = static_cast<int>(std::min<int64_t>(nv * kLanes, N - j0));
     switch (nv) {
       case 1: panel<1, kPacked>(g, M, j0, ncols); break;

@@ -34,11 +34,10 @@ int64_t padded_rows(int64_t M, int64_t nv, const Isa& isa) {
 // 24 vectors each way) and setting up its row pointers, about as long as 40 FMAs.
 constexpr double kTileOverhead = 40;
 
-// Vector FMAs (plus a per-micro-tile overhead) of an M x N x K GEMM, with gemm()'s panels
-// (`segmented`: a 3x3 convolution's, see panel_count).
-double gemm_cost(int64_t M, int64_t N, int64_t K, const Isa& isa, bool segmented = false) {
+// Vector FMAs (plus a per-micro-tile overhead) of an M x N x K GEMM, with gemm()'s panels.
+double gemm_cost(int64_t M, int64_t N, int64_t K, const Isa& isa) {
   if (M <= 0 || N <= 0) return 0;
-  const int64_t vectors = ceil_div(N, isa.lanes), panels = panel_count(vectors, isa.panel_vectors, segmented);
+  const int64_t vectors = ceil_div(N, isa.lanes), panels = ceil_div(vectors, 4);
   double cost = 0;
   for (int64_t p = 0; p < panels; ++p) {
     const int64_t nv = vectors / panels + (p < vectors % panels ? 1 : 0);
@@ -96,8 +95,7 @@ double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t t
       for (int64_t c0 = 0; c0 < p.group_size; c0 += p.chunk) {
         const int64_t hc = std::min(p.chunk, p.group_size - c0);
         c += kBandOverhead;
-        if (a.expand != Expand::kNone)
-          c += gemm_cost(new_rows * in_cols, hc, k_expand, isa, a.expand == Expand::kConv3x3);
+        if (a.expand != Expand::kNone) c += gemm_cost(new_rows * in_cols, hc, k_expand, isa);
         c += double(rows * cols) * ceil_div(hc, isa.lanes) * a.k * a.k;  // depthwise
         c += gemm_cost(rows * cols, a.cout, hc, isa);
       }

@@ -96,16 +96,6 @@ struct TilePlan {
 // batch 8 and 1.05-1.06x at batch 1 with 8 rows; 6 and 10 rows 1.03x).
 constexpr int64_t tile_rows(int64_t nv, int64_t max_acc) { return max_acc / nv < 8 ? max_acc / nv : 8; }
 
-// How many column panels a GEMM's `vectors` vectors of columns are split into (as even as
-// possible): at most 4 vectors each; or, where an instruction set's panels are 2 vectors wide
-// (panel_vectors, see tile_kernel_avx2.cpp), pairs, an odd vector joining one of them (3 vectors
-// stay one panel). A 3x3 convolution's patches read in place (`segmented`, Gemm::a_seg) keep the
-// 4-vector panels: each panel reads the patches' three runs again, and with pairs MobileNetV2's
-// stem with its first block ran 1.08-1.09x slower on AVX2.
-constexpr int64_t panel_count(int64_t vectors, int64_t panel_vectors, bool segmented) {
-  return panel_vectors == 2 && !segmented ? std::max<int64_t>(1, vectors / 2) : (vectors + 3) / 4;
-}
-
 // Row pointers of a GEMM are gathered into blocks of this many rows.
 constexpr int64_t kRowBlock = 256;
 
@@ -223,8 +213,7 @@ inline int64_t conv3x3_scratch_floats(int64_t cols, int64_t stride, int64_t cin)
   void linear_##isa(const LinearArgs&, int64_t, int64_t, int64_t, int64_t);        \
   void conv3x3_rows_##isa(const BlockArgs&, int64_t, int64_t, int64_t, float*);    \
   int64_t lanes_##isa();                                                           \
-  int64_t max_acc_##isa();                                                         \
-  int64_t panel_vectors_##isa();
+  int64_t max_acc_##isa();
 MNV2_DECLARE_ISA(avx512)
 MNV2_DECLARE_ISA(avx2)
 MNV2_DECLARE_ISA(generic)

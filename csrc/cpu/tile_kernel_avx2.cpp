@@ -10,12 +10,6 @@ namespace cpu {
 namespace {
 constexpr int kLanes = 8;
 constexpr int kMaxAcc = 12;
-// Panels 2 vectors wide: a 6 x 2 micro-tile keeps B's row in 2 registers beside its 12 accumulators
-// and the broadcast (15 of the 16), while a 3 x 4 or 4 x 3 tile has no register left for B's row
-// and takes it as a memory operand of every FMA. On Zen 3, 1 thread: 6 x 2 tiles ran at 88-91
-// GFLOP/s (the FMA ceiling) at K = 96-384, 3 x 4 at 49-72 and 4 x 3 at 36-48; MobileNetV2's blocks
-// 2-16 ran 1.04-1.22x faster.
-constexpr int kPanelVectors = 2;
 typedef float vec __attribute__((vector_size(32)));
 inline vec splat(float s) { return reinterpret_cast<vec>(_mm256_set1_ps(s)); }
 // max/min return their second operand when either is NaN: with v second, NaN passes through.

@@ -11,7 +11,6 @@ namespace cpu {
 namespace {
 constexpr int kLanes = 16;
 constexpr int kMaxAcc = 24;
-constexpr int kPanelVectors = 4;
 typedef float vec __attribute__((vector_size(64)));
 inline vec splat(float s) { return reinterpret_cast<vec>(_mm512_set1_ps(s)); }
 // max/min return their second operand when either is NaN: with v second, NaN passes through.

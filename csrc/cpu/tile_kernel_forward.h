@@ -30,6 +30,5 @@ void MNV2_FWD_CAT(conv3x3_rows_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, in
 }
 int64_t MNV2_FWD_CAT(lanes_, MNV2_FORWARD_TO_GENERIC)() { return lanes_generic(); }
 int64_t MNV2_FWD_CAT(max_acc_, MNV2_FORWARD_TO_GENERIC)() { return max_acc_generic(); }
-int64_t MNV2_FWD_CAT(panel_vectors_, MNV2_FORWARD_TO_GENERIC)() { return panel_vectors_generic(); }
 }  // namespace cpu
 }  // namespace mnv2_fused

@@ -11,7 +11,6 @@ namespace cpu {
 namespace {
 constexpr int kLanes = 8;
 constexpr int kMaxAcc = 6;
-constexpr int kPanelVectors = 4;
 typedef float vec __attribute__((vector_size(32)));
 inline vec splat(float s) { return vec{s, s, s, s, s, s, s, s}; }
 // Comparisons with NaN are false, so NaN passes through unchanged.

@@ -3,7 +3,6 @@
 //   MNV2_ISA           the suffix of the exported functions (run_tiles_<isa>, ...)
 //   vec, kLanes        a GCC vector of kLanes floats
 //   kMaxAcc            how many vec accumulators the register file holds next to the B row
-//   kPanelVectors      the widest column panel of a GEMM, in vectors: 4, or 2 (see panel_count)
 //   Mask, make_mask(n), load_m(p, mask), store_m(p, v, mask)   the first n lanes only
 //   splat(s)           every lane s
 //   relu6(v)           min(max(v, 0), 6), NaN kept
@@ -25,7 +24,6 @@ namespace cpu {
 
 int64_t MNV2_CAT(lanes_, MNV2_ISA)() { return kLanes; }
 int64_t MNV2_CAT(max_acc_, MNV2_ISA)() { return kMaxAcc; }
-int64_t MNV2_CAT(panel_vectors_, MNV2_ISA)() { return kPanelVectors; }
 
 }  // namespace cpu
 }  // namespace mnv2_fused
