@@ -2,7 +2,7 @@
 
     python benchmarks/stages.py [--batch 1] [--rounds 40] [--peak-gflops 228]
 
-Each stage (the stem with the first block, the 16 blocks, the head with its pool) is timed two
+Each stage (the stem with the first block, the 16 blocks, the head with its pool, the classifier) is timed two
 ways in every round: hot, called twice in a row on its own input so that its weights, input and
 output are in the caches; and in a chain, the stages one after another as a forward runs them,
 where each finds its weights and input where the stages before it left them. The whole forward is
@@ -15,12 +15,13 @@ import time
 
 import torch
 import torchvision
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnv2_fused import convert
 from mnv2_fused.bench.models import randomize
 from mnv2_fused.network import NetworkWeights, _fold_network
-from mnv2_fused.ops import head_pool, run_block, stem_block
+from mnv2_fused.ops import head_pool, linear, run_block, stem_block
 
 
 def stage_calls(w: NetworkWeights) -> list:
@@ -29,13 +30,16 @@ def stage_calls(w: NetworkWeights) -> list:
     for i, (fw, stride, res) in enumerate(w.blocks):
         calls.append((f"block {i + 1}", lambda t, fw=fw, stride=stride, res=res: run_block(t, fw, stride, res, "cpu")))
     calls.append(("head+pool", lambda t: head_pool(t, *w.head, use_kernel=True)))
+    if w.classifier is not None:
+        calls.append(("classifier", lambda t: linear(t, *w.classifier, use_kernel=True)))
     return calls
 
 
 def stage_flops(ref: torchvision.models.MobileNetV2, x: torch.Tensor) -> list:
     """FLOPs of the torchvision modules behind each fused stage (2 per multiply-add)."""
     f = list(ref.features)
-    groups = [f[:2]] + [[m] for m in f[2:-1]] + [f[-1:]]
+    pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]  # not counted: the head's pool
+    groups = [f[:2]] + [[m] for m in f[2:-1]] + [f[-1:] + pool, [ref.classifier]]
     flops = []
     with torch.no_grad():
         for mods in groups:
