@@ -2,12 +2,13 @@
 
     python benchmarks/stages.py [--batch 1] [--rounds 40] [--peak-gflops 228]
 
-Each stage (the stem with the first block, the 16 blocks, the head with its pool, the classifier) is timed two
-ways in every round: hot, called twice in a row on its own input so that its weights, input and
-output are in the caches; and in a chain, the stages one after another as a forward runs them,
-where each finds its weights and input where the stages before it left them. The whole forward is
-timed in the same rounds. Medians over rounds; GFLOP/s from the torchvision stage's convolutions,
-and the share of --peak-gflops (the machine's FMA ceiling, benchmarks/fma_peak.cpp) when given.
+Each stage (the stem with the first block, the 16 blocks, the head with its pool, the classifier)
+is timed two ways in every round: hot, called twice in a row on its own input so that its weights,
+input and output are in the caches; and in a chain, the stages one after another as a forward runs
+them, where each finds its weights and input where the stages before it left them. The whole
+forward is timed in the same rounds. Medians over rounds; GFLOP/s from the torchvision stage's
+convolutions and linear layer, and the share of --peak-gflops (the machine's FMA ceiling,
+benchmarks/fma_peak.cpp) when given.
 """
 import argparse
 import statistics
@@ -38,7 +39,7 @@ def stage_calls(w: NetworkWeights) -> list:
 def stage_flops(ref: torchvision.models.MobileNetV2, x: torch.Tensor) -> list:
     """FLOPs of the torchvision modules behind each fused stage (2 per multiply-add)."""
     f = list(ref.features)
-    pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]  # not counted: the head's pool
+    pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]  # the head's pool (no FLOPs counted): the classifier's input
     groups = [f[:2]] + [[m] for m in f[2:-1]] + [f[-1:] + pool, [ref.classifier]]
     flops = []
     with torch.no_grad():
