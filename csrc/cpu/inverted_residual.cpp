@@ -15,6 +15,7 @@
 #include "ops_cpu.h"
 #include "plan.h"
 #include "team.h"
+#include "tile_shares.h"
 #include "weight_layout.h"
 
 namespace mnv2_fused {
@@ -47,7 +48,13 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
               at::Tensor channel_sums = at::Tensor()) {
   const Isa& isa = cpu_isa();
   const int64_t threads = at::get_num_threads();
-  TilePlan plan = choose_plan(a, batch, threads, isa, scratch_budget_floats(x, y, threads));
+  const bool summing = channel_sums.defined();
+  // Workers take their tiles from contiguous shares (TileShares), carrying the ring from tile to
+  // tile. The squeeze-and-excite's sums are grouped by fixed runs of tiles instead (see above), which
+  // workers claim from a shared counter, each run computing its halo rows afresh; the plan is costed
+  // for the claiming it gets.
+  const Claiming claiming = summing ? Claiming::kRuns : Claiming::kShares;
+  TilePlan plan = choose_plan(a, batch, threads, isa, scratch_budget_floats(x, y, threads), claiming);
   plan.plane_pixels = batch * a.oh * a.ow;
   const int64_t tiles = batch * plan.strips * plan.bands;
   const int64_t workers = plan.groups > 1 ? plan.groups : std::min(threads, tiles);
@@ -55,12 +62,7 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   // them so they hold ordinary numbers. Channel counts that fill whole vectors need no clearing.
   const bool ragged = a.hidden % isa.lanes != 0 || plan.group_size % plan.chunk != 0 || plan.ld != plan.chunk ||
                       a.hidden % plan.group_size != 0;
-  const bool summing = channel_sums.defined();
   const int64_t sums_floats = summing ? batch * a.hidden : 0;
-  // Workers claim runs of consecutive tiles from a shared counter instead of a fixed share each:
-  // a worker slowed down (another process on its core) then takes fewer, rather than everyone
-  // waiting for it. A run's first band computes its halo rows afresh; the rest reuse the ring.
-  // The plan's run length is the one its cost was estimated with.
   const int64_t run = plan.run;
   // Copies of the sums: one per run of tiles, or one per hidden group (see above).
   const int64_t copies = !summing ? 0 : plan.groups == 1 ? ceil_div(tiles, run) : workers;
@@ -85,19 +87,28 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
     const int64_t t0 = r * run, t1 = std::min(tiles, t0 + run);
     return std::make_pair(t0 / per_image, (t1 - 1) / per_image);
   };
-  if (plan.groups == 1) {
-    // Runs shrink towards the end (each takes at most half its share of what is left), so the
-    // workers finish closer together; a shorter run costs its first band's halo rows once more.
-    // With the squeeze-and-excite's sums the runs keep their length: a run's copy of the sums is
-    // found by its number (t0 / run).
+  if (plan.groups == 1 && !summing) {
+    TileShares shares(tiles, workers);
+    team_parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+      const int64_t rank = at::get_thread_num();
+      for (int64_t w = begin; w < end; ++w) {
+        RingState ring;  // w's scratch holds it
+        for (int64_t t0, t1; shares.claim(rank, t0, t1);) {
+          clear(w);
+          isa.run_tiles(a, plan, t0, t1, 0, &ring, scratch_of(w), nullptr, nullptr);
+        }
+      }
+    });
+  } else if (plan.groups == 1) {
+    // Runs of the plan's length from a shared counter: a run's copy of the sums is found by its
+    // number (t0 / run).
     std::atomic<int64_t> next{0};
     auto claim = [&](int64_t& t0, int64_t& t1) {
       int64_t at = next.load();
       for (;;) {
         if (at >= tiles) return false;
-        const int64_t take = summing ? run : std::clamp<int64_t>(ceil_div(tiles - at, 2 * workers), 1, run);
-        if (next.compare_exchange_weak(at, at + take)) {
-          t0 = at, t1 = std::min(tiles, at + take);
+        if (next.compare_exchange_weak(at, at + run)) {
+          t0 = at, t1 = std::min(tiles, at + run);
           return true;
         }
       }
@@ -107,11 +118,9 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
         for (int64_t t0, t1; claim(t0, t1);) {
           clear(w);
           float* sums = sums_copy(t0 / run);
-          if (summing) {
-            const auto [first, last] = run_images(t0 / run);
-            std::fill(sums + first * a.hidden, sums + (last + 1) * a.hidden, 0.f);
-          }
-          isa.run_tiles(a, plan, t0, t1, 0, scratch_of(w), nullptr, sums);
+          const auto [first, last] = run_images(t0 / run);
+          std::fill(sums + first * a.hidden, sums + (last + 1) * a.hidden, 0.f);
+          isa.run_tiles(a, plan, t0, t1, 0, nullptr, scratch_of(w), nullptr, sums);
         }
     });
   } else {
@@ -123,7 +132,8 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
       for (int64_t g = begin; g < end; ++g) {
         clear(g);
         if (summing) std::fill_n(sums_copy(g), sums_floats, 0.f);
-        isa.run_tiles(a, plan, 0, tiles, g, scratch_of(g), summing ? nullptr : part + g * plane, sums_copy(g));
+        isa.run_tiles(a, plan, 0, tiles, g, nullptr, scratch_of(g), summing ? nullptr : part + g * plane,
+                      sums_copy(g));
       }
     });
     if (!summing)

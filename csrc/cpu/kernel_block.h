@@ -319,7 +319,7 @@ void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, i
 }  // namespace
 
 void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64_t t0, int64_t t1, int64_t group,
-                                    float* scratch, float* partial, float* channel_sums) {
+                                    RingState* ring_state, float* scratch, float* partial, float* channel_sums) {
   float* ring = scratch;
   float* dw = scratch + p.off_dw;
   float* acc = scratch + p.off_acc;
@@ -327,8 +327,11 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
   float* input_rows = scratch + p.off_input_rows;
   const float* zeros = scratch + p.off_zero;
   const int64_t h_lo = group * p.group_size, h_hi = std::min(a.hidden, h_lo + p.group_size);
-  // Which hidden rows the ring already holds (every channel of the group; only when the plan carries).
+  // Which hidden rows the ring already holds (every channel of the group; only when the plan carries):
+  // those of the worker's last run when this run follows it.
   int64_t ring_n = -1, ring_strip = -1, ring_next = 0;
+  if (ring_state && ring_state->end == t0)
+    ring_n = ring_state->n, ring_strip = ring_state->strip, ring_next = ring_state->next;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t band = t % p.bands, strip = (t / p.bands) % p.strips;
     Band b;
@@ -355,6 +358,7 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
     }
     ring_n = b.n, ring_strip = strip, ring_next = hr_end;
   }
+  if (ring_state) *ring_state = RingState{t1, ring_n, ring_strip, ring_next};
 }
 
 namespace {

@@ -53,8 +53,8 @@ constexpr int64_t kMaxGroupPixels = 256;
 // Fixed cost of one band (pointer set-up, loop control), in vector-FMA units.
 constexpr double kBandOverhead = 400;
 
-// How many runs of tiles each worker claims on average (MNV2_FUSED_CLAIMS overrides, read once:
-// 1 is a fixed share per worker).
+// How many runs of tiles each worker claims on average where they claim runs (Claiming::kRuns;
+// MNV2_FUSED_CLAIMS overrides, read once: 1 is a fixed share per worker).
 int64_t claims_per_worker() {
   static const int64_t claims = [] {
     const char* v = std::getenv("MNV2_FUSED_CLAIMS");
@@ -63,16 +63,16 @@ int64_t claims_per_worker() {
   return claims;
 }
 
-// Tiles a worker claims at a time (the longest; run_plan shortens the last few): about
-// claims_per_worker() runs each.
+// Tiles a worker claims at a time where they claim runs: about claims_per_worker() runs each.
 int64_t run_length(int64_t tiles, int64_t workers) {
   return std::max<int64_t>(1, ceil_div(tiles, workers * claims_per_worker()));
 }
 
-// Estimated vector FMAs on the busiest worker: walks the tiles as run_tiles does (the same runs,
-// claimed by whichever worker is free first, the same ring reuse, the true size of the last band
-// and strip). Runs are taken at their longest; run_plan shortens the last few.
-double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t threads, const Isa& isa) {
+// Estimated vector FMAs on the busiest worker: walks the tiles as run_tiles does (the same shares
+// or runs, the same ring reuse, the true size of the last band and strip). Shares as they start,
+// before any worker takes from another's; runs claimed by whichever worker is free first.
+double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t threads, const Isa& isa,
+                 Claiming claiming) {
   const int64_t per_image = p.strips * p.bands, tiles = batch * per_image;
   // With hidden groups every worker walks every tile for its group's channels.
   const int64_t workers = p.groups > 1 ? 1 : std::min(threads, tiles);
@@ -114,12 +114,18 @@ double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t t
     auto upto = [&](int64_t t) { return double(t / per_image) * prefix[per_image] + prefix[t % per_image]; };
     return upto(t1) - upto(t0);
   };
-  std::vector<double> load(workers, 0.0);
-  for (int64_t t0 = 0; t0 < tiles; t0 += run) {
-    const int64_t t1 = std::min(tiles, t0 + run), i0 = t0 % per_image;
+  // Tiles [t0, t1) as one worker's range: its first tile starts a fresh ring.
+  auto range_cost = [&](int64_t t0, int64_t t1) {
+    const int64_t i0 = t0 % per_image;
     const bool first_reuses = p.carry && i0 % p.bands != 0;  // in steady[], but it starts a fresh ring
-    const double cost = steady_sum(t0, t1) + (first_reuses ? fresh[i0] - reused[i0] : 0.0);
-    *std::min_element(load.begin(), load.end()) += cost;  // the worker free first claims it
+    return steady_sum(t0, t1) + (first_reuses ? fresh[i0] - reused[i0] : 0.0);
+  };
+  std::vector<double> load(workers, 0.0);
+  if (p.groups == 1 && claiming == Claiming::kShares) {
+    for (int64_t w = 0; w < workers; ++w) load[w] = range_cost(w * tiles / workers, (w + 1) * tiles / workers);
+  } else {
+    for (int64_t t0 = 0; t0 < tiles; t0 += run)  // the worker free first claims the next run
+      *std::min_element(load.begin(), load.end()) += range_cost(t0, std::min(tiles, t0 + run));
   }
   double worst = *std::max_element(load.begin(), load.end());
   if (p.groups > 1)  // summing the partial outputs, split over the threads
@@ -137,9 +143,10 @@ constexpr int64_t kMaxStrips = 16, kMaxChunks = 16, kMaxBandPixels = 4 * kRowBlo
 // starts over rather than grow without bound.
 constexpr size_t kMaxCachedPlans = 4096;
 
-using Key = std::array<int64_t, 17>;
+using Key = std::array<int64_t, 18>;
 
-TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget) {
+TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget,
+                Claiming claiming) {
   // Hidden groups only pay when whole images cannot keep every thread busy, and only on small
   // images: there a band's halo is a large share of its rows, while summing the partial outputs
   // is cheap (measured: 7x7 and 14x14 gain, 28x28 loses).
@@ -173,7 +180,7 @@ TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& i
           if (p.floats > budget) break;
           if (rows * cols > kMaxBandPixels) break;
           fits = true;
-          const double cost = plan_cost(a, p, batch, threads, isa);
+          const double cost = plan_cost(a, p, batch, threads, isa, claiming);
           if (!found || cost < best_cost) found = true, best = p, best_cost = cost;
         }
         if (fits) break;  // a wider chunk that fits always beats a narrower one
@@ -185,18 +192,19 @@ TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& i
 
 }  // namespace
 
-TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget_floats) {
+TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget_floats,
+                     Claiming claiming) {
   static std::mutex mutex;
   static std::map<Key, TilePlan> cache;
   const Key key{batch,  threads, budget_floats, static_cast<int64_t>(a.expand), a.expand_stride, a.cin,
                 a.hidden, a.cout, a.h,     a.w,           a.stride,  isa.lanes,       isa.max_acc,     a.k,
-                a.dilation, a.pad_top, a.pad_left};
+                a.dilation, a.pad_top, a.pad_left, static_cast<int64_t>(claiming)};
   {
     std::lock_guard<std::mutex> lock(mutex);
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
   }
-  const TilePlan plan = search(a, batch, threads, isa, budget_floats);
+  const TilePlan plan = search(a, batch, threads, isa, budget_floats, claiming);
   std::lock_guard<std::mutex> lock(mutex);
   if (cache.size() > kMaxCachedPlans) cache.clear();
   cache.emplace(key, plan);

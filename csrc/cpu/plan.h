@@ -6,9 +6,15 @@
 namespace mnv2_fused {
 namespace cpu {
 
+// How a call's workers take its tiles (with one hidden group): contiguous shares, the ring carried
+// from tile to tile (TileShares), or runs of plan.run tiles from a shared counter, each computing
+// its halo afresh (the squeeze-and-excite's first pass, whose sums are grouped by run).
+enum class Claiming { kShares, kRuns };
+
 // The cheapest plan (estimated vector FMAs on the busiest worker) whose scratch stays within
 // `budget_floats` per worker; the smallest plan when none does.
-TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget_floats);
+TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget_floats,
+                     Claiming claiming);
 
 }  // namespace cpu
 }  // namespace mnv2_fused

@@ -84,7 +84,7 @@ struct TilePlan {
   // Scratch layout (the ring is at offset 0); input_rows: the 3x3 expand's input rows for a band.
   int64_t off_dw, off_acc, off_im2col, off_input_rows, off_zero, floats;
   bool carry;                    // one chunk holds every hidden channel of the group: bands share halo rows
-  int64_t run = 1;               // with one group: the most consecutive tiles a worker claims at a time
+  int64_t run = 1;               // with one group and Claiming::kRuns: the tiles a worker claims at a time
   int64_t plane_pixels = 0;      // with groups: output pixels of the call, one partial plane each
 };
 
@@ -134,15 +134,23 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
   return p;
 }
 
+// What a worker's ring holds after a run of tiles, so that its next run, when it starts where that
+// one ended, continues the ring instead of computing its halo rows afresh.
+struct RingState {
+  int64_t end = -1;                      // the tile after the run; -1: nothing held
+  int64_t n = -1, strip = -1, next = 0;  // the image and strip, and the hidden row after the last held
+};
+
 // Runs the tiles [t0, t1) of the call in order (tile index = (image * strips + strip) * bands +
-// band), reusing the ring across consecutive bands, for the hidden channels of `group`. scratch
-// holds plan.floats floats, the last acc_ld of them zero. With one group the tiles write y; with
-// several, `partial` ([N][OH][OW][acc_ld]) receives the group's share of the projection, bias
-// included for group 0 only, and no residual. With `channel_sums` ((N, hidden), the
-// squeeze-and-excite's first pass) the tiles only add up the depthwise output of each image and
-// channel there, and project nothing.
-using TilesFn = void (*)(const BlockArgs&, const TilePlan&, int64_t t0, int64_t t1, int64_t group, float* scratch,
-                         float* partial, float* channel_sums);
+// band), reusing the ring across consecutive bands, for the hidden channels of `group`. With `ring`
+// (not null) the ring carries over from the worker's run before, when that one ended at t0 (the
+// same scratch, then), and on to its next. scratch holds plan.floats floats, the last acc_ld of
+// them zero. With one group the tiles write y; with several, `partial` ([N][OH][OW][acc_ld])
+// receives the group's share of the projection, bias included for group 0 only, and no residual.
+// With `channel_sums` ((N, hidden), the squeeze-and-excite's first pass) the tiles only add up the
+// depthwise output of each image and channel there, and project nothing.
+using TilesFn = void (*)(const BlockArgs&, const TilePlan&, int64_t t0, int64_t t1, int64_t group, RingState* ring,
+                         float* scratch, float* partial, float* channel_sums);
 
 // The squeeze-and-excite's second pass from the kept depthwise output (a.dw_store), for output
 // pixels [p0, p1) of one image (pixel index = (n * OH + r) * OW + q): their projection into output
@@ -206,7 +214,8 @@ inline int64_t conv3x3_scratch_floats(int64_t cols, int64_t stride, int64_t cin)
 }
 
 #define MNV2_DECLARE_ISA(isa)                                                      \
-  void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*, float*, float*); \
+  void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, RingState*, float*, float*, \
+                       float*);                                                    \
   void sum_groups_##isa(const BlockArgs&, const TilePlan&, const float*, int64_t, int64_t);        \
   void project_kept_##isa(const BlockArgs&, int64_t, int64_t, int64_t, int64_t, GateInto, float*); \
   void pointwise_pool_##isa(const PoolArgs&, int64_t, int64_t, int64_t, int64_t);  \

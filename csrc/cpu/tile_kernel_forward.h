@@ -4,9 +4,9 @@
 namespace mnv2_fused {
 namespace cpu {
 void MNV2_FWD_CAT(run_tiles_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, const TilePlan& p, int64_t t0,
-                                                      int64_t t1, int64_t group, float* s, float* partial,
-                                                      float* channel_sums) {
-  run_tiles_generic(a, p, t0, t1, group, s, partial, channel_sums);
+                                                      int64_t t1, int64_t group, RingState* ring, float* s,
+                                                      float* partial, float* channel_sums) {
+  run_tiles_generic(a, p, t0, t1, group, ring, s, partial, channel_sums);
 }
 void MNV2_FWD_CAT(sum_groups_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, const TilePlan& p, const float* partial,
                                                        int64_t p0, int64_t p1) {
