@@ -18,10 +18,11 @@ namespace cpu {
 // rows or a strip of the image at batch 1). A worker whose share is done takes the back half of the
 // largest share left, so a worker slowed down (another process on its core) does less rather than
 // everyone waiting for it. Measured on MobileNetV2 against runs of tiles claimed from one counter,
-// where every run computed its halo afresh (2 threads, Zen 3): the early blocks' expand computed
-// 3-4% more rows than the image has instead of 6-18% (the stem 2.7% instead of 14.5%), and a
-// forward ran 1.014-1.028x faster at batch 1 and 1.012-1.013x at batch 8; with a process spinning
-// on one of the cores level (1.004x and 0.996x at batch 8).
+// where every run computed its halo afresh (2 threads, Zen 3): the first six stages' expands
+// computed 3-7% more rows than the image has instead of 6-18% (the stem 2.7% instead of 14.5%),
+// and in five comparisons in one process a forward ran 1.005-1.033x faster at batch 1 (median
+// 1.017x) and 0.995-1.037x at batch 8 (median 1.013x); with a process spinning on one of the
+// cores level (1.004x and 0.996x at batch 8).
 class TileShares {
  public:
   TileShares(int64_t tiles, int64_t workers) : shares_(static_cast<size_t>(workers)) {
