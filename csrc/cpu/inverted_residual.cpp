@@ -59,8 +59,9 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   const int64_t tiles = batch * plan.strips * plan.bands;
   const int64_t workers = plan.groups > 1 ? plan.groups : std::min(threads, tiles);
   // The ring's lanes past the last channel are read (and discarded) by whole-vector loads: zero
-  // them so they hold ordinary numbers. Channel counts that fill whole vectors need no clearing.
-  const bool ragged = a.hidden % isa.lanes != 0 || plan.group_size % plan.chunk != 0 || plan.ld != plan.chunk ||
+  // them so they hold ordinary numbers. Channel counts that fill whole vectors need no clearing (a
+  // pixel's padding past its vectors, pixel_stride, is never read).
+  const bool ragged = a.hidden % isa.lanes != 0 || plan.group_size % plan.chunk != 0 || plan.chunk % isa.lanes != 0 ||
                       a.hidden % plan.group_size != 0;
   const int64_t sums_floats = summing ? batch * a.hidden : 0;
   const int64_t run = plan.run;

@@ -78,7 +78,7 @@ struct TilePlan {
   int64_t chunk;                 // hidden channels per chunk
   int64_t groups, group_size;    // hidden channels split across workers (groups > 1) or not
   int64_t ring_rows, ring_cols;  // hidden rows / columns a band reads
-  int64_t ld;                    // floats per pixel in the ring and the depthwise output
+  int64_t ld;                    // floats per pixel in the ring and the depthwise output (pixel_stride)
   int64_t acc_ld;                // floats per pixel in the projection accumulator
   int64_t im2col_k;              // floats per pixel of the 3x3-expand input patches
   // Scratch layout (the ring is at offset 0); input_rows: the 3x3 expand's input rows for a band.
@@ -103,6 +103,19 @@ constexpr int64_t kRowBlock = 256;
 // may write or read (conv3x3_patch): one vector of the widest instruction set.
 constexpr int64_t kPatchSlack = 16;
 
+// Floats from one pixel to the next in the ring and the depthwise output, for `floats` channels
+// (whole vectors). The depthwise walks a channel vector down a column of pixels, and the GEMMs
+// read and write rows of them: a stride of a multiple of 4 cache lines puts those pixels in a
+// quarter or less of the L1 cache's 64 sets, where they evict each other. One line more spreads
+// them over all the sets. Measured with 384 channels (MobileNetV2's 14x14 blocks): the depthwise
+// 1.4x faster on one thread, the blocks 1.03-1.05x faster at batch 8. Padding every even number
+// of lines as well (32 and 96 channels in the early blocks, 288 and 480 in the later blocks'
+// hidden groups at batch 1) measured level.
+constexpr int64_t kLineFloats = 16;
+inline int64_t pixel_stride(int64_t floats) {
+  return floats % (4 * kLineFloats) == 0 ? floats + kLineFloats : floats;
+}
+
 // The plan, and the scratch floats one worker needs, for bands of `rows` x `cols` output pixels.
 inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_t chunk, int64_t lanes,
                           int64_t group_size) {
@@ -118,7 +131,7 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
   p.carry = chunk >= p.group_size;
   p.ring_rows = (rows - 1) * a.stride + dw_span(a);
   p.ring_cols = (cols - 1) * a.stride + dw_span(a);
-  p.ld = round_up(chunk, lanes);
+  p.ld = pixel_stride(round_up(chunk, lanes));
   p.acc_ld = round_up(a.cout, lanes);
   p.im2col_k = a.expand == Expand::kConv3x3 ? 9 * a.cin : 0;
   p.off_dw = p.ring_rows * p.ring_cols * p.ld;
