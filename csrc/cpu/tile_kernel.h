@@ -104,13 +104,13 @@ constexpr int64_t kRowBlock = 256;
 constexpr int64_t kPatchSlack = 16;
 
 // Floats from one pixel to the next in the ring and the depthwise output, for `floats` channels
-// (whole vectors). The depthwise walks a channel vector down a column of pixels, and the GEMMs
-// read and write rows of them: a stride of a multiple of 4 cache lines puts those pixels in a
+// (whole vectors). The depthwise takes one channel vector at a time across a band's pixels, and the
+// GEMMs read and write rows of them: a stride of a multiple of 4 cache lines puts those pixels in a
 // quarter or less of the L1 cache's 64 sets, where they evict each other. One line more spreads
 // them over all the sets. Measured with 384 channels (MobileNetV2's 14x14 blocks): the depthwise
-// 1.4x faster on one thread, the blocks 1.03-1.05x faster at batch 8. Padding every even number
-// of lines as well (32 and 96 channels in the early blocks, 288 and 480 in the later blocks'
-// hidden groups at batch 1) measured level.
+// 1.4x faster on one thread, the blocks 1.03-1.05x faster at batch 8. Padding every even number of
+// lines as well (32 and 96 channels in the early blocks, 288 and 480 in the later blocks' hidden
+// groups at batch 1) measured level.
 constexpr int64_t kLineFloats = 16;
 inline int64_t pixel_stride(int64_t floats) {
   return floats % (4 * kLineFloats) == 0 ? floats + kLineFloats : floats;
