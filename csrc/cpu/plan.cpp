@@ -9,6 +9,8 @@
 #include <mutex>
 #include <vector>
 
+#include "tile_shares.h"
+
 namespace mnv2_fused {
 namespace cpu {
 namespace {
@@ -122,7 +124,8 @@ double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t t
   };
   std::vector<double> load(workers, 0.0);
   if (p.groups == 1 && claiming == Claiming::kShares) {
-    for (int64_t w = 0; w < workers; ++w) load[w] = range_cost(w * tiles / workers, (w + 1) * tiles / workers);
+    for (int64_t w = 0; w < workers; ++w)
+      load[w] = range_cost(share_begin(w, tiles, workers), share_begin(w + 1, tiles, workers));
   } else {
     for (int64_t t0 = 0; t0 < tiles; t0 += run)  // the worker free first claims the next run
       *std::min_element(load.begin(), load.end()) += range_cost(t0, std::min(tiles, t0 + run));

@@ -12,6 +12,10 @@
 namespace mnv2_fused {
 namespace cpu {
 
+// The first of tiles [0, tiles) in share s of `workers` (share s ends where share s + 1 begins); the
+// plan's cost model splits the tiles the same way.
+inline int64_t share_begin(int64_t s, int64_t tiles, int64_t workers) { return s * tiles / workers; }
+
 // Tiles [0, tiles) in one contiguous share per worker. A worker takes its own share's tiles from
 // the front, one at a time: consecutive tiles, so with RingState it computes halo rows afresh only
 // where its share starts (shares follow the tiles' order: whole images at large batches, a band of
@@ -27,7 +31,8 @@ class TileShares {
  public:
   TileShares(int64_t tiles, int64_t workers) : shares_(static_cast<size_t>(workers)) {
     TORCH_CHECK(tiles < (int64_t(1) << 32), "mnv2_fused: too many tiles in one call: ", tiles);
-    for (int64_t s = 0; s < workers; ++s) shares_[s].bounds.store(pack(s * tiles / workers, (s + 1) * tiles / workers));
+    for (int64_t s = 0; s < workers; ++s)
+      shares_[s].bounds.store(pack(share_begin(s, tiles, workers), share_begin(s + 1, tiles, workers)));
   }
 
   // The next tiles [t0, t1) for the worker of rank `rank` (its own share's when rank < workers);
