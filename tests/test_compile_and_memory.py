@@ -1,14 +1,12 @@
 """opcheck, torch.compile, and the memory claim: the hidden tensor is never allocated."""
-import copy
 import time
 
 import pytest
 import torch
-import torchvision
-from helpers import make_block, make_input, randomize_bn, rel_err
+from helpers import compiled_network_error, make_block, make_input
 
 import mnv2_fused
-from mnv2_fused import FusedInvertedResidual, convert, fold_block
+from mnv2_fused import FusedInvertedResidual, fold_block
 from mnv2_fused.bench.measure import peak_cpu_bytes
 
 
@@ -42,14 +40,7 @@ def test_cuda_kernel_compiled_into_cuda_builds():
 
 @pytest.mark.slow
 def test_compile_fullgraph_converted_mobilenet_v2():
-    net = randomize_bn(torchvision.models.mobilenet_v2(), seed=3).eval()
-    fused = convert(copy.deepcopy(net))
-    compiled = torch.compile(fused, fullgraph=True)
-    x = make_input((1, 3, 64, 64))
-    with torch.no_grad():
-        out = compiled(x)
-        ref = net(x)
-    assert rel_err(out, ref) <= 1e-4
+    assert compiled_network_error("auto", "cpu", (1, 3, 64, 64), seed=3) <= 1e-4
 
 
 def test_hidden_tensor_never_allocated():

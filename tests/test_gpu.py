@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torchvision
-from helpers import make_block, make_input, randomize_bn, rel_err
+from helpers import compiled_network_error, make_block, make_input, randomize_bn, rel_err
 
 import mnv2_fused
 from mnv2_fused import FusedInvertedResidual
@@ -48,8 +48,4 @@ def test_whole_network_on_gpu(backend):
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_compile_converted_model(backend):
-    net = randomize_bn(torchvision.models.mobilenet_v2(), seed=4).eval().cuda()
-    fused = torch.compile(mnv2_fused.convert(copy.deepcopy(net), backend=backend), fullgraph=True)
-    x = torch.randn(2, 3, 96, 96, device="cuda")
-    with torch.no_grad():
-        assert rel_err(fused(x), net(x)) <= 1e-4
+    assert compiled_network_error(backend, "cuda", (2, 3, 96, 96), seed=4) <= 1e-4
