@@ -115,6 +115,8 @@ def compiled_network_error(backend: str, device: str, shape: tuple, seed: int) -
         import copy, torch, torchvision, mnv2_fused
         from mnv2_fused.bench.measure import rel_err
         from mnv2_fused.bench.models import randomize
+        # the reference's cuDNN convolutions held to fp32 (tests/test_gpu.py's no_tf32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         net = randomize(torchvision.models.mobilenet_v2(), seed={seed}).eval().to("{device}")
         compiled = torch.compile(mnv2_fused.convert(copy.deepcopy(net), backend="{backend}"), fullgraph=True)
         x = torch.randn({tuple(shape)}, generator=torch.Generator().manual_seed(0)).to("{device}")
