@@ -1,17 +1,23 @@
 """Where a converted mobilenet_v2's forward spends its time, stage by stage.
 
-    python benchmarks/stages.py [--batch 1] [--rounds 40] [--peak-gflops 228]
+    python benchmarks/stages.py [--batch 1] [--rounds 40] [--peak-gflops 228 | --fma-peak /tmp/fma_peak]
 
 Each stage (the stem with the first block, the 16 blocks, the head with its pool, the classifier)
-is timed two ways in every round: hot, called twice in a row on its own input so that its weights,
-input and output are in the caches; and in a chain, the stages one after another as a forward runs
-them, where each finds its weights and input where the stages before it left them. The whole
-forward is timed in the same rounds. Medians over rounds; GFLOP/s from the torchvision stage's
-convolutions and linear layer, and the share of --peak-gflops (the machine's FMA ceiling,
-benchmarks/fma_peak.cpp) when given.
+is timed in every round: hot, called twice in a row on its own input as an op of its own, so that
+its weights, input and output are in the caches; in a chain, the stages called one after another
+as ops of their own, each finding its weights and input where the stages before it left them; and
+in the forward, each stage's own scope inside the network's one call (what a forward spends on it:
+an op of its own also pays for entering the library and waking the threads). The whole forward is
+timed in the same rounds. Medians over rounds; GFLOP/s of the time in the forward, from the
+torchvision stage's convolutions and linear layer, and its share of the machine's FMA ceiling:
+--peak-gflops, or measured in every round by running --fma-peak (benchmarks/fma_peak.cpp
+compiled), since on a shared machine the ceiling moves with the machine's spells.
 """
 import argparse
+import os
+import re
 import statistics
+import subprocess
 import time
 
 import torch
@@ -20,6 +26,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnv2_fused import convert
+from mnv2_fused.bench.measure import scope_times
 from mnv2_fused.bench.models import randomize
 from mnv2_fused.network import NetworkWeights, _fold_network
 from mnv2_fused.ops import head_pool, linear, run_block, stem_block
@@ -51,6 +58,19 @@ def stage_flops(ref: torchvision.models.MobileNetV2, x: torch.Tensor) -> list:
     return flops
 
 
+# The prefix of the network op's stage scopes (csrc/cpu/network.cpp); the stage's name follows.
+SCOPE = "mnv2_fused.mobilenet_v2_forward: "
+
+
+def fma_ceiling(binary: str, threads: int) -> float:
+    """GFLOP/s that benchmarks/fma_peak.cpp, compiled to `binary`, reaches on `threads` threads."""
+    out = subprocess.run([binary, str(threads), "50000000"], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"([\d.]+) GFLOP/s", out)
+    if found is None:
+        raise RuntimeError(f"{binary} printed no GFLOP/s: {out!r}")
+    return float(found.group(1))
+
+
 def timed(f, a) -> float:
     t0 = time.perf_counter()
     f(a)
@@ -61,18 +81,24 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--peak-gflops", type=float, default=None, help="the FMA ceiling, for a share-of-peak column")
+    ceiling = p.add_mutually_exclusive_group()
+    ceiling.add_argument("--peak-gflops", type=float, default=None, help="the FMA ceiling, for a share-of-peak column")
+    ceiling.add_argument("--fma-peak", metavar="BINARY", default=None,
+                         help="benchmarks/fma_peak.cpp compiled: measures the FMA ceiling in every round")
     args = p.parse_args()
     if args.batch < 1 or args.rounds < 1:
         p.error("--batch and --rounds must be positive")
     if args.peak_gflops is not None and args.peak_gflops <= 0:
         p.error("--peak-gflops must be positive")
+    if args.fma_peak is not None and not os.access(args.fma_peak, os.X_OK):
+        p.error(f"--fma-peak: {args.fma_peak} is not an executable (compile benchmarks/fma_peak.cpp as its header says)")
     ref = randomize(torchvision.models.mobilenet_v2(), seed=0).eval()
     net = convert(randomize(torchvision.models.mobilenet_v2(), seed=0).eval())
     x = torch.randn(args.batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     calls = stage_calls(_fold_network(net.features, net.classifier))
     flops = stage_flops(ref, x.contiguous())
-    hot, chain, whole = [[] for _ in calls], [[] for _ in calls], []
+    hot, chain, scoped = [[] for _ in calls], [[] for _ in calls], [[] for _ in calls]
+    whole, scoped_whole, peaks = [], [], []
     with torch.no_grad():
         inputs, t = [], x
         for _, f in calls:
@@ -81,6 +107,8 @@ def main():
         for r in range(args.rounds):
             if r % 10 == 0:
                 print(f"round {r + 1} of {args.rounds}", flush=True)
+            if args.fma_peak:
+                peaks.append(fma_ceiling(args.fma_peak, torch.get_num_threads()))
             t = x
             for i, (_, f) in enumerate(calls):
                 t0 = time.perf_counter()
@@ -90,18 +118,28 @@ def main():
                 f(inputs[i])
                 hot[i].append(timed(f, inputs[i]))
             whole.append(timed(net, x))
+            with scope_times(SCOPE) as times:
+                scoped_whole.append(timed(net, x))
+            names = [name.removeprefix(SCOPE) for name, _ in times]
+            if names != [name for name, _ in calls]:
+                raise RuntimeError(f"the forward's stage scopes were {names}, not the stages timed here")
+            for i, (_, seconds) in enumerate(times):
+                scoped[i].append(seconds)
     print(f"batch {args.batch}, {torch.get_num_threads()} threads, medians of {args.rounds} rounds")
-    peak = args.peak_gflops
-    print(f"{'stage':<14}{'hot us':>9}{'GFLOP/s':>9}{'of peak':>9}{'chain us':>10}{'chain/hot':>10}")
-    for (name, _), h, c, fl in zip(calls, hot, chain, flops):
-        h, c = statistics.median(h), statistics.median(c)
-        share = f"{fl / h / 1e9 / peak:>9.0%}" if peak else f"{'-':>9}"
-        print(f"{name:<14}{h * 1e6:>9.1f}{fl / h / 1e9:>9.1f}{share}{c * 1e6:>10.1f}{c / h:>10.2f}")
-    sum_hot = sum(statistics.median(h) for h in hot)
-    sum_chain = sum(statistics.median(c) for c in chain)
+    peak = statistics.median(peaks) if peaks else args.peak_gflops
+    if peaks:
+        print(f"FMA ceiling {peak:.0f} GFLOP/s (fma_peak in every round: {min(peaks):.0f}-{max(peaks):.0f})")
+    print(f"{'stage':<14}{'hot us':>9}{'chain us':>10}{'forward us':>12}{'GFLOP/s':>9}{'of peak':>9}")
+    for (name, _), h, c, f, fl in zip(calls, hot, chain, scoped, flops):
+        h, c, f = statistics.median(h), statistics.median(c), statistics.median(f)
+        share = f"{fl / f / 1e9 / peak:>9.0%}" if peak else f"{'-':>9}"
+        print(f"{name:<14}{h * 1e6:>9.1f}{c * 1e6:>10.1f}{f * 1e6:>12.1f}{fl / f / 1e9:>9.1f}{share}")
+    sums = [sum(statistics.median(t) for t in ts) * 1e3 for ts in (hot, chain, scoped)]
     fwd = statistics.median(whole)
-    print(f"stages hot {sum_hot * 1e3:.3f} ms, in a chain {sum_chain * 1e3:.3f} ms, whole forward {fwd * 1e3:.3f} ms "
-          f"({sum(flops) / fwd / 1e9:.1f} GFLOP/s)")
+    gflops = sum(flops) / fwd / 1e9
+    share = f", {gflops / peak:.0%} of the ceiling" if peak else ""
+    print(f"stages hot {sums[0]:.3f} ms, in a chain {sums[1]:.3f} ms, in the forward {sums[2]:.3f} ms (of its "
+          f"{statistics.median(scoped_whole) * 1e3:.3f} ms); whole forward {fwd * 1e3:.3f} ms ({gflops:.1f} GFLOP/s{share})")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@
 #include <optional>
 #include <vector>
 
+#include "scope_timer.h"
+
 namespace mnv2_fused {
 namespace {
 
@@ -156,4 +158,8 @@ PYBIND11_MODULE(_C, m) {
            pybind11::arg("versions"), pybind11::arg("op"), pybind11::arg("in_channels"), pybind11::arg("rest"),
            pybind11::arg("input_dim") = 4)
       .def("__call__", &mnv2_fused::OpCall::operator());
+  pybind11::class_<mnv2_fused::ScopeTimer>(m, "ScopeTimer")
+      .def(pybind11::init<std::string>(), pybind11::arg("prefix"))
+      .def("start", &mnv2_fused::ScopeTimer::start)
+      .def("stop", &mnv2_fused::ScopeTimer::stop);
 }

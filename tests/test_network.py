@@ -5,6 +5,7 @@ import copy
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from helpers import make_input, randomize_bn, rel_err
 from torchvision.models.mobilenetv2 import MobileNetV2
 
 from mnv2_fused import FusedMobileNetV2, convert
-from mnv2_fused.bench.measure import peak_cpu_bytes
+from mnv2_fused.bench.measure import peak_cpu_bytes, scope_times
 from mnv2_fused.layout import as_matrix, kernel_layout, pack_columns
 from mnv2_fused.stem_head import StemWeights, head_reference, stem_reference
 
@@ -227,6 +228,48 @@ def test_whole_network_peak_memory_within_paper_bound(reference_net):
     stem_block_out = 16 * 112 * 112 * 4  # the one tensor the bound is made of, with the next block's output
     assert stem_block_out <= peak <= 1.25 * 2 ** 20
     assert eager > 8 * peak
+
+
+# The scopes of a converted MobileNetV2's stages inside its one network call (csrc/cpu/network.cpp).
+STAGE_SCOPE = "mnv2_fused.mobilenet_v2_forward: "
+STAGES = ["stem+block 0"] + [f"block {i}" for i in range(1, 17)] + ["head+pool", "classifier"]
+
+
+def test_profiler_shows_each_stage_of_a_whole_network_forward(reference_net):
+    """The network op runs every stage inside its one call: each stage has a profiler scope of its
+    own inside the op's, in order, named as benchmarks/stages.py names the stages."""
+    net = convert(copy.deepcopy(reference_net))
+    x = make_input((1, 3, 64, 64), "channels_last")
+    with torch.no_grad():
+        net(x)  # folds the weights outside the profiled call
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            net(x)
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    (op,) = [e for e in events if e.name == "mnv2_fused::mobilenet_v2_forward"]
+    stages = [e for e in events if e.name.startswith(STAGE_SCOPE)]
+    assert [e.name[len(STAGE_SCOPE):] for e in stages] == STAGES
+    for e in stages:
+        assert op.time_range.start <= e.time_range.start <= e.time_range.end <= op.time_range.end
+
+
+def test_scope_times_times_the_stages_of_one_forward(reference_net):
+    net = convert(copy.deepcopy(reference_net))
+    x = make_input((1, 3, 64, 64), "channels_last")
+    with torch.no_grad():
+        net(x)
+        t0 = time.perf_counter()
+        with scope_times(STAGE_SCOPE) as times:
+            net(x)
+        wall = time.perf_counter() - t0
+        net(x)  # after the block: not timed
+        with scope_times("a prefix no scope has") as none:
+            net(x)
+    assert [name[len(STAGE_SCOPE):] for name, _ in times] == STAGES
+    assert all(seconds > 0 for _, seconds in times) and sum(seconds for _, seconds in times) <= wall
+    assert none == []
+    with scope_times(STAGE_SCOPE), pytest.raises(RuntimeError, match="already running"):
+        with scope_times(STAGE_SCOPE):
+            pass
 
 
 @pytest.mark.skipif(os.environ.get("MNV2_FUSED_CPU_ISA") is not None, reason="already a forced instruction set")

@@ -3,7 +3,12 @@
 // its stages share one team of threads (team.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
+
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "ops_cpu.h"
 #include "team.h"
@@ -11,6 +16,17 @@
 namespace mnv2_fused {
 namespace cpu {
 namespace {
+
+// Runs one stage inside a profiler scope of its own, named "mnv2_fused.mobilenet_v2_forward: " and
+// the stage's name ("stem+block 0", "block 1", ..., "head+pool", "classifier"), so torch.profiler
+// and mnv2_fused.bench.measure.scope_times show where a forward's time goes (the stages are plain
+// calls here, not dispatched ops). With no profiler or timer running the scope costs a check of a
+// thread-local flag; the name is built only for one.
+template <class Name, class F>
+at::Tensor stage(const Name& name, F&& f) {
+  RECORD_FUNCTION(std::string("mnv2_fused.mobilenet_v2_forward: ") + name(), std::vector<c10::IValue>());
+  return std::forward<F>(f)();
+}
 
 at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_t stem_stride, int64_t stride,
                                 const c10::List<std::optional<at::Tensor>>& blocks, at::IntArrayRef block_strides,
@@ -26,15 +42,21 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
                     " weights, ", n_blocks, " strides and ", block_residuals.size(), " flags");
   at::Tensor y;
   run_as_team(at::get_num_threads(), x.numel(), [&] {
-    y = stem_inverted_residual(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride);
+    y = stage([] { return "stem+block 0"; }, [&] {
+      return stem_inverted_residual(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride);
+    });
     for (int64_t i = 0; i < n_blocks; ++i) {
       auto w = [&](int64_t j) { return blocks.get(6 * i + j); };
       TORCH_CHECK_VALUE(w(2).has_value() && w(3).has_value() && w(4).has_value() && w(5).has_value(), op,
                         ": block ", i, " lacks a depthwise or projection weight");
-      y = inverted_residual(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], block_residuals[i] != 0);
+      // "block k" is torchvision's features[k + 1] (features[1], fused into the stem's stage, is block 0).
+      y = stage([&] { return "block " + std::to_string(i + 1); }, [&] {
+        return inverted_residual(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], block_residuals[i] != 0);
+      });
     }
-    y = pointwise_relu6_mean(y, head[0], head[1]);
-    if (!classifier.empty()) y = linear(y, classifier[0], classifier[1], "none");
+    y = stage([] { return "head+pool"; }, [&] { return pointwise_relu6_mean(y, head[0], head[1]); });
+    if (!classifier.empty())
+      y = stage([] { return "classifier"; }, [&] { return linear(y, classifier[0], classifier[1], "none"); });
   });
   return y;
 }
