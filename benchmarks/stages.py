@@ -91,7 +91,8 @@ def main():
     if args.peak_gflops is not None and args.peak_gflops <= 0:
         p.error("--peak-gflops must be positive")
     if args.fma_peak is not None and not os.access(args.fma_peak, os.X_OK):
-        p.error(f"--fma-peak: {args.fma_peak} is not an executable (compile benchmarks/fma_peak.cpp as its header says)")
+        p.error(f"--fma-peak: {args.fma_peak} is not an executable "
+                "(compile benchmarks/fma_peak.cpp as its header says)")
     ref = randomize(torchvision.models.mobilenet_v2(), seed=0).eval()
     net = convert(randomize(torchvision.models.mobilenet_v2(), seed=0).eval())
     x = torch.randn(args.batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
@@ -139,7 +140,8 @@ def main():
     gflops = sum(flops) / fwd / 1e9
     share = f", {gflops / peak:.0%} of the ceiling" if peak else ""
     print(f"stages hot {sums[0]:.3f} ms, in a chain {sums[1]:.3f} ms, in the forward {sums[2]:.3f} ms (of its "
-          f"{statistics.median(scoped_whole) * 1e3:.3f} ms); whole forward {fwd * 1e3:.3f} ms ({gflops:.1f} GFLOP/s{share})")
+          f"{statistics.median(scoped_whole) * 1e3:.3f} ms); whole forward {fwd * 1e3:.3f} ms "
+          f"({gflops:.1f} GFLOP/s{share})")
 
 
 if __name__ == "__main__":
