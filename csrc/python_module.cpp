@@ -158,8 +158,6 @@ PYBIND11_MODULE(_C, m) {
            pybind11::arg("versions"), pybind11::arg("op"), pybind11::arg("in_channels"), pybind11::arg("rest"),
            pybind11::arg("input_dim") = 4)
       .def("__call__", &mnv2_fused::OpCall::operator());
-  pybind11::class_<mnv2_fused::ScopeTimer>(m, "ScopeTimer")
-      .def(pybind11::init<std::string>(), pybind11::arg("prefix"))
-      .def("start", &mnv2_fused::ScopeTimer::start)
-      .def("stop", &mnv2_fused::ScopeTimer::stop);
+  m.def("start_scope_timer", &mnv2_fused::scope_timer::start, pybind11::arg("prefix"));
+  m.def("stop_scope_timer", &mnv2_fused::scope_timer::stop);
 }

@@ -253,6 +253,8 @@ def test_profiler_shows_each_stage_of_a_whole_network_forward(reference_net):
 
 
 def test_scope_times_times_the_stages_of_one_forward(reference_net):
+    from mnv2_fused import _C
+
     net = convert(copy.deepcopy(reference_net))
     x = make_input((1, 3, 64, 64), "channels_last")
     with torch.no_grad():
@@ -270,6 +272,8 @@ def test_scope_times_times_the_stages_of_one_forward(reference_net):
     with scope_times(STAGE_SCOPE), pytest.raises(RuntimeError, match="already running"):
         with scope_times(STAGE_SCOPE):
             pass
+    with pytest.raises(RuntimeError, match="no scope timer is running"):
+        _C.stop_scope_timer()
 
 
 @pytest.mark.skipif(os.environ.get("MNV2_FUSED_CPU_ISA") is not None, reason="already a forced instruction set")

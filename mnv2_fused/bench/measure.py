@@ -36,13 +36,12 @@ def scope_times(prefix: str) -> Iterator[list]:
     the order they closed."""
     from .. import _C
 
-    timer = _C.ScopeTimer(prefix)
     times: list = []
-    timer.start()
+    _C.start_scope_timer(prefix)
     try:
         yield times
     finally:
-        times.extend(timer.stop())
+        times.extend(_C.stop_scope_timer())
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
