@@ -78,6 +78,31 @@ def test_linear_op_matches_torch(n, k, o):
         assert rel_err(torch.ops.mnv2_fused.linear(x, weight, b), ref) <= TOL
 
 
+def test_plain_weights_run_as_the_packed_ones():
+    # (O, K) weights in nn.Linear's layout, or with any strides, are packed on every call: outputs
+    # bitwise those of the weights packed as the modules cache them, O a multiple of 16 or not.
+    g = torch.Generator().manual_seed(5)
+    for o, k in ((1000, 40), (37, 11), (48, 24)):
+        w = torch.randn(o, 2 * k, generator=g)[:, ::2]
+        b, x = torch.randn(o, generator=g), torch.randn(3, k, generator=g)
+        packed = torch.ops.mnv2_fused.linear(x, pack_columns(w), b)
+        for weight in (w, w.contiguous()):
+            assert torch.equal(torch.ops.mnv2_fused.linear(x, weight, b), packed)
+        xs = make_input((2, k, 5, 6), "channels_last")
+        assert torch.equal(torch.ops.mnv2_fused.pointwise(xs, w, b, "relu6"),
+                           torch.ops.mnv2_fused.pointwise(xs, pack_columns(w), b, "relu6"))
+        assert torch.equal(torch.ops.mnv2_fused.pointwise_relu6_mean(xs, w, b),
+                           torch.ops.mnv2_fused.pointwise_relu6_mean(xs, pack_columns(w), b))
+    cin, hidden, cout = 24, 144, 24
+    w1, b1 = torch.randn(hidden, 2 * cin, generator=g)[:, ::2], torch.randn(hidden, generator=g)
+    wd, bd = torch.randn(hidden, 3, 3, generator=g), torch.randn(hidden, generator=g)
+    w2, b2 = torch.randn(cout, hidden, generator=g) * hidden ** -0.5, torch.randn(cout, generator=g)
+    x = make_input((2, cin, 9, 11), "channels_last")
+    plain = torch.ops.mnv2_fused.inverted_residual(x, w1, b1, wd, bd, w2, b2, 1, True)
+    packed = torch.ops.mnv2_fused.inverted_residual(x, pack_columns(w1), b1, wd, bd, pack_columns(w2), b2, 1, True)
+    assert torch.equal(plain, packed)
+
+
 def test_empty_batches():
     wts = random_stem(3, 32, 16)
     x = torch.randn(0, 3, 8, 8)
