@@ -69,11 +69,15 @@ inline const float* pack_matrix(const at::Tensor& w, at::Tensor& keep) {
 // check_matrix_weight) or (K, O) row-major, in place; any other (O, K), nn.Linear's own layout
 // included, is packed into `keep` on every call. Transposed into (K, O) instead, it took far
 // longer than packing and the packed GEMM together (mnv2_fused.linear on two Zen 3 cores:
-// MobileNetV2's classifier at batch 1, 1000 x 1280, 1.43 ms against 0.37 ms; its first expand's
+// MobileNetV2's classifier at batch 1, 1000 x 1280, 1.43 ms against 0.38 ms; its first expand's
 // 12544 rows, 96 x 16, 1.46 against 0.33 ms).
 inline const float* matrix_columns(const at::Tensor& w, at::Tensor& keep, bool& packed) {
-  packed = w.dim() == 3 || !stored_as(w, {1, 0});
-  return w.dim() == 3 || !packed ? w.data_ptr<float>() : pack_matrix(w, keep);
+  if (w.dim() == 3) {
+    packed = true;
+    return w.data_ptr<float>();
+  }
+  packed = !stored_as(w, {1, 0});
+  return packed ? pack_matrix(w, keep) : w.data_ptr<float>();
 }
 
 // w (O, Cin, 3, 3) as the GEMM's packed B (see kPackedColumns): rows in the patches' [dy][dx][c]
