@@ -504,11 +504,13 @@ inline int64_t segmented_rows(const Gemm& g, int64_t M, int64_t N) {
 }
 
 // Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
-// narrow panels have taller micro-tiles, whose row pointers crowd the registers. AVX2 too, though
-// its 3 x 4 tiles take B's row from memory in every FMA (16 registers): 2-vector panels (6 x 2
-// tiles, B in registers) ran a micro-benchmark's k-loop near the FMA ceiling (88-91 against 49-72
-// GFLOP/s on a Zen 3 core), but MobileNetV2 1.14x slower at batch 1 and 1.13x at batch 8 (each
-// panel reads the rows of A again).
+// narrow panels have taller micro-tiles, whose row pointers crowd the registers. AVX2 too: GCC keeps
+// two of a 3 x 4 tile's four B vectors in registers and reads the other two in each FMA (12
+// accumulators, the broadcast and two of B fill the 16 registers), a k-loop that
+// benchmarks/tile_shapes.cpp runs level with 6 x 2 and 4 x 3 tiles' (B in registers) on a Zen 3
+// core: 60-94% of its FMA ceiling for K of 16-144, against 50-74% with B read in every FMA. In
+// MobileNetV2, panels of 2 vectors made the stages 1.04x slower (stage sum, 1 thread, batch 1; GCC
+// kept the 6 x 2 tile's row pointers on the stack), panels of 3 vectors 1.12x slower.
 template <bool kPacked>
 void panels(const Gemm& g, int64_t M, int64_t N) {
   for_each_panel(N, [&](int64_t j0, int64_t nv) {
