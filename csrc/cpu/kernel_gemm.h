@@ -508,7 +508,7 @@ inline int64_t segmented_rows(const Gemm& g, int64_t M, int64_t N) {
 // two of a 3 x 4 tile's four B vectors in registers and reads the other two in each FMA (12
 // accumulators, the broadcast and two of B fill the 16 registers), a k-loop that
 // benchmarks/tile_shapes.cpp runs level with 6 x 2 and 4 x 3 tiles' (B in registers) on a Zen 3
-// core: 60-94% of its FMA ceiling for K of 16-144, against 50-74% with B read in every FMA. In
+// core: 59-93% of its FMA ceiling for K of 16-144, against 49-72% with B read in every FMA. In
 // MobileNetV2, panels of 2 vectors made the stages 1.04x slower (stage sum, 1 thread, batch 1; GCC
 // kept the 6 x 2 tile's row pointers on the stack), panels of 3 vectors 1.12x slower.
 template <bool kPacked>
