@@ -48,60 +48,54 @@ constexpr int kM = 48, kN = 96, kGroup = 16;
 #define FMA_R(x, r, acc) "vfmadd231ps %%ymm" #r ", %%ymm" #x ", %%ymm" #acc "\n"
 #define FMA_M(x, b, acc) "vfmadd231ps (%[" #b "],%[kb]), %%ymm" #x ", %%ymm" #acc "\n"
 
+// The k-loop `body` between the accumulators' load and store, with the tile's pointers as operands
+// (A_ROWS, B_VECTORS) beside the loop's own.
+#define KLOOP(body, ...)                                                                  \
+  long k = 0, kb = 0;                                                                     \
+  asm volatile(LOAD_ACC ".p2align 5\n1:\n" body LOOP_END STORE_ACC                        \
+               : [k] "+r"(k), [kb] "+r"(kb)                                               \
+               : __VA_ARGS__, [kend] "r"(K), [acc] "r"(acc)                               \
+               : CLOBBERS)
+#define A_ROWS3 [a0] "r"(a[0]), [a1] "r"(a[1]), [a2] "r"(a[2])
+#define A_ROWS4 A_ROWS3, [a3] "r"(a[3])
+#define A_ROWS6 A_ROWS4, [a4] "r"(a[4]), [a5] "r"(a[5])
+#define B_VECTORS2 [b0] "r"(b[0]), [b1] "r"(b[1])
+#define B_VECTORS3 B_VECTORS2, [b2] "r"(b[2])
+#define B_VECTORS4 B_VECTORS3, [b3] "r"(b[3])
+
 // acc: [rows][vectors] of 8 floats; a: the tile's rows of A; b: where each of its vectors' columns
 // start in B (row 0; row k 16 k floats on).
 void kloop_34_regs(float* acc, const float* const* a, const float* const* b, long K) {
-  long k = 0, kb = 0;
-  asm volatile(LOAD_ACC ".p2align 5\n1:\n" LOAD_B(b0, 12) LOAD_B(b1, 13)
-               BCAST(a0, 15) FMA_R(15, 12, 0) FMA_R(15, 13, 1) FMA_M(15, b2, 2) FMA_M(15, b3, 3)
-               BCAST(a1, 15) FMA_R(15, 12, 4) FMA_R(15, 13, 5) FMA_M(15, b2, 6) FMA_M(15, b3, 7)
-               BCAST(a2, 15) FMA_R(15, 12, 8) FMA_R(15, 13, 9) FMA_M(15, b2, 10) FMA_M(15, b3, 11)
-               LOOP_END STORE_ACC
-               : [k] "+r"(k), [kb] "+r"(kb)
-               : [a0] "r"(a[0]), [a1] "r"(a[1]), [a2] "r"(a[2]), [b0] "r"(b[0]), [b1] "r"(b[1]), [b2] "r"(b[2]),
-                 [b3] "r"(b[3]), [kend] "r"(K), [acc] "r"(acc)
-               : CLOBBERS);
+  KLOOP(LOAD_B(b0, 12) LOAD_B(b1, 13)
+        BCAST(a0, 15) FMA_R(15, 12, 0) FMA_R(15, 13, 1) FMA_M(15, b2, 2) FMA_M(15, b3, 3)
+        BCAST(a1, 15) FMA_R(15, 12, 4) FMA_R(15, 13, 5) FMA_M(15, b2, 6) FMA_M(15, b3, 7)
+        BCAST(a2, 15) FMA_R(15, 12, 8) FMA_R(15, 13, 9) FMA_M(15, b2, 10) FMA_M(15, b3, 11),
+        A_ROWS3, B_VECTORS4);
 }
 
 void kloop_34_mem(float* acc, const float* const* a, const float* const* b, long K) {
-  long k = 0, kb = 0;
-  asm volatile(LOAD_ACC ".p2align 5\n1:\n"
-               BCAST(a0, 15) FMA_M(15, b0, 0) FMA_M(15, b1, 1) FMA_M(15, b2, 2) FMA_M(15, b3, 3)
-               BCAST(a1, 15) FMA_M(15, b0, 4) FMA_M(15, b1, 5) FMA_M(15, b2, 6) FMA_M(15, b3, 7)
-               BCAST(a2, 15) FMA_M(15, b0, 8) FMA_M(15, b1, 9) FMA_M(15, b2, 10) FMA_M(15, b3, 11)
-               LOOP_END STORE_ACC
-               : [k] "+r"(k), [kb] "+r"(kb)
-               : [a0] "r"(a[0]), [a1] "r"(a[1]), [a2] "r"(a[2]), [b0] "r"(b[0]), [b1] "r"(b[1]), [b2] "r"(b[2]),
-                 [b3] "r"(b[3]), [kend] "r"(K), [acc] "r"(acc)
-               : CLOBBERS);
+  KLOOP(BCAST(a0, 15) FMA_M(15, b0, 0) FMA_M(15, b1, 1) FMA_M(15, b2, 2) FMA_M(15, b3, 3)
+        BCAST(a1, 15) FMA_M(15, b0, 4) FMA_M(15, b1, 5) FMA_M(15, b2, 6) FMA_M(15, b3, 7)
+        BCAST(a2, 15) FMA_M(15, b0, 8) FMA_M(15, b1, 9) FMA_M(15, b2, 10) FMA_M(15, b3, 11),
+        A_ROWS3, B_VECTORS4);
 }
 
 // Broadcasts alternate between two registers, so that a row's need not wait for the last row's FMAs.
 void kloop_62(float* acc, const float* const* a, const float* const* b, long K) {
-  long k = 0, kb = 0;
-  asm volatile(LOAD_ACC ".p2align 5\n1:\n" LOAD_B(b0, 12) LOAD_B(b1, 13)
-               BCAST(a0, 15) FMA_R(15, 12, 0) FMA_R(15, 13, 1) BCAST(a1, 14) FMA_R(14, 12, 2) FMA_R(14, 13, 3)
-               BCAST(a2, 15) FMA_R(15, 12, 4) FMA_R(15, 13, 5) BCAST(a3, 14) FMA_R(14, 12, 6) FMA_R(14, 13, 7)
-               BCAST(a4, 15) FMA_R(15, 12, 8) FMA_R(15, 13, 9) BCAST(a5, 14) FMA_R(14, 12, 10) FMA_R(14, 13, 11)
-               LOOP_END STORE_ACC
-               : [k] "+r"(k), [kb] "+r"(kb)
-               : [a0] "r"(a[0]), [a1] "r"(a[1]), [a2] "r"(a[2]), [a3] "r"(a[3]), [a4] "r"(a[4]), [a5] "r"(a[5]),
-                 [b0] "r"(b[0]), [b1] "r"(b[1]), [kend] "r"(K), [acc] "r"(acc)
-               : CLOBBERS);
+  KLOOP(LOAD_B(b0, 12) LOAD_B(b1, 13)
+        BCAST(a0, 15) FMA_R(15, 12, 0) FMA_R(15, 13, 1) BCAST(a1, 14) FMA_R(14, 12, 2) FMA_R(14, 13, 3)
+        BCAST(a2, 15) FMA_R(15, 12, 4) FMA_R(15, 13, 5) BCAST(a3, 14) FMA_R(14, 12, 6) FMA_R(14, 13, 7)
+        BCAST(a4, 15) FMA_R(15, 12, 8) FMA_R(15, 13, 9) BCAST(a5, 14) FMA_R(14, 12, 10) FMA_R(14, 13, 11),
+        A_ROWS6, B_VECTORS2);
 }
 
 void kloop_43(float* acc, const float* const* a, const float* const* b, long K) {
-  long k = 0, kb = 0;
-  asm volatile(LOAD_ACC ".p2align 5\n1:\n" LOAD_B(b0, 12) LOAD_B(b1, 13) LOAD_B(b2, 14)
-               BCAST(a0, 15) FMA_R(15, 12, 0) FMA_R(15, 13, 1) FMA_R(15, 14, 2)
-               BCAST(a1, 15) FMA_R(15, 12, 3) FMA_R(15, 13, 4) FMA_R(15, 14, 5)
-               BCAST(a2, 15) FMA_R(15, 12, 6) FMA_R(15, 13, 7) FMA_R(15, 14, 8)
-               BCAST(a3, 15) FMA_R(15, 12, 9) FMA_R(15, 13, 10) FMA_R(15, 14, 11)
-               LOOP_END STORE_ACC
-               : [k] "+r"(k), [kb] "+r"(kb)
-               : [a0] "r"(a[0]), [a1] "r"(a[1]), [a2] "r"(a[2]), [a3] "r"(a[3]), [b0] "r"(b[0]), [b1] "r"(b[1]),
-                 [b2] "r"(b[2]), [kend] "r"(K), [acc] "r"(acc)
-               : CLOBBERS);
+  KLOOP(LOAD_B(b0, 12) LOAD_B(b1, 13) LOAD_B(b2, 14)
+        BCAST(a0, 15) FMA_R(15, 12, 0) FMA_R(15, 13, 1) FMA_R(15, 14, 2)
+        BCAST(a1, 15) FMA_R(15, 12, 3) FMA_R(15, 13, 4) FMA_R(15, 14, 5)
+        BCAST(a2, 15) FMA_R(15, 12, 6) FMA_R(15, 13, 7) FMA_R(15, 14, 8)
+        BCAST(a3, 15) FMA_R(15, 12, 9) FMA_R(15, 13, 10) FMA_R(15, 14, 11),
+        A_ROWS4, B_VECTORS3);
 }
 
 using KLoop = void (*)(float*, const float* const*, const float* const*, long);
