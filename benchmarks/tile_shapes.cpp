@@ -3,8 +3,10 @@
 // it, the sums started from a bias and stored with ReLU6. The k-loops are written in assembly so
 // that the figures are the instruction mixes', not one compiler's register allocation:
 //
-//   3x4 2+2    3 rows x 4 vectors, two of B's vectors in registers and two read in every FMA:
-//              what GCC makes of the kernel's AVX2 tile (12 accumulators, the broadcast, 2 of B)
+//   3x4 3+1    3 rows x 4 vectors, three of B's vectors in registers and one read in every FMA:
+//              what GCC makes of the kernel's AVX2 tile (12 accumulators, the broadcast, 3 of B)
+//   3x4 2+2    two of B's vectors in registers and two read in every FMA: the kernel's tile while
+//              GCC kept a constant of the store's ReLU6 in a register through the k-loop
 //   3x4 mem    3 rows x 4 vectors, every FMA reading B from memory
 //   6x2        6 rows x 2 vectors, B in registers
 //   4x3        4 rows x 3 vectors, B in registers (all 16 registers)
@@ -65,6 +67,14 @@ constexpr int kM = 48, kN = 96, kGroup = 16;
 
 // acc: [rows][vectors] of 8 floats; a: the tile's rows of A; b: where each of its vectors' columns
 // start in B (row 0; row k 16 k floats on).
+void kloop_34_3regs(float* acc, const float* const* a, const float* const* b, long K) {
+  KLOOP(LOAD_B(b0, 12) LOAD_B(b1, 13) LOAD_B(b2, 14)
+        BCAST(a0, 15) FMA_R(15, 12, 0) FMA_R(15, 13, 1) FMA_R(15, 14, 2) FMA_M(15, b3, 3)
+        BCAST(a1, 15) FMA_R(15, 12, 4) FMA_R(15, 13, 5) FMA_R(15, 14, 6) FMA_M(15, b3, 7)
+        BCAST(a2, 15) FMA_R(15, 12, 8) FMA_R(15, 13, 9) FMA_R(15, 14, 10) FMA_M(15, b3, 11),
+        A_ROWS3, B_VECTORS4);
+}
+
 void kloop_34_regs(float* acc, const float* const* a, const float* const* b, long K) {
   KLOOP(LOAD_B(b0, 12) LOAD_B(b1, 13)
         BCAST(a0, 15) FMA_R(15, 12, 0) FMA_R(15, 13, 1) FMA_M(15, b2, 2) FMA_M(15, b3, 3)
@@ -181,7 +191,8 @@ double gflops(const Shape& s, Problem& p) {
 }
 
 int main() {
-  const Shape shapes[] = {{"3x4 2+2", 3, 4, kloop_34_regs}, {"3x4 mem", 3, 4, kloop_34_mem},
+  const Shape shapes[] = {{"3x4 3+1", 3, 4, kloop_34_3regs}, {"3x4 2+2", 3, 4, kloop_34_regs},
+                          {"3x4 mem", 3, 4, kloop_34_mem},
                           {"6x2", 6, 2, kloop_62}, {"4x3", 4, 3, kloop_43}};
   std::printf("GFLOP/s of a %d x %d panel on one thread, data in L1\n%5s", kM, kN, "K");
   for (const Shape& s : shapes) std::printf("%10s", s.name);

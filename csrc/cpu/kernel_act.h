@@ -44,18 +44,36 @@ inline vec sigmoid(vec v) { return splat(1.f) / (splat(1.f) + exp_neg(v)); }
 // One division, not a reciprocal and a product.
 inline vec silu(vec v) { return v / (splat(1.f) + exp_neg(v)); }
 
+#ifndef MNV2_ISA_TILE_CONSTANTS
+inline vec tile_zero() { return splat(0.f); }
+inline vec tile_relu6(vec v) { return relu6(v); }
+#endif
+
 // ReLU6 first: MobileNetV2's, tested on every store of its GEMMs, one compare before the rest.
-inline vec activate(vec v, Act act) {
-  if (act == Act::kReLU6) return relu6(v);
+// `zero` makes the zero, `clamp` is relu6, through which the hard activations clamp as well.
+template <class Zero, class Relu6>
+inline vec activate_with(vec v, Act act, Zero zero, Relu6 clamp) {
+  if (act == Act::kReLU6) return clamp(v);
   if (act == Act::kNone) return v;
   switch (act) {
-    case Act::kReLU: return v < splat(0.f) ? splat(0.f) : v;
+    case Act::kReLU: {
+      const vec z = zero();
+      return v < z ? z : v;
+    }
     case Act::kSiLU: return silu(v);
-    case Act::kHardswish: return v * relu6(v + splat(3.f)) * splat(1.f / 6.f);
+    case Act::kHardswish: return v * clamp(v + splat(3.f)) * splat(1.f / 6.f);
     case Act::kSigmoid: return sigmoid(v);
-    case Act::kHardsigmoid: return relu6(v + splat(3.f)) * splat(1.f / 6.f);
+    case Act::kHardsigmoid: return clamp(v + splat(3.f)) * splat(1.f / 6.f);
     default: return v;
   }
+}
+
+inline vec activate(vec v, Act act) {
+  return activate_with(v, act, [] { return splat(0.f); }, [](vec x) { return relu6(x); });
+}
+// In a GEMM micro-tile's store (tile_zero, tile_relu6).
+inline vec tile_activate(vec v, Act act) {
+  return activate_with(v, act, [] { return tile_zero(); }, [](vec x) { return tile_relu6(x); });
 }
 
 // f(std::integral_constant<Act, act>{}): kernels that take the activation as a compile-time

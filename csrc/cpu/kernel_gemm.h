@@ -205,9 +205,12 @@ enum class Tail { kMasked, kWhole, kHalf };
 // MobileNetV2's projections to 24 channels (blocks 1 and 2) spent a third of their FMAs on lanes
 // past the matrix; with half vectors the blocks ran 1.03-1.04x and 1.05x faster at batch 1 and 8
 // (Zen 4), outputs bitwise the same.
+//
+// bcols: where each of the tile's NV column vectors starts in B (row 0), the same for every tile
+// of a panel (full_tiles works them out once).
 template <int NV, int MR, bool kRes, Act A, bool kInit, bool kPool = false, bool kSeg = false,
           Tail kTail = Tail::kMasked>
-void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
+void micro_full(const Gemm& g, const float* const* bcols, int64_t i0, int64_t j0, int ncols) {
   constexpr bool kHalf = kTail == Tail::kHalf;
   static_assert(!kHalf || (!kPool && !kSeg && (A == Act::kNone || A == Act::kReLU6)), "half tails: see above");
   static_assert(kTail != Tail::kWhole || !kPool, "the pool's tail stays masked");
@@ -222,7 +225,7 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
     if constexpr (kInit) start[i] = g.init[i0 + i] + j0;
   }
   const float* bp[NV];
-  for (int j = 0; j < NV; ++j) bp[j] = b_column(g, j0 + j * kLanes);
+  for (int j = 0; j < NV; ++j) bp[j] = bcols[j];
   const int64_t K = g.K;
   // The accumulators are loaded only after every pointer is chosen: with a branch between their
   // loads and the k-loop, GCC kept them on the stack.
@@ -274,10 +277,13 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
       }
     } while (++k < K);
   }
-  if constexpr (kPool) {  // summed as micro() sums them, row by row from zero
+  // Summed row by row as micro() sums them, from the first row rather than from zero (the same
+  // sums): a zero constant, hoisted out of the loop over tiles, held a register through the k-loop
+  // (see tile_relu6).
+  if constexpr (kPool) {
     for (int j = 0; j < NV; ++j) {
-      vec sum = splat(0.f);
-      for (int i = 0; i < MR; ++i) sum += relu6(acc[i][j]);
+      vec sum = tile_relu6(acc[0][j]);
+      for (int i = 1; i < MR; ++i) sum += tile_relu6(acc[i][j]);
       float* p = g.pool + j0 + j * kLanes;
       if (j < NV - 1) store(p, load(p) + sum);
       else store_m(p, load_m(p, tail) + sum, tail);
@@ -295,7 +301,7 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
   }
   for (int i = 0; i < MR; ++i) {
     for (int j = 0; j < NF; ++j) {
-      vec v = activate(acc[i][j], A);
+      vec v = tile_activate(acc[i][j], A);
       if constexpr (kRes) v += j < NU ? load(rp[i] + j * kLanes) : load_m(rp[i] + j * kLanes, tail);
       if (j < NU) store(cp[i] + j * kLanes, v);
       else store_m(cp[i] + j * kLanes, v, tail);
@@ -312,7 +318,13 @@ void micro_full(const Gemm& g, int64_t i0, int64_t j0, int ncols) {
 // them; returns the first row left, 0 where micro_full does not apply.
 template <int NV, int MR>
 int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
-  int64_t i = 0;
+  // Each loop over the tiles counts in a local and sets `done` after it: counting in `done`, which
+  // the lambdas take by reference, GCC stored the count after every tile.
+  const int64_t end = M / MR * MR;
+  int64_t done = 0;
+  // Where each of the panel's column vectors starts in B, worked out once for all its tiles.
+  const float* bcols[NV];
+  for (int j = 0; j < NV; ++j) bcols[j] = b_column(g, j0 + j * kLanes);
   // A half-vector tail where the instruction set has them and the activation allows (micro_full);
   // a whole one where masked stores are slow.
   const bool half = kHalfVectors && ncols - (NV - 1) * kLanes <= kLanes / 2;
@@ -325,9 +337,10 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
     auto tiles = [&](auto tail) {
       constexpr Tail T = decltype(tail)::value;
       if (g.init)
-        for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, true, false, false, T>(g, i, j0, ncols);
+        for (int64_t i = 0; i < end; i += MR) micro_full<NV, MR, R, A, true, false, false, T>(g, bcols, i, j0, ncols);
       else
-        for (; i + MR <= M; i += MR) micro_full<NV, MR, R, A, false, false, false, T>(g, i, j0, ncols);
+        for (int64_t i = 0; i < end; i += MR) micro_full<NV, MR, R, A, false, false, false, T>(g, bcols, i, j0, ncols);
+      done = end;
     };
     if constexpr (kHalfVectors && (A == Act::kNone || A == Act::kReLU6))
       if (half) return tiles(std::integral_constant<Tail, Tail::kHalf>{});
@@ -337,8 +350,9 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   };
   using None = std::integral_constant<Act, Act::kNone>;
   if (g.store == Store::kPool) {  // the head: from the bias (panel()'s full_ok)
-    for (; i + MR <= M; i += MR) micro_full<NV, MR, false, Act::kNone, false, true>(g, i, j0, ncols);
-    return i;
+    for (int64_t i = 0; i < end; i += MR)
+      micro_full<NV, MR, false, Act::kNone, false, true>(g, bcols, i, j0, ncols);
+    return end;
   }
   const Act act = g.store == Store::kAct ? g.act : Act::kNone;
   if (g.a_seg) {  // a 3x3 convolution's patches in place: from the bias, with a plain store
@@ -346,7 +360,9 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
       constexpr Act A = decltype(a)::value;
       auto tiles = [&](auto tail) {
         constexpr Tail T = decltype(tail)::value;
-        for (; i + MR <= M; i += MR) micro_full<NV, MR, false, A, false, false, true, T>(g, i, j0, ncols);
+        for (int64_t i = 0; i < end; i += MR)
+          micro_full<NV, MR, false, A, false, false, true, T>(g, bcols, i, j0, ncols);
+        done = end;
       };
       if constexpr (kWholeTails)
         if (whole) return tiles(Whole{});
@@ -359,11 +375,11 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
       case Act::kHardswish: seg(std::integral_constant<Act, Act::kHardswish>{}); break;
       default: seg(std::integral_constant<Act, Act::kHardsigmoid>{}); break;
     }
-    return i;
+    return done;
   }
   if (g.res) {  // a projection's residual comes with a plain store
     if (act == Act::kNone) run(None{}, std::true_type{});
-    return i;
+    return done;
   }
   switch (act) {  // the costly activations are applied in a pass of their own (gemm())
     case Act::kNone: run(None{}, std::false_type{}); break;
@@ -373,7 +389,7 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
     case Act::kHardsigmoid: run(std::integral_constant<Act, Act::kHardsigmoid>{}, std::false_type{}); break;
     default: break;
   }
-  return i;
+  return done;
 }
 
 // Every row of one column panel, in micro-tiles of MR rows, then MR/2 and MR/4 for the remainder.
@@ -505,12 +521,13 @@ inline int64_t segmented_rows(const Gemm& g, int64_t M, int64_t N) {
 
 // Column panels of at most four vectors, as even as possible (96 columns are 48 + 48, not 64 + 32):
 // narrow panels have taller micro-tiles, whose row pointers crowd the registers. AVX2 too: GCC keeps
-// two of a 3 x 4 tile's four B vectors in registers and reads the other two in each FMA (12
-// accumulators, the broadcast and two of B fill the 16 registers), a k-loop that
-// benchmarks/tile_shapes.cpp runs level with 6 x 2 and 4 x 3 tiles' (B in registers) on a Zen 3
-// core: 59-93% of its FMA ceiling for K of 16-144, against 49-72% with B read in every FMA. In
-// MobileNetV2, panels of 2 vectors made the stages 1.04x slower (stage sum, 1 thread, batch 1; GCC
-// kept the 6 x 2 tile's row pointers on the stack), panels of 3 vectors 1.12x slower.
+// three of a 3 x 4 tile's four B vectors in registers and reads the fourth in each FMA (12
+// accumulators, the broadcast and three of B fill the 16 registers; the store's constants stay out
+// of them, see tile_relu6), a k-loop that benchmarks/tile_shapes.cpp runs on a Zen 3 core at 63-93%
+// of its FMA ceiling for K of 16-144, as fast as 4 x 3 tiles' and 6 x 2 tiles' (B in registers) or
+// up to 1.1x faster (K = 16), against 49-70% with B read in every FMA. In MobileNetV2, panels of 2
+// vectors made the stages 1.04x slower (stage sum, 1 thread, batch 1; GCC kept the 6 x 2 tile's
+// row pointers on the stack), panels of 3 vectors 1.12x slower.
 template <bool kPacked>
 void panels(const Gemm& g, int64_t M, int64_t N) {
   for_each_panel(N, [&](int64_t j0, int64_t nv) {
