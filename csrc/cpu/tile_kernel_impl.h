@@ -6,9 +6,8 @@
 //   Mask, make_mask(n), load_m(p, mask), store_m(p, v, mask)   the first n lanes only
 //   splat(s)           every lane s
 //   relu6(v)           min(max(v, 0), 6), NaN kept
-// and may define (each with its MNV2_ISA_ macro; kernel_gemm.h and kernel_act.h have the fallbacks)
-//   tile_zero(), tile_relu6(v)   0 and relu6 as a GEMM micro-tile's store needs them
-//                                (MNV2_ISA_TILE_CONSTANTS)
+// and may define, with MNV2_ISA_TILE_CONSTANTS, tile_zero() and tile_relu6(v): 0 and relu6 as a
+// GEMM micro-tile's store makes them (kernel_act.h falls back on splat(0.f) and relu6),
 // and includes nothing after this file.
 //
 // The parts, one role each: kernel_gemm.h (GEMM micro-kernels), kernel_block.h (the block
