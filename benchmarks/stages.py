@@ -8,7 +8,9 @@ its weights, input and output are in the caches; in a chain, the stages called o
 as ops of their own, each finding its weights and input where the stages before it left them; and
 in the forward, each stage's own scope inside the network's one call (what a forward spends on it:
 an op of its own also pays for entering the library and waking the threads). The whole forward is
-timed in the same rounds. Medians over rounds; GFLOP/s of the time in the forward, from the
+timed in the same rounds, and so is the check of the weights' version counters that a forward
+makes before it enters the library (right after a forward, which left them out of the caches).
+Medians over rounds; GFLOP/s of the time in the forward, from the
 torchvision stage's convolutions and linear layer, and its share of the machine's FMA ceiling:
 --peak-gflops, or measured in every round by running --fma-peak (benchmarks/fma_peak.cpp
 compiled), since on a shared machine the ceiling moves with the machine's spells.
@@ -99,8 +101,10 @@ def main():
     calls = stage_calls(_fold_network(net.features, net.classifier))
     flops = stage_flops(ref, x.contiguous())
     hot, chain, scoped = [[] for _ in calls], [[] for _ in calls], [[] for _ in calls]
-    whole, scoped_whole, peaks = [], [], []
+    whole, scoped_whole, peaks, checks = [], [], [], []
     with torch.no_grad():
+        net(x)  # binds the forward's call, with the snapshot of the weights' version counters
+        versions = net._bound._versions
         inputs, t = [], x
         for _, f in calls:
             inputs.append(t)
@@ -119,6 +123,8 @@ def main():
                 f(inputs[i])
                 hot[i].append(timed(f, inputs[i]))
             whole.append(timed(net, x))
+            # What every bound forward does first, timed right after a forward as it runs then.
+            checks.append(timed(lambda _: versions.unchanged(), None))
             with scope_times(SCOPE) as times:
                 scoped_whole.append(timed(net, x))
             names = [name.removeprefix(SCOPE) for name, _ in times]
@@ -142,6 +148,7 @@ def main():
     print(f"stages hot {sums[0]:.3f} ms, in a chain {sums[1]:.3f} ms, in the forward {sums[2]:.3f} ms (of its "
           f"{statistics.median(scoped_whole) * 1e3:.3f} ms); whole forward {fwd * 1e3:.3f} ms "
           f"({gflops:.1f} GFLOP/s{share})")
+    print(f"checking the weights' version counters right after a forward: {statistics.median(checks) * 1e6:.1f} us")
 
 
 if __name__ == "__main__":

@@ -18,23 +18,31 @@ namespace mnv2_fused {
 namespace {
 
 // The version counters of some tensors at construction, and whether any moved since. Inference
-// tensors have none: the caller leaves them out.
+// tensors have none: the caller leaves them out. The counters are held themselves (shared with
+// their tensors, alive as long as this holds them): reading one is a load or two, where asking the
+// tensor (Tensor::_version) took a virtual call and a chain of dependent loads, each a cache miss
+// right after a forward. Checking a converted MobileNetV2's counters there took 33-42 us that way,
+// 20 us this way (benchmarks/stages.py, batch 1, two Zen 3 cores).
 class VersionSnapshot {
  public:
-  explicit VersionSnapshot(std::vector<at::Tensor> tensors) : tensors_(std::move(tensors)) {
-    versions_.reserve(tensors_.size());
-    for (const at::Tensor& t : tensors_) versions_.push_back(t._version());
+  explicit VersionSnapshot(const std::vector<at::Tensor>& tensors) {
+    counters_.reserve(tensors.size());
+    versions_.reserve(tensors.size());
+    for (const at::Tensor& t : tensors) {
+      counters_.push_back(t.unsafeGetTensorImpl()->version_counter());
+      versions_.push_back(counters_.back().current_version());
+    }
   }
 
   bool unchanged() const {
-    for (size_t i = 0; i < tensors_.size(); ++i)
-      if (tensors_[i]._version() != versions_[i]) return false;
+    for (size_t i = 0; i < counters_.size(); ++i)
+      if (counters_[i].current_version() != versions_[i]) return false;
     return true;
   }
 
  private:
-  std::vector<at::Tensor> tensors_;  // kept alive so that no counter is read after its tensor died
-  std::vector<int64_t> versions_;
+  std::vector<c10::VariableVersion> counters_;
+  std::vector<uint32_t> versions_;
 };
 
 // The input of a bound call when the call may serve it: a float32 CPU tensor of `dim` dimensions
@@ -78,7 +86,10 @@ class NetworkCall {
     if (!in) return std::nullopt;
     const at::Tensor& x = *in;
     pybind11::gil_scoped_release no_gil;
-    // Through the dispatcher, so profilers and dispatch modes see the op as from Python.
+    // Through the dispatcher, so profilers and dispatch modes see the op as from Python; below
+    // autograd, whose fallback for an op without a derivative boxes every argument (some 110
+    // tensors here) only to find that nothing needs a gradient (bound_input checked that).
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     static const auto op =
         c10::Dispatcher::singleton()
             .findSchemaOrThrow("mnv2_fused::mobilenet_v2_forward", "")
@@ -123,6 +134,7 @@ class OpCall {
     if (!in) return std::nullopt;
     const at::Tensor& x = *in;
     pybind11::gil_scoped_release no_gil;
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in NetworkCall
     torch::jit::Stack stack;
     stack.reserve(args_.size() + 1);
     stack.emplace_back(x);
@@ -145,7 +157,7 @@ PYBIND11_MODULE(_C, m) {
   using mnv2_fused::NetworkCall;
   using mnv2_fused::VersionSnapshot;
   pybind11::class_<VersionSnapshot, std::shared_ptr<VersionSnapshot>>(m, "VersionSnapshot")
-      .def(pybind11::init<std::vector<at::Tensor>>())
+      .def(pybind11::init<const std::vector<at::Tensor>&>())
       .def("unchanged", &VersionSnapshot::unchanged);
   pybind11::class_<NetworkCall>(m, "NetworkCall")
       .def(pybind11::init<std::shared_ptr<VersionSnapshot>, int64_t, std::vector<at::Tensor>, int64_t, int64_t,
