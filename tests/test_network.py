@@ -48,6 +48,19 @@ def test_stem_op_matches_reference(h, w, stem_stride, stride, layout):
     assert rel_err(out, ref) <= TOL
 
 
+# An NCHW image's rows are made channels-last eight pixels at a time, the rest one by one: the stem
+# then reads the numbers a channels_last image holds, so the outputs are equal to the bit.
+@pytest.mark.parametrize("w", [1, 7, 8, 9, 16, 23, 61])
+@pytest.mark.parametrize("stem_stride", [1, 2])
+@pytest.mark.parametrize("cropped", [False, True])
+def test_stem_nchw_rows_equal_channels_last(w, stem_stride, cropped):
+    wts = random_stem(3, 32, 16, seed=w)
+    x = make_input((2, 3, 9, w + 5), seed=w)[..., 2 : 2 + w] if cropped else make_input((2, 3, 9, w), seed=w)
+    run = lambda t: torch.ops.mnv2_fused.stem_inverted_residual(  # noqa: E731
+        t, wts.w_stem, wts.b_stem, stem_stride, *wts[2:], 1)
+    assert torch.equal(run(x), run(x.contiguous(memory_format=torch.channels_last)))
+
+
 @pytest.mark.parametrize("cin,hidden,cout", [(1, 8, 4), (5, 40, 24), (3, 70, 19)])
 def test_stem_op_odd_widths(cin, hidden, cout):
     wts = random_stem(cin, hidden, cout, seed=cin)

@@ -46,9 +46,15 @@ void conv3x3_input_rows(const BlockArgs& a, int64_t n, int64_t r, int64_t j0, in
       std::memcpy(dst, src + lo * cin, sizeof(float) * (hi - lo) * cin);
       continue;
     }
+    int64_t from = lo;  // the columns before it are copied
+#ifdef MNV2_ISA_INTERLEAVE3
+    if (cin == 3 && a.sxw == 1)  // an NCHW image's rows: 8 pixels at a time
+      for (; from + 8 <= hi; from += 8)
+        interleave3x8(src + from, src + a.sxc + from, src + 2 * a.sxc + from, dst + (from - lo) * cin);
+#endif
     // Channel by channel: pixel by pixel, which writes in order, measured 15% slower.
     for (int64_t c = 0; c < cin; ++c)
-      for (int64_t iw = lo; iw < hi; ++iw) dst[(iw - lo) * cin + c] = src[c * a.sxc + iw * a.sxw];
+      for (int64_t iw = from; iw < hi; ++iw) dst[(iw - lo) * cin + c] = src[c * a.sxc + iw * a.sxw];
   }
 }
 

@@ -5,6 +5,8 @@
 #pragma GCC target("avx2,fma,bmi2")
 #include <immintrin.h>
 
+#include "interleave3_avx2.h"
+
 namespace mnv2_fused {
 namespace cpu {
 namespace {

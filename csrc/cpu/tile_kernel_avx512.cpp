@@ -6,6 +6,8 @@
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")
 #include <immintrin.h>
 
+#include "interleave3_avx2.h"
+
 namespace mnv2_fused {
 namespace cpu {
 namespace {
