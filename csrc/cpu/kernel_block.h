@@ -46,7 +46,7 @@ void conv3x3_input_rows(const BlockArgs& a, int64_t n, int64_t r, int64_t j0, in
       std::memcpy(dst, src + lo * cin, sizeof(float) * (hi - lo) * cin);
       continue;
     }
-    int64_t from = lo;  // the columns before it are copied
+    int64_t from = lo;  // the first column left to copy
 #ifdef MNV2_ISA_INTERLEAVE3
     if (cin == 3 && a.sxw == 1)  // an NCHW image's rows: 8 pixels at a time
       for (; from + 8 <= hi; from += 8)
