@@ -9,7 +9,7 @@ namespace cpu {
 struct Isa {
   const char* name;
   TilesFn run_tiles;
-  ExpandDepthwiseFn expand_depthwise;
+  SumGroupsFn sum_groups;
   ProjectKeptFn project_kept;
   PoolFn pointwise_pool;
   LinearFn linear;
