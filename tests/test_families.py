@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 import torchvision
-from helpers import make_input, num_threads, randomize_bn, rel_err
-from hypothesis import HealthCheck, given, settings
+from helpers import make_input, num_threads, randomize_bn, rel_err, within_tolerance
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import mnv2_fused
@@ -220,8 +220,10 @@ def random_weights(spec, cin, hidden, cout, expand, seed):
     return w, se
 
 
-def run_spec_case(backend, case, tolerance, cached_layout=False):
-    """cached_layout: the weights as the modules cache them for the CPU kernel (matrices packed)."""
+def run_spec_case(backend, case, cached_layout=False):
+    """Against the float64 reference, within the tolerance of helpers.within_tolerance (PyTorch's
+    own float32 error where that is larger: a lone output pixel can cancel to a thousandth of its
+    terms). cached_layout: the weights as the modules cache them for the CPU kernel (matrices packed)."""
     spec, hidden, cout, expand, shape, layout, seed = case
     w, se = random_weights(spec, shape[1], hidden, cout, expand, seed)
     x = make_input(shape, layout, seed=seed)
@@ -229,20 +231,28 @@ def run_spec_case(backend, case, tolerance, cached_layout=False):
     ref = mbconv_reference(x.double(), FoldedWeights(*[None if t is None else t.double() for t in w]),
                            None if se is None else SEWeights(*[t.double() for t in se]), spec)
     assert out.shape == ref.shape
-    assert rel_err(out, ref) <= tolerance
+    assert within_tolerance(out, ref, lambda: mbconv_reference(x, w, se, spec)), \
+        f"relative error {rel_err(out, ref):.2e}"
+
+
+# One output pixel summing 115 hidden channels to about 1e-3 of their size: the portable kernel's
+# error 1.4e-5, PyTorch's own in float32 1.1e-5.
+CANCELLING = (BlockSpec(kernel_size=7, stride=2, activation="silu", se_activation="relu", se_gate="sigmoid",
+                        squeeze_excite=True), 115, 1, True, (1, 1, 1, 1), "nchw", 409)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs())
+@example(CANCELLING)
 def test_property_spec_cpu(case):
-    run_spec_case("cpu", case, 1e-5)
+    run_spec_case("cpu", case)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs(max_channels=20, max_side=7))
 def test_property_spec_triton(case):
     pytest.importorskip("triton")
-    run_spec_case("triton", case, 1e-5)
+    run_spec_case("triton", case)
 
 
 @pytest.mark.parametrize("shape,hidden,expand", [((2, 16, 96, 96), 96, True), ((2, 40, 14, 14), 240, True),
@@ -265,7 +275,7 @@ def test_squeeze_excite_second_pass_every_way(shape, hidden, expand):
     spec = BlockSpec(kernel_size=5, activation="silu", se_activation="silu", residual=True, squeeze_excite=True)
     with num_threads(2):
         for cached_layout in (False, True):
-            run_spec_case("cpu", (spec, hidden, shape[1], expand, shape, "channels_last", 3), 1e-5, cached_layout)
+            run_spec_case("cpu", (spec, hidden, shape[1], expand, shape, "channels_last", 3), cached_layout)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
