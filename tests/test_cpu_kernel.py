@@ -92,7 +92,7 @@ def test_threads_give_identical_results():
 
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("cin,cout,stride,t,res", [(64, 64, 1, 6, 14), (96, 160, 2, 6, 14), (160, 320, 1, 6, 7),
-                                                   (20, 36, 1, 6, 9), (32, 32, 1, 6, 28)])
+                                                   (20, 36, 1, 6, 9), (32, 32, 1, 6, 28), (21, 24, 2, 5, 13)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_single_image_split_across_threads(threads, cin, cout, stride, t, res, layout):
     """A batch smaller than the thread count splits the hidden channels across threads (small
@@ -103,3 +103,19 @@ def test_single_image_split_across_threads(threads, cin, cout, stride, t, res, l
         out = fused_copy(block)(x)
         ref = block(x)
     assert rel_err(out, ref) <= TOL
+
+
+# 14x14 and 7x7 images (the hidden channels split), a hidden width that is not whole vectors (105),
+# and 28x28 (rows split): each output is one sum over the hidden channels in one order.
+@pytest.mark.parametrize("cin,cout,stride,t,res", [(64, 64, 1, 6, 14), (160, 320, 1, 6, 7), (21, 24, 2, 5, 13),
+                                                   (32, 32, 1, 6, 28)])
+def test_single_image_same_output_on_any_thread_count(cin, cout, stride, t, res):
+    """However a lone image's work is divided among threads, and whichever thread takes which part,
+    the output is the same to the bit: on 1, 2 and 3 threads, call after call."""
+    block = fused_copy(make_block(cin, cout, stride, t, seed=cin + res))
+    x = make_input((1, cin, res, res), "channels_last")
+    outs = []
+    for n in (1, 2, 3):
+        with num_threads(n), torch.no_grad():
+            outs += [block(x) for _ in range(3)]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])

@@ -37,6 +37,53 @@ int64_t scratch_budget_floats(const at::Tensor& x, const at::Tensor& y, int64_t 
   return std::clamp(per_worker, kMinScratchBytes, kMaxScratchBytes) / static_cast<int64_t>(sizeof(float));
 }
 
+// A kept plan (small images, fewer images than threads) in two passes: the depthwise output of
+// every hidden channel, kept, then its projection. In the first pass the workers take chunks of
+// hidden channels, in the second blocks of output pixels and channels, each from a share of its
+// own and then from the others' (TileShares), so a worker slowed down does less; and every output
+// is one sum over all the hidden channels in one order, whoever computes it. Against one group of
+// hidden channels per worker, each projecting them into a partial output that a third pass summed
+// (MobileNetV2 at batch 1, 2 threads, Zen 3; README, How the CPU kernel works): blocks 7-9 and
+// 11-16 0.98-1.06x faster, block 6 1.04-1.06x slower, the forward 1.01-1.04x faster.
+void run_kept(BlockArgs a, const TilePlan& plan, int64_t batch, const at::Tensor& x, int64_t threads) {
+  const Isa& isa = cpu_isa();
+  const int64_t pixels = batch * a.oh * a.ow;
+  a.dw_store_ld = pixel_stride(round_up(a.hidden, isa.lanes));
+  const at::Tensor kept = at::empty({pixels * a.dw_store_ld}, x.options());
+  a.dw_store = kept.data_ptr<float>();
+  const at::Tensor scratch = at::empty({threads * plan.floats}, x.options());
+  // The ring's lanes past the last channel are read (and discarded): see run_plan.
+  const bool ragged = a.hidden % isa.lanes != 0;
+  TileShares channels(ceil_div(a.hidden, isa.lanes), threads);  // in vectors
+  team_parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    const int64_t rank = at::get_thread_num();
+    for (int64_t w = begin; w < end; ++w) {
+      float* own = scratch.data_ptr<float>() + w * plan.floats;
+      if (ragged) std::fill_n(own, plan.floats, 0.f);
+      for (int64_t v0, v1; channels.claim(rank, v0, v1, plan.chunk / isa.lanes);)
+        isa.expand_depthwise(a, plan, batch, v0 * isa.lanes, std::min(a.hidden, v1 * isa.lanes), own);
+    }
+  });
+  // The projection in blocks of a GEMM panel's columns by four of its micro-tiles' rows. A share is
+  // whole panels (its worker reads all the kept rows and its part of the weight) or whole blocks
+  // of rows (its part of the rows, all the weight): whichever of the two is the larger is split.
+  const int64_t columns = 4 * isa.lanes, rows = 4 * tile_rows(4, isa.max_acc);
+  const int64_t row_blocks = ceil_div(pixels, rows), panels = ceil_div(a.cout, columns);
+  const bool by_rows = pixels * a.dw_store_ld > a.hidden * a.cout;
+  TileShares blocks(panels * row_blocks, threads);
+  team_parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    const int64_t rank = at::get_thread_num();
+    for (int64_t w = begin; w < end; ++w)
+      for (int64_t i0, i1; blocks.claim(rank, i0, i1);)
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t panel = by_rows ? i % panels : i / row_blocks, block = by_rows ? i / panels : i % row_blocks;
+          const int64_t j0 = panel * columns, p0 = block * rows;
+          isa.project_kept(a, p0, std::min(pixels, p0 + rows), j0, std::min(a.cout, j0 + columns), GateInto::kNone,
+                           nullptr);
+        }
+  });
+}
+
 // Runs the plan's tiles on PyTorch's threads, each worker with its own scratch slab from the
 // framework's allocator (so memory tools see it). With channel_sums ((N, hidden): the
 // squeeze-and-excite's first pass) the depthwise output is added up per run of tiles (or per
@@ -54,8 +101,8 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   // workers claim from a shared counter, each run computing its halo rows afresh; the plan is costed
   // for the claiming it gets.
   const Claiming claiming = summing ? Claiming::kRuns : Claiming::kShares;
-  TilePlan plan = choose_plan(a, batch, threads, isa, scratch_budget_floats(x, y, threads), claiming);
-  plan.plane_pixels = batch * a.oh * a.ow;
+  const TilePlan plan = choose_plan(a, batch, threads, isa, scratch_budget_floats(x, y, threads), claiming);
+  if (plan.kept) return run_kept(a, plan, batch, x, threads);
   const int64_t tiles = batch * plan.strips * plan.bands;
   const int64_t workers = plan.groups > 1 ? plan.groups : std::min(threads, tiles);
   // The ring's lanes past the last channel are read (and discarded) by whole-vector loads: zero
@@ -77,10 +124,9 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   auto sums_copy = [&](int64_t i) { return summing ? base + workers * plan.floats + i * sums_floats : nullptr; };
   std::vector<char> cleared(workers, 0);  // one byte per worker: no two threads share an element
   auto clear = [&](int64_t w) {
-    if (cleared[w]) return;
+    if (!ragged || cleared[w]) return;
     cleared[w] = 1;
-    if (ragged) std::fill_n(scratch_of(w), plan.floats, 0.f);
-    else std::fill_n(scratch_of(w) + plan.off_zero, plan.acc_ld, 0.f);
+    std::fill_n(scratch_of(w), plan.floats, 0.f);
   };
   // The images whose tiles run r covers, [first, last].
   const int64_t per_image = plan.strips * plan.bands;
@@ -96,7 +142,7 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
         RingState ring;  // w's scratch holds it
         for (int64_t t0, t1; shares.claim(rank, t0, t1);) {
           clear(w);
-          isa.run_tiles(a, plan, t0, t1, 0, &ring, scratch_of(w), nullptr, nullptr);
+          isa.run_tiles(a, plan, t0, t1, 0, &ring, scratch_of(w), nullptr);
         }
       }
     });
@@ -121,24 +167,18 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
           float* sums = sums_copy(t0 / run);
           const auto [first, last] = run_images(t0 / run);
           std::fill(sums + first * a.hidden, sums + (last + 1) * a.hidden, 0.f);
-          isa.run_tiles(a, plan, t0, t1, 0, nullptr, scratch_of(w), nullptr, sums);
+          isa.run_tiles(a, plan, t0, t1, 0, nullptr, scratch_of(w), sums);
         }
     });
   } else {
-    // Hidden groups: each worker projects its share of every pixel, then the shares are summed.
-    const int64_t pixels = plan.plane_pixels, plane = pixels * plan.acc_ld;
-    at::Tensor partial = summing ? at::Tensor() : at::empty({plan.groups, plane}, x.options());
-    float* part = summing ? nullptr : partial.data_ptr<float>();
+    // Hidden groups (only while summing): each worker sums its own channels of every pixel.
     team_parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
         clear(g);
-        if (summing) std::fill_n(sums_copy(g), sums_floats, 0.f);
-        isa.run_tiles(a, plan, 0, tiles, g, nullptr, scratch_of(g), summing ? nullptr : part + g * plane,
-                      sums_copy(g));
+        std::fill_n(sums_copy(g), sums_floats, 0.f);
+        isa.run_tiles(a, plan, 0, tiles, g, nullptr, scratch_of(g), sums_copy(g));
       }
     });
-    if (!summing)
-      team_parallel_for(0, pixels, 64, [&](int64_t begin, int64_t end) { isa.sum_groups(a, plan, part, begin, end); });
   }
   if (summing) {  // in the copies' order; a run's copy holds only its own images
     float* out = channel_sums.data_ptr<float>();
@@ -361,6 +401,7 @@ at::Tensor mbconv(const at::Tensor& x, const std::optional<at::Tensor>& w_expand
   const bool keep = se_keeps_depthwise(s);
   at::Tensor kept = keep ? at::empty({s.n * s.oh * s.ow, s.hidden}, x.options()) : at::Tensor();
   a.dw_store = keep ? kept.data_ptr<float>() : nullptr;
+  a.dw_store_ld = s.hidden;
   run_plan(a, s.n, x, y, sums);
   const at::Tensor gate_values =
       se_gate(sums, s.oh * s.ow, *w_se_reduce, *b_se_reduce, *w_se_expand, *b_se_expand, se_act, gate);

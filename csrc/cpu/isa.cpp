@@ -9,9 +9,12 @@ namespace mnv2_fused {
 namespace cpu {
 namespace {
 
-const Isa kAvx512{"avx512", run_tiles_avx512, sum_groups_avx512, project_kept_avx512, pointwise_pool_avx512, linear_avx512, conv3x3_rows_avx512, lanes_avx512(), max_acc_avx512()};
-const Isa kAvx2{"avx2", run_tiles_avx2, sum_groups_avx2, project_kept_avx2, pointwise_pool_avx2, linear_avx2, conv3x3_rows_avx2, lanes_avx2(), max_acc_avx2()};
-const Isa kGeneric{"generic", run_tiles_generic, sum_groups_generic, project_kept_generic, pointwise_pool_generic, linear_generic, conv3x3_rows_generic, lanes_generic(), max_acc_generic()};
+const Isa kAvx512{"avx512", run_tiles_avx512, expand_depthwise_avx512, project_kept_avx512, pointwise_pool_avx512,
+                  linear_avx512, conv3x3_rows_avx512, lanes_avx512(), max_acc_avx512()};
+const Isa kAvx2{"avx2", run_tiles_avx2, expand_depthwise_avx2, project_kept_avx2, pointwise_pool_avx2,
+                linear_avx2, conv3x3_rows_avx2, lanes_avx2(), max_acc_avx2()};
+const Isa kGeneric{"generic", run_tiles_generic, expand_depthwise_generic, project_kept_generic, pointwise_pool_generic,
+                   linear_generic, conv3x3_rows_generic, lanes_generic(), max_acc_generic()};
 
 bool cpu_has(const char* isa) {
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -9,7 +9,7 @@ namespace cpu {
 struct Isa {
   const char* name;
   TilesFn run_tiles;
-  SumGroupsFn sum_groups;
+  ExpandDepthwiseFn expand_depthwise;
   ProjectKeptFn project_kept;
   PoolFn pointwise_pool;
   LinearFn linear;

@@ -181,16 +181,17 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
   flush();
 }
 
-// dw[p, c] = act(b_dw[c0 + c] + the K x K (dilated) taps over the ring), times gate[c] when gate is
-// not null, for the band's pixels p = r * cols + q. One pixel at a time, its taps one chain of
-// FMAs: in MobileNetV2 (AVX2, batch 1), steps of 3-5 pixels sharing their input loads, though
-// 1.1-1.45x faster in a standalone loop, made the depthwise 1.1-1.25x slower here (inlined, GCC
-// spills; on its own, no faster), a partial sum per kernel row was level, and so was prefetching
-// the next weights; prefetching the ring made it slower.
+// dw[p * ld + c] = act(b_dw[c0 + c] + the K x K (dilated) taps over the ring), times gate[c] when
+// gate is not null, for the band's pixels p = r * cols + q. One pixel at a time, its taps one
+// chain of FMAs: in MobileNetV2 (AVX2, batch 1), steps of 3-5 pixels sharing their input loads,
+// though 1.1-1.45x faster in a standalone loop, made the depthwise 1.1-1.25x slower here (inlined,
+// GCC spills; on its own, no faster), a partial sum per kernel row was level, and so was
+// prefetching the next weights; prefetching the ring made it slower.
 template <int K, Act kAct>
 void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
-                 const float* gate, float* dw) {
-  const int64_t s = a.stride, ld = p.ld, row_floats = p.ring_cols * ld, dil = a.dilation;
+                 const float* gate, float* dw, int64_t ld) {
+  // The ring's stride in a local: for all the compiler knows, the stores may alias p.
+  const int64_t s = a.stride, ring_ld = p.ld, row_floats = p.ring_cols * ring_ld, dil = a.dilation;
   for (int64_t cv = 0; cv < hc; cv += kLanes) {
     const Mask mk = make_mask(static_cast<int>(std::min<int64_t>(kLanes, hc - cv)));
     vec wt[K * K];
@@ -203,10 +204,10 @@ void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c
       for (int ky = 0; ky < K; ++ky) rows[ky] = ring + ring_slot(hr + ky * dil, p.ring_rows) * row_floats + cv;
       float* out = dw + r * b.cols * ld + cv;
       for (int64_t q = 0; q < b.cols; ++q) {
-        const int64_t o = q * s * ld;
+        const int64_t o = q * s * ring_ld;
         vec v = bias;
         for (int ky = 0; ky < K; ++ky)
-          for (int kx = 0; kx < K; ++kx) v += load(rows[ky] + o + kx * dil * ld) * wt[ky * K + kx];
+          for (int kx = 0; kx < K; ++kx) v += load(rows[ky] + o + kx * dil * ring_ld) * wt[ky * K + kx];
         v = activate(v, kAct);  // a constant: the branch folds away
         if (gate) v *= factor;
         store(out + q * ld, v);
@@ -217,26 +218,27 @@ void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c
 
 template <int K>
 void depthwise_act(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
-                   float* dw) {
+                   float* dw, int64_t ld) {
   const float* gate = a.gate ? a.gate + b.n * a.hidden + c0 : nullptr;
   switch (a.act) {
-    case Act::kReLU6: depthwise_k<K, Act::kReLU6>(a, p, b, c0, hc, ring, gate, dw); break;
-    case Act::kReLU: depthwise_k<K, Act::kReLU>(a, p, b, c0, hc, ring, gate, dw); break;
+    case Act::kReLU6: depthwise_k<K, Act::kReLU6>(a, p, b, c0, hc, ring, gate, dw, ld); break;
+    case Act::kReLU: depthwise_k<K, Act::kReLU>(a, p, b, c0, hc, ring, gate, dw, ld); break;
     case Act::kSiLU:  // costly (kernel_gemm.h): after the taps, in a pass of its own
-      depthwise_k<K, Act::kNone>(a, p, b, c0, hc, ring, nullptr, dw);
-      activate_rows(dw, b.rows * b.cols, p.ld, hc, Act::kSiLU, gate);
+      depthwise_k<K, Act::kNone>(a, p, b, c0, hc, ring, nullptr, dw, ld);
+      activate_rows(dw, b.rows * b.cols, ld, hc, Act::kSiLU, gate);
       break;
-    default: depthwise_k<K, Act::kHardswish>(a, p, b, c0, hc, ring, gate, dw); break;  // the op allows these four
+    default: depthwise_k<K, Act::kHardswish>(a, p, b, c0, hc, ring, gate, dw, ld); break;  // the op allows these four
   }
 }
 
+// The band's depthwise output, ld floats per pixel (its rows back to back).
 void depthwise(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
-               float* dw) {
+               float* dw, int64_t ld) {
   switch (a.k) {
-    case 1: depthwise_act<1>(a, p, b, c0, hc, ring, dw); break;
-    case 3: depthwise_act<3>(a, p, b, c0, hc, ring, dw); break;
-    case 5: depthwise_act<5>(a, p, b, c0, hc, ring, dw); break;
-    default: depthwise_act<7>(a, p, b, c0, hc, ring, dw); break;  // the checks allow 1, 3, 5, 7
+    case 1: depthwise_act<1>(a, p, b, c0, hc, ring, dw, ld); break;
+    case 3: depthwise_act<3>(a, p, b, c0, hc, ring, dw, ld); break;
+    case 5: depthwise_act<5>(a, p, b, c0, hc, ring, dw, ld); break;
+    default: depthwise_act<7>(a, p, b, c0, hc, ring, dw, ld); break;  // the checks allow 1, 3, 5, 7
   }
 }
 
@@ -259,34 +261,33 @@ void sum_channels(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t 
 void keep_depthwise(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* dw) {
   // Every channel, unpadded: a band's row is one run in both (a call per pixel cost as much as
   // the copy).
-  const bool whole_rows = hc == a.hidden && p.ld == hc;
+  const bool whole_rows = hc == a.dw_store_ld && p.ld == hc;
   for (int64_t r = 0; r < b.rows; ++r) {
-    float* dst = a.dw_store + ((b.n * a.oh + b.r0 + r) * a.ow + b.q0) * a.hidden + c0;
+    float* dst = a.dw_store + ((b.n * a.oh + b.r0 + r) * a.ow + b.q0) * a.dw_store_ld + c0;
     const float* src = dw + r * b.cols * p.ld;
     if (whole_rows) {
       std::memcpy(dst, src, sizeof(float) * b.cols * hc);
       continue;
     }
-    for (int64_t q = 0; q < b.cols; ++q) std::memcpy(dst + q * a.hidden, src + q * p.ld, sizeof(float) * hc);
+    for (int64_t q = 0; q < b.cols; ++q) std::memcpy(dst + q * a.dw_store_ld, src + q * p.ld, sizeof(float) * hc);
   }
 }
 
-// Projects chunk [c0, c0 + hc) of the band's depthwise output (hidden group [h_lo, h_hi)): into
-// the accumulator, or, for the group's last chunk, into y with the residual (or into `partial`).
-void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, int64_t h_lo,
-             int64_t h_hi, const float* dw, float* acc, const float* zeros, float* partial) {
-  const bool first = c0 == h_lo, last = c0 + hc >= h_hi, to_y = last && !partial;
+// Projects chunk [c0, c0 + hc) of the band's depthwise output: into the accumulator, or, for the
+// last chunk, into y with the residual.
+void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* dw,
+             float* acc) {
+  const bool first = c0 == 0, last = c0 + hc >= a.hidden;
   const int64_t M = b.rows * b.cols;
   const float* a_rows[kRowBlock];
   const float* init_rows[kRowBlock];
   float* c_rows[kRowBlock];
   const float* res_rows[kRowBlock];
   int64_t r = b.r0, q = b.q0;  // output pixel of row pix (no division per row)
-  // Where output pixel (r, q) goes: y (with the residual from x), the group's partial plane, or
-  // (chunks before the last) the accumulator, row by row.
+  // Where output pixel (r, q) goes: y (with the residual from x), or (chunks before the last) the
+  // accumulator, row by row.
   float* const y_band = a.y + b.n * a.syn;
   const float* const x_band = a.x + b.n * a.sxn;
-  float* const partial_band = partial ? partial + b.n * a.oh * a.ow * p.acc_ld : nullptr;
   for (int64_t i0 = 0; i0 < M; i0 += kRowBlock) {
     const int64_t m = std::min(kRowBlock, M - i0);
     for (int64_t i = 0; i < m; ++i) a_rows[i] = dw + (i0 + i) * p.ld;
@@ -298,16 +299,11 @@ void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, i
       // Pixels in runs along a band row: one multiply per run, not per pixel.
       for (int64_t i = 0; i < m;) {
         const int64_t run = std::min(m - i, b.q0 + b.cols - q);
-        if (to_y) {
-          float* yr = y_band + r * a.syh + q * a.syw;
-          for (int64_t k = 0; k < run; ++k) c_rows[i + k] = yr + k * a.syw;
-          if (a.residual) {
-            const float* xr = x_band + r * a.sxh + q * a.sxw;
-            for (int64_t k = 0; k < run; ++k) res_rows[i + k] = xr + k * a.sxw;
-          }
-        } else {
-          float* pr = partial_band + (r * a.ow + q) * p.acc_ld;
-          for (int64_t k = 0; k < run; ++k) c_rows[i + k] = pr + k * p.acc_ld;
+        float* yr = y_band + r * a.syh + q * a.syw;
+        for (int64_t k = 0; k < run; ++k) c_rows[i + k] = yr + k * a.syw;
+        if (a.residual) {
+          const float* xr = x_band + r * a.sxh + q * a.sxw;
+          for (int64_t k = 0; k < run; ++k) res_rows[i + k] = xr + k * a.sxw;
         }
         i += run, q += run;
         if (q == b.q0 + b.cols) q = b.q0, ++r;
@@ -317,10 +313,10 @@ void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, i
     g.set_weights(a.w_proj, a.proj_packed, a.hidden, c0, hc, a.cout, 0);
     g.a = a_rows;
     g.init = first ? nullptr : init_rows;
-    g.bias = h_lo == 0 ? a.b_proj : zeros;
+    g.bias = a.b_proj;
     g.c = c_rows;
-    g.ck = to_y ? a.syc : 1;
-    g.res = to_y && a.residual ? res_rows : nullptr;
+    g.ck = last ? a.syc : 1;
+    g.res = last && a.residual ? res_rows : nullptr;
     g.rk = a.sxc;
     gemm(g, m, a.cout);
   }
@@ -329,13 +325,12 @@ void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, i
 }  // namespace
 
 void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64_t t0, int64_t t1, int64_t group,
-                                    RingState* ring_state, float* scratch, float* partial, float* channel_sums) {
+                                    RingState* ring_state, float* scratch, float* channel_sums) {
   float* ring = scratch;
   float* dw = scratch + p.off_dw;
   float* acc = scratch + p.off_acc;
   float* im2col = scratch + p.off_im2col;
   float* input_rows = scratch + p.off_input_rows;
-  const float* zeros = scratch + p.off_zero;
   const int64_t h_lo = group * p.group_size, h_hi = std::min(a.hidden, h_lo + p.group_size);
   // Which hidden rows the ring already holds (every channel of the group; only when the plan carries):
   // those of the worker's last run when this run follows it.
@@ -358,17 +353,42 @@ void MNV2_CAT(run_tiles_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64
     for (int64_t c0 = h_lo; c0 < h_hi; c0 += p.chunk) {
       const int64_t hc = std::min(p.chunk, h_hi - c0);
       fill_hidden_rows(a, p, b, hr_begin, hr_end, c0, hc, ring, im2col, input_rows);
-      depthwise(a, p, b, c0, hc, ring, dw);
+      depthwise(a, p, b, c0, hc, ring, dw, p.ld);
       if (channel_sums) {
         sum_channels(a, p, b, c0, hc, dw, channel_sums);
         if (a.dw_store) keep_depthwise(a, p, b, c0, hc, dw);
       } else {
-        project(a, p, b, c0, hc, h_lo, h_hi, dw, acc, zeros, partial);
+        project(a, p, b, c0, hc, dw, acc);
       }
     }
     ring_n = b.n, ring_strip = strip, ring_next = hr_end;
   }
   if (ring_state) *ring_state = RingState{t1, ring_n, ring_strip, ring_next};
+}
+
+void MNV2_CAT(expand_depthwise_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, int64_t images, int64_t c0,
+                                           int64_t c1, float* scratch) {
+  float* ring = scratch;
+  float* im2col = scratch + p.off_im2col;
+  float* input_rows = scratch + p.off_input_rows;
+  const int64_t ld = a.dw_store_ld;
+  // Chunk by chunk, each through every band of every image: the ring carries from band to band.
+  for (int64_t c = c0; c < c1; c += p.chunk) {
+    const int64_t hc = std::min(p.chunk, c1 - c);
+    for (int64_t n = 0; n < images; ++n) {
+      int64_t ring_next = std::numeric_limits<int64_t>::min();  // the hidden row after the last the ring holds
+      for (int64_t r0 = 0; r0 < a.oh; r0 += p.rows_out) {
+        Band b;
+        b.n = n, b.r0 = r0, b.rows = std::min(p.rows_out, a.oh - r0), b.q0 = 0, b.cols = a.ow;
+        b.hr0 = r0 * a.stride - a.pad_top;
+        b.hc0 = -a.pad_left;
+        const int64_t hr_end = b.hr0 + (b.rows - 1) * a.stride + dw_span(a);
+        fill_hidden_rows(a, p, b, std::max(b.hr0, ring_next), hr_end, c, hc, ring, im2col, input_rows);
+        depthwise(a, p, b, c, hc, ring, a.dw_store + (n * a.oh + r0) * a.ow * ld + c, ld);
+        ring_next = hr_end;
+      }
+    }
+  }
 }
 
 namespace {
@@ -407,8 +427,8 @@ void gate_rows_into(const float* rows, int64_t count, int64_t n, const float* ga
   }
 }
 
-// Output pixels [p0, p1) from their depthwise rows (hidden floats each, from `rows` on).
-void project_rows(const BlockArgs& a, const float* rows, int64_t p0, int64_t p1, int64_t j0, int64_t j1) {
+// Output pixels [p0, p1) from their depthwise rows (ld floats each, from `rows` on).
+void project_rows(const BlockArgs& a, const float* rows, int64_t ld, int64_t p0, int64_t p1, int64_t j0, int64_t j1) {
   const float* a_rows[kRowBlock];
   float* c_rows[kRowBlock];
   const float* res_rows[kRowBlock];
@@ -417,7 +437,7 @@ void project_rows(const BlockArgs& a, const float* rows, int64_t p0, int64_t p1,
   for (int64_t i0 = p0; i0 < p1; i0 += kRowBlock) {
     const int64_t m = std::min(kRowBlock, p1 - i0);
     for (int64_t i = 0; i < m; ++i) {
-      a_rows[i] = rows + (i0 - p0 + i) * a.hidden;
+      a_rows[i] = rows + (i0 - p0 + i) * ld;
       c_rows[i] = a.y + n * a.syn + r * a.syh + q * a.syw + j0 * a.syc;
       if (a.residual) res_rows[i] = a.x + n * a.sxn + r * a.sxh + q * a.sxw + j0 * a.sxc;
       if (++q == a.ow) {
@@ -441,54 +461,24 @@ void project_rows(const BlockArgs& a, const float* rows, int64_t p0, int64_t p1,
 
 void MNV2_CAT(project_kept_, MNV2_ISA)(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0, int64_t j1,
                                        GateInto into, float* copy) {
-  const int64_t image = p0 / (a.oh * a.ow);
-  float* rows = a.dw_store + p0 * a.hidden;
-  const float* gate = a.gate + image * a.hidden;
+  const int64_t image = p0 / (a.oh * a.ow), ld = a.dw_store_ld;
+  float* rows = a.dw_store + p0 * ld;
   switch (into) {
+    case GateInto::kNone: return project_rows(a, rows, ld, p0, p1, j0, j1);
     case GateInto::kRows:
-    case GateInto::kRowsCopy: {
+    case GateInto::kRowsCopy: {  // the squeeze-and-excite keeps unpadded rows: ld == hidden
       float* gated = into == GateInto::kRows ? rows : copy;
-      gate_rows_into(rows, p1 - p0, a.hidden, gate, gated);
-      return project_rows(a, gated, p0, p1, j0, j1);
+      gate_rows_into(rows, p1 - p0, a.hidden, a.gate + image * a.hidden, gated);
+      return project_rows(a, gated, a.hidden, p0, p1, j0, j1);
     }
     case GateInto::kWeightCopy: {
       gate_weight_columns(a, image, j0, j1, copy);
       BlockArgs b = a;
       b.w_proj = copy;
-      return project_rows(b, rows, p0, p1, j0, j1);
+      return project_rows(b, rows, ld, p0, p1, j0, j1);
     }
   }
 }
 
-void MNV2_CAT(sum_groups_, MNV2_ISA)(const BlockArgs& a, const TilePlan& p, const float* partial, int64_t p0,
-                                     int64_t p1) {
-  const int64_t plane = (p.plane_pixels) * p.acc_ld;
-  for (int64_t i = p0; i < p1; ++i) {
-    const int64_t n = i / (a.oh * a.ow), r = i / a.ow % a.oh, q = i % a.ow;
-    float* y = a.y + n * a.syn + r * a.syh + q * a.syw;
-    const float* res = a.x + n * a.sxn + r * a.sxh + q * a.sxw;
-    const float* part = partial + i * p.acc_ld;
-    for (int64_t o = 0; o < a.cout; o += kLanes) {
-      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, a.cout - o));
-      vec v = load(part + o);  // the accumulator rows are padded to whole vectors
-      for (int64_t g = 1; g < p.groups; ++g) v += load(part + g * plane + o);
-      if (a.syc == 1 && (!a.residual || a.sxc == 1)) {
-        if (kWholeTails && lanes == kLanes) {  // plain: see kWholeTails
-          if (a.residual) v += load(res + o);
-          store(y + o, v);
-        } else {
-          const Mask mk = make_mask(lanes);
-          if (a.residual) v += load_m(res + o, mk);
-          store_m(y + o, v, mk);
-        }
-      } else {
-        float lane[kLanes];
-        store(lane, v);
-        for (int l = 0; l < lanes; ++l)
-          y[(o + l) * a.syc] = lane[l] + (a.residual ? res[(o + l) * a.sxc] : 0.f);
-      }
-    }
-  }
-}
 }  // namespace cpu
 }  // namespace mnv2_fused

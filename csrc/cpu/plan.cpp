@@ -52,6 +52,12 @@ double gemm_cost(int64_t M, int64_t N, int64_t K, const Isa& isa) {
 // Output pixels per image up to which the hidden channels may be split across threads.
 constexpr int64_t kMaxGroupPixels = 256;
 
+// Vectors of hidden channels a worker takes at a time in a kept plan: one GEMM panel's width, so
+// the expand runs whole micro-tiles. Measured on MobileNetV2's 14x14 and 7x7 blocks at batch 1
+// (AVX2, 2 threads, in one process): 24-128 channels within 2-3% of each other, 16 slower (the
+// expand's GEMM too narrow).
+constexpr int64_t kKeptChunkVectors = 4;
+
 // Fixed cost of one band (pointer set-up, loop control), in vector-FMA units.
 constexpr double kBandOverhead = 400;
 
@@ -76,9 +82,11 @@ int64_t run_length(int64_t tiles, int64_t workers) {
 double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t threads, const Isa& isa,
                  Claiming claiming) {
   const int64_t per_image = p.strips * p.bands, tiles = batch * per_image;
-  // With hidden groups every worker walks every tile for its group's channels.
-  const int64_t workers = p.groups > 1 ? 1 : std::min(threads, tiles);
-  const int64_t run = p.groups > 1 ? tiles : p.run;
+  // With hidden groups every worker walks every tile for its group's channels; a kept plan's
+  // workers share every tile's channels (costed as one worker's, then split evenly).
+  const bool one_walk = p.groups > 1 || p.kept;
+  const int64_t workers = one_walk ? 1 : std::min(threads, tiles);
+  const int64_t run = one_walk ? tiles : p.run;
   const int64_t k_expand = a.expand == Expand::kConv3x3 ? 9 * a.cin : a.cin;
   // Cost of one tile of an image, with and without the ring's rows from the band above.
   std::vector<double> fresh(per_image), reused(per_image);
@@ -123,17 +131,15 @@ double plan_cost(const BlockArgs& a, const TilePlan& p, int64_t batch, int64_t t
     return steady_sum(t0, t1) + (first_reuses ? fresh[i0] - reused[i0] : 0.0);
   };
   std::vector<double> load(workers, 0.0);
-  if (p.groups == 1 && claiming == Claiming::kShares) {
+  if (!one_walk && claiming == Claiming::kShares) {
     for (int64_t w = 0; w < workers; ++w)
       load[w] = range_cost(share_begin(w, tiles, workers), share_begin(w + 1, tiles, workers));
   } else {
     for (int64_t t0 = 0; t0 < tiles; t0 += run)  // the worker free first claims the next run
       *std::min_element(load.begin(), load.end()) += range_cost(t0, std::min(tiles, t0 + run));
   }
-  double worst = *std::max_element(load.begin(), load.end());
-  if (p.groups > 1)  // summing the partial outputs, split over the threads
-    worst += double(batch * a.oh * a.ow) * ceil_div(a.cout, isa.lanes) * (p.groups + 1) / threads;
-  return worst;
+  const double worst = *std::max_element(load.begin(), load.end());
+  return p.kept ? worst / double(threads) : worst;
 }
 
 // The search's bounds. Beyond 16 strips the column halo costs more than any tile saves. Hidden
@@ -150,20 +156,20 @@ using Key = std::array<int64_t, 18>;
 
 TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget,
                 Claiming claiming) {
-  // Hidden groups only pay when whole images cannot keep every thread busy, and only on small
-  // images: there a band's halo is a large share of its rows, while summing the partial outputs
-  // is cheap (measured: 7x7 and 14x14 gain, 28x28 loses).
+  // Splitting the hidden channels only pays when whole images cannot keep every thread busy, and
+  // only on small images: there a band's halo is a large share of its rows, while the depthwise
+  // output is small (measured: 7x7 and 14x14 gain; 28x28 loses, 1.02-1.2x slower kept). The
+  // squeeze-and-excite's first pass (Claiming::kRuns) splits them in one group per worker; the
+  // others keep the depthwise output (below).
+  const bool split_hidden =
+      batch < threads && threads > 1 && a.hidden >= 2 * threads * isa.lanes && a.oh * a.ow <= kMaxGroupPixels;
   std::vector<int64_t> group_sizes{a.hidden};
-  if (batch < threads && threads > 1 && a.hidden >= 2 * threads * isa.lanes && a.oh * a.ow <= kMaxGroupPixels)
+  if (split_hidden && claiming == Claiming::kRuns)
     group_sizes.push_back(round_up(ceil_div(a.hidden, threads), isa.lanes));
   bool found = false;
   TilePlan best{}, smallest{};
   double best_cost = 0;
   for (int64_t group_size : group_sizes) {
-    const int64_t groups = ceil_div(a.hidden, group_size);
-    // The partial outputs come out of the same budget as the scratch.
-    const int64_t partial_floats = groups > 1 ? groups * batch * a.oh * a.ow * round_up(a.cout, isa.lanes) : 0;
-    if (partial_floats > budget * threads) continue;
     std::vector<int64_t> chunks{group_size};
     for (int64_t k = 2; k <= kMaxChunks; ++k) {
       const int64_t c = round_up(ceil_div(group_size, k), isa.lanes);
@@ -188,6 +194,20 @@ TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& i
         }
         if (fits) break;  // a wider chunk that fits always beats a narrower one
       }
+    }
+  }
+  // Kept: one band of whole rows as tall as the scratch allows (the ring carries from band to band,
+  // so more bands add little), while the depthwise output comes out of the same budget as the scratch.
+  const int64_t kept_floats = batch * a.oh * a.ow * pixel_stride(round_up(a.hidden, isa.lanes));
+  if (split_hidden && claiming == Claiming::kShares && kept_floats <= budget * threads) {
+    const int64_t chunk = std::min(kKeptChunkVectors * isa.lanes, round_up(a.hidden, isa.lanes));
+    for (int64_t rows = a.oh; rows >= 1; --rows) {
+      TilePlan p = make_plan(a, rows, a.ow, chunk, isa.lanes, chunk, true);
+      p.groups = 1, p.group_size = a.hidden;  // every channel, a chunk at a time
+      if (p.floats > budget) continue;
+      const double cost = plan_cost(a, p, batch, threads, isa, claiming);
+      if (!found || cost < best_cost) found = true, best = p, best_cost = cost;
+      break;
     }
   }
   return found ? best : smallest;

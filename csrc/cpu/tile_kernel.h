@@ -13,8 +13,10 @@
 // chunk by chunk; the halo rows are then recomputed per band.
 //
 // When there are fewer images than threads, splitting an image into bands makes every thread
-// recompute halo rows; the plan may instead split the hidden channels into groups, one per worker,
-// each producing a partial projection of the whole output that a final pass sums.
+// recompute halo rows; the plan may instead split the hidden channels. The workers then make the
+// depthwise output of every hidden channel, a chunk of channels at a time, and keep it (a.dw_store);
+// a second pass projects it, the workers taking blocks of output pixels and channels. (The
+// squeeze-and-excite's first pass, which projects nothing, splits them into groups, one per worker.)
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -64,7 +66,8 @@ struct BlockArgs {
   int64_t pad_top = 1, pad_left = 1;   // depthwise zero padding before the first row / column
   Act act = Act::kReLU6;               // after the expand and after the depthwise
   const float* gate = nullptr;         // (N, hidden): squeeze-and-excite factors on the depthwise output
-  float* dw_store = nullptr;           // (N, OH * OW, hidden): the first SE pass keeps the depthwise output here
+  float* dw_store = nullptr;           // (N, OH * OW, dw_store_ld): the depthwise output, kept (see below)
+  int64_t dw_store_ld = 0;             // floats per pixel in dw_store (hidden or more)
   bool residual;
 };
 
@@ -82,10 +85,10 @@ struct TilePlan {
   int64_t acc_ld;                // floats per pixel in the projection accumulator
   int64_t im2col_k;              // floats per pixel of the 3x3-expand input patches
   // Scratch layout (the ring is at offset 0); input_rows: the 3x3 expand's input rows for a band.
-  int64_t off_dw, off_acc, off_im2col, off_input_rows, off_zero, floats;
+  int64_t off_dw, off_acc, off_im2col, off_input_rows, floats;
   bool carry;                    // one chunk holds every hidden channel of the group: bands share halo rows
   int64_t run = 1;               // with one group and Claiming::kRuns: the tiles a worker claims at a time
-  int64_t plane_pixels = 0;      // with groups: output pixels of the call, one partial plane each
+  bool kept = false;             // hidden channels split, the depthwise output kept: one strip, carry
 };
 
 // Rows of a GEMM micro-tile NV vectors wide, with max_acc vector accumulators: as many as the
@@ -118,8 +121,9 @@ inline int64_t pixel_stride(int64_t floats) {
 
 // The plan, and the scratch floats one worker needs, for bands of `rows` x `cols` output pixels.
 inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_t chunk, int64_t lanes,
-                          int64_t group_size) {
+                          int64_t group_size, bool kept = false) {
   TilePlan p;
+  p.kept = kept;
   p.group_size = std::min(group_size, a.hidden);
   p.groups = ceil_div(a.hidden, p.group_size);
   chunk = std::min(chunk, p.group_size);
@@ -135,15 +139,13 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
   p.acc_ld = round_up(a.cout, lanes);
   p.im2col_k = a.expand == Expand::kConv3x3 ? 9 * a.cin : 0;
   p.off_dw = p.ring_rows * p.ring_cols * p.ld;
-  p.off_acc = p.off_dw + rows * cols * p.ld;
+  p.off_acc = p.off_dw + (kept ? 0 : rows * cols * p.ld);  // kept: the depthwise writes a.dw_store
   p.off_im2col = p.off_acc + (p.carry ? 0 : rows * cols * p.acc_ld);
   p.off_input_rows =
       p.off_im2col + (p.im2col_k ? std::min(kRowBlock, p.ring_rows * p.ring_cols) * p.im2col_k + kPatchSlack : 0);
-  p.off_zero =
-      p.off_input_rows + (p.im2col_k ? ((p.ring_rows - 1) * a.expand_stride + 3) *
-                                             ((p.ring_cols - 1) * a.expand_stride + 3) * a.cin + kPatchSlack
-                                      : 0);
-  p.floats = p.off_zero + p.acc_ld;  // zeros: the bias of every group but the first
+  p.floats = p.off_input_rows + (p.im2col_k ? ((p.ring_rows - 1) * a.expand_stride + 3) *
+                                                   ((p.ring_cols - 1) * a.expand_stride + 3) * a.cin + kPatchSlack
+                                            : 0);
   return p;
 }
 
@@ -157,27 +159,28 @@ struct RingState {
 // Runs the tiles [t0, t1) of the call in order (tile index = (image * strips + strip) * bands +
 // band), reusing the ring across consecutive bands, for the hidden channels of `group`. With `ring`
 // (not null) the ring carries over from the worker's run before, when that one ended at t0 (the
-// same scratch, then), and on to its next. scratch holds plan.floats floats, the last acc_ld of
-// them zero. With one group the tiles write y; with several, `partial` ([N][OH][OW][acc_ld])
-// receives the group's share of the projection, bias included for group 0 only, and no residual.
-// With `channel_sums` ((N, hidden), the squeeze-and-excite's first pass) the tiles only add up the
+// same scratch, then), and on to its next. scratch holds plan.floats floats. The tiles write y;
+// with `channel_sums` ((N, hidden), the squeeze-and-excite's first pass) they only add up the
 // depthwise output of each image and channel there, and project nothing.
 using TilesFn = void (*)(const BlockArgs&, const TilePlan&, int64_t t0, int64_t t1, int64_t group, RingState* ring,
-                         float* scratch, float* partial, float* channel_sums);
+                         float* scratch, float* channel_sums);
 
-// The squeeze-and-excite's second pass from the kept depthwise output (a.dw_store), for output
-// pixels [p0, p1) of one image (pixel index = (n * OH + r) * OW + q): their projection into output
-// channels [j0, j1) of y, with the bias and the residual, gated by the image's gate (a.gate). The
-// gate goes where `into` says: into the rows in place, into a copy of the rows at `copy`
+// For a kept plan: the depthwise output of hidden channels [c0, c1) of `images` images, the plan's
+// chunk of them at a time, into a.dw_store (a.dw_store_ld floats per pixel, at least the hidden
+// channels rounded up to whole vectors: the last vector's lanes past them are written too). c0 is
+// a whole number of vectors, and so is c1 unless it is the last channel.
+using ExpandDepthwiseFn = void (*)(const BlockArgs&, const TilePlan&, int64_t images, int64_t c0, int64_t c1,
+                                   float* scratch);
+
+// The projection of the kept depthwise output (a.dw_store) for output pixels [p0, p1) (pixel
+// index = (n * OH + r) * OW + q) into output channels [j0, j1) of y, with the bias and the
+// residual. The squeeze-and-excite's second pass gates it with the image's gate (a.gate; [p0, p1)
+// in one image), where `into` says: into the rows in place, into a copy of the rows at `copy`
 // ((p1 - p0) x hidden floats: for items that share their rows), or into columns [j0, j1) of a copy
-// of the projection's weight at `copy` (as many floats as the weight).
-enum class GateInto { kRows, kRowsCopy, kWeightCopy };
+// of the projection's weight at `copy` (as many floats as the weight); kNone: no gate.
+enum class GateInto { kNone, kRows, kRowsCopy, kWeightCopy };
 using ProjectKeptFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1, int64_t j0, int64_t j1, GateInto into,
                                float* copy);
-
-// y = the sum of the groups' partial outputs (+ the residual) for output pixels [p0, p1) of the
-// call (pixel index = (n * OH + r) * OW + q).
-using SumGroupsFn = void (*)(const BlockArgs&, const TilePlan&, const float* partial, int64_t p0, int64_t p1);
 
 // y[n, o] = mean over pixels of relu6(b[o] + sum_c x[n, c, pixel] w[c, o]) for the pixels of
 // images [n0, n1): the network's last 1x1 convolution with its global average pool, so the wide
@@ -227,9 +230,8 @@ inline int64_t conv3x3_scratch_floats(int64_t cols, int64_t stride, int64_t cin)
 }
 
 #define MNV2_DECLARE_ISA(isa)                                                      \
-  void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, RingState*, float*, float*, \
-                       float*);                                                    \
-  void sum_groups_##isa(const BlockArgs&, const TilePlan&, const float*, int64_t, int64_t);        \
+  void run_tiles_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, RingState*, float*, float*); \
+  void expand_depthwise_##isa(const BlockArgs&, const TilePlan&, int64_t, int64_t, int64_t, float*);        \
   void project_kept_##isa(const BlockArgs&, int64_t, int64_t, int64_t, int64_t, GateInto, float*); \
   void pointwise_pool_##isa(const PoolArgs&, int64_t, int64_t, int64_t, int64_t);  \
   void linear_##isa(const LinearArgs&, int64_t, int64_t, int64_t, int64_t);        \

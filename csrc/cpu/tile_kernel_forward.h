@@ -5,12 +5,12 @@ namespace mnv2_fused {
 namespace cpu {
 void MNV2_FWD_CAT(run_tiles_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, const TilePlan& p, int64_t t0,
                                                       int64_t t1, int64_t group, RingState* ring, float* s,
-                                                      float* partial, float* channel_sums) {
-  run_tiles_generic(a, p, t0, t1, group, ring, s, partial, channel_sums);
+                                                      float* channel_sums) {
+  run_tiles_generic(a, p, t0, t1, group, ring, s, channel_sums);
 }
-void MNV2_FWD_CAT(sum_groups_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, const TilePlan& p, const float* partial,
-                                                       int64_t p0, int64_t p1) {
-  sum_groups_generic(a, p, partial, p0, p1);
+void MNV2_FWD_CAT(expand_depthwise_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, const TilePlan& p, int64_t images,
+                                                             int64_t c0, int64_t c1, float* scratch) {
+  expand_depthwise_generic(a, p, images, c0, c1, scratch);
 }
 void MNV2_FWD_CAT(project_kept_, MNV2_FORWARD_TO_GENERIC)(const BlockArgs& a, int64_t p0, int64_t p1, int64_t j0,
                                                          int64_t j1, GateInto into, float* copy) {

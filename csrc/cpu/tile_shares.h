@@ -3,6 +3,7 @@
 #pragma once
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <vector>
@@ -35,16 +36,18 @@ class TileShares {
       shares_[s].bounds.store(pack(share_begin(s, tiles, workers), share_begin(s + 1, tiles, workers)));
   }
 
-  // The next tiles [t0, t1) for the worker of rank `rank` (its own share's when rank < workers);
-  // false when every share is done.
-  bool claim(int64_t rank, int64_t& t0, int64_t& t1) {
+  // The next tiles [t0, t1) for the worker of rank `rank`: up to `run` from its own share's front
+  // when rank < workers, else half of the largest share left; false when every share is done.
+  bool claim(int64_t rank, int64_t& t0, int64_t& t1, int64_t run = 1) {
     if (rank >= 0 && rank < static_cast<int64_t>(shares_.size())) {
       std::atomic<uint64_t>& own = shares_[rank].bounds;
-      for (uint64_t v = own.load(); front(v) < back(v);)
-        if (own.compare_exchange_weak(v, pack(front(v) + 1, back(v)))) {
-          t0 = front(v), t1 = t0 + 1;
+      for (uint64_t v = own.load(); front(v) < back(v);) {
+        const int64_t take = std::min(run, back(v) - front(v));
+        if (own.compare_exchange_weak(v, pack(front(v) + take, back(v)))) {
+          t0 = front(v), t1 = t0 + take;
           return true;
         }
+      }
     }
     for (;;) {
       Share* largest = nullptr;

@@ -1,0 +1,118 @@
+"""Two builds of mnv2_fused side by side: a converted mobilenet_v2's forward, stage by stage, in two
+live processes that take turns (short rounds, a pause between), so that both meet the machine's
+same spells; medians of the per-round ratios, this checkout's build over the other.
+
+    python benchmarks/ab_builds.py OTHER_DIR [--batch 1] [--threads 2] [--rounds 60] [--runs 20]
+
+OTHER_DIR holds the other build: its `mnv2_fused` package built in place (for instance a git
+worktree of an earlier commit, then `python setup.py build_ext --inplace` there). Each process
+imports its own package by its path, from a directory of its own. Both run with
+MNV2_FUSED_CHAIN=full: the other process's turn must not look like another process keeping a core
+busy, which would drop a thread for a while (see README, Other runtimes, and under load).
+"""
+import argparse
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCOPE = "mnv2_fused.mobilenet_v2_forward: "
+
+
+def worker(batch: int, threads: int) -> None:
+    """Answers each line on stdin (a number of forwards) with a JSON line: seconds per forward, whole
+    and per stage."""
+    import torch
+    import torchvision
+
+    from mnv2_fused import convert
+    from mnv2_fused.bench.measure import scope_times
+    from mnv2_fused.bench.models import randomize
+
+    torch.set_num_threads(threads)
+    net = convert(randomize(torchvision.models.mobilenet_v2(), seed=0).eval())
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for _ in range(10):
+            net(x)
+        print("ready", flush=True)
+        for line in sys.stdin:
+            runs = int(line)
+            times = collections.defaultdict(float)
+            start = time.perf_counter()
+            with scope_times(SCOPE) as scopes:
+                for _ in range(runs):
+                    net(x)
+            times["forward"] = (time.perf_counter() - start) / runs
+            for name, seconds in scopes:
+                times[name[len(SCOPE):]] += seconds / runs
+            print(json.dumps(times), flush=True)
+
+
+def start_worker(root: Path, args: argparse.Namespace, cwd: str) -> subprocess.Popen:
+    """A worker process importing the mnv2_fused package under `root`."""
+    env = dict(os.environ, PYTHONPATH=str(root), MNV2_FUSED_CHAIN="full")
+    cmd = [sys.executable, str(Path(__file__).resolve()), str(args.other), "--worker", "--batch", str(args.batch),
+           "--threads", str(args.threads)]
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def quartiles(values: list) -> str:
+    v = sorted(values)
+    return f"{statistics.median(v):.3f} (quartiles {v[len(v) // 4]:.3f}-{v[3 * len(v) // 4]:.3f})"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("other", type=Path, help="directory holding the other build's mnv2_fused package")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=60, help="turns of each build, half in each session")
+    p.add_argument("--runs", type=int, default=20, help="forwards per turn (a quarter of it at batch > 1)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args.batch, args.threads)
+    if not (args.other / "mnv2_fused").is_dir():
+        sys.exit(f"{args.other} holds no mnv2_fused package")
+    runs = args.runs if args.batch == 1 else max(3, args.runs // 4)
+    roots = {"this": Path(__file__).resolve().parents[1], "other": args.other.resolve()}
+    results = {side: [] for side in roots}
+    # Two sessions, the processes started in one order and then the other: identical builds read
+    # 1.02-1.03x apart in one session at batch 8.
+    for session, order in enumerate((("this", "other"), ("other", "this"))):
+        with tempfile.TemporaryDirectory() as cwd:
+            procs = {side: start_worker(roots[side], args, cwd) for side in order}
+            for side, proc in procs.items():
+                if proc.stdout.readline().strip() != "ready":
+                    sys.exit(f"the {side} build's process failed to start")
+            for r in range(args.rounds // 2):
+                for side in order if r % 2 == 0 else order[::-1]:
+                    procs[side].stdin.write(f"{runs}\n")
+                    procs[side].stdin.flush()
+                    results[side].append(json.loads(procs[side].stdout.readline()))
+                    time.sleep(0.05)  # the other process's threads go to sleep before this one's turn
+                if (r + 1) % 10 == 0:
+                    print(f"session {session + 1} of 2: round {r + 1} of {args.rounds // 2}", file=sys.stderr)
+            for proc in procs.values():
+                proc.stdin.close()
+                proc.wait()
+    print(f"batch {args.batch}, {args.threads} threads, {args.rounds} turns each of {runs} forwards; "
+          f"this build over {args.other} (below 1: this one faster)")
+    print(f"{'stage':14s} {'this us':>9s} {'other us':>9s}  this / other")
+    names = [k for k in results["this"][0] if k != "forward"] + ["forward"]
+    for name in names:
+        this = [r[name] for r in results["this"]]
+        other = [r[name] for r in results["other"]]
+        ratios = [a / b for a, b in zip(this, other)]
+        print(f"{name:14s} {statistics.median(this) * 1e6:9.1f} {statistics.median(other) * 1e6:9.1f}  "
+              f"{quartiles(ratios)}")
+
+
+if __name__ == "__main__":
+    main()
