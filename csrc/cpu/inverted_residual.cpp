@@ -48,7 +48,7 @@ int64_t scratch_budget_floats(const at::Tensor& x, const at::Tensor& y, int64_t 
 void run_kept(BlockArgs a, const TilePlan& plan, int64_t batch, const at::Tensor& x, int64_t threads) {
   const Isa& isa = cpu_isa();
   const int64_t pixels = batch * a.oh * a.ow;
-  a.dw_store_ld = pixel_stride(round_up(a.hidden, isa.lanes));
+  a.dw_store_ld = kept_ld(a, isa.lanes);
   const at::Tensor kept = at::empty({pixels * a.dw_store_ld}, x.options());
   a.dw_store = kept.data_ptr<float>();
   const at::Tensor scratch = at::empty({threads * plan.floats}, x.options());

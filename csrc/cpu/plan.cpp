@@ -198,12 +198,11 @@ TilePlan search(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& i
   }
   // Kept: one band of whole rows as tall as the scratch allows (the ring carries from band to band,
   // so more bands add little), while the depthwise output comes out of the same budget as the scratch.
-  const int64_t kept_floats = batch * a.oh * a.ow * pixel_stride(round_up(a.hidden, isa.lanes));
+  const int64_t kept_floats = batch * a.oh * a.ow * kept_ld(a, isa.lanes);
   if (split_hidden && claiming == Claiming::kShares && kept_floats <= budget * threads) {
     const int64_t chunk = std::min(kKeptChunkVectors * isa.lanes, round_up(a.hidden, isa.lanes));
     for (int64_t rows = a.oh; rows >= 1; --rows) {
-      TilePlan p = make_plan(a, rows, a.ow, chunk, isa.lanes, chunk, true);
-      p.groups = 1, p.group_size = a.hidden;  // every channel, a chunk at a time
+      const TilePlan p = make_plan(a, rows, a.ow, chunk, isa.lanes, a.hidden, true);
       if (p.floats > budget) continue;
       const double cost = plan_cost(a, p, batch, threads, isa, claiming);
       if (!found || cost < best_cost) found = true, best = p, best_cost = cost;

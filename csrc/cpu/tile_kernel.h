@@ -86,7 +86,7 @@ struct TilePlan {
   int64_t im2col_k;              // floats per pixel of the 3x3-expand input patches
   // Scratch layout (the ring is at offset 0); input_rows: the 3x3 expand's input rows for a band.
   int64_t off_dw, off_acc, off_im2col, off_input_rows, floats;
-  bool carry;                    // one chunk holds every hidden channel of the group: bands share halo rows
+  bool carry;                    // bands share halo rows: one chunk holds the group's every hidden channel, or kept
   int64_t run = 1;               // with one group and Claiming::kRuns: the tiles a worker claims at a time
   bool kept = false;             // hidden channels split, the depthwise output kept: one strip, carry
 };
@@ -119,12 +119,16 @@ inline int64_t pixel_stride(int64_t floats) {
   return floats % (4 * kLineFloats) == 0 ? floats + kLineFloats : floats;
 }
 
+// Floats per pixel of a kept plan's depthwise output (a.dw_store_ld).
+inline int64_t kept_ld(const BlockArgs& a, int64_t lanes) { return pixel_stride(round_up(a.hidden, lanes)); }
+
 // The plan, and the scratch floats one worker needs, for bands of `rows` x `cols` output pixels.
+// Kept (cols: the whole width): every hidden channel, `chunk` of them through every band at a time.
 inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_t chunk, int64_t lanes,
                           int64_t group_size, bool kept = false) {
   TilePlan p;
   p.kept = kept;
-  p.group_size = std::min(group_size, a.hidden);
+  p.group_size = kept ? a.hidden : std::min(group_size, a.hidden);
   p.groups = ceil_div(a.hidden, p.group_size);
   chunk = std::min(chunk, p.group_size);
   p.rows_out = rows;
@@ -132,7 +136,7 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
   p.strips = ceil_div(a.ow, cols);
   p.bands = ceil_div(a.oh, rows);
   p.chunk = chunk;
-  p.carry = chunk >= p.group_size;
+  p.carry = kept || chunk >= p.group_size;  // kept: a chunk's ring goes from band to band
   p.ring_rows = (rows - 1) * a.stride + dw_span(a);
   p.ring_cols = (cols - 1) * a.stride + dw_span(a);
   p.ld = pixel_stride(round_up(chunk, lanes));
