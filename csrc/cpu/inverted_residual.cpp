@@ -42,9 +42,9 @@ int64_t scratch_budget_floats(const at::Tensor& x, const at::Tensor& y, int64_t 
 // hidden channels, in the second blocks of output pixels and channels, each from a share of its
 // own and then from the others' (TileShares), so a worker slowed down does less; and every output
 // is one sum over all the hidden channels in one order, whoever computes it. Against one group of
-// hidden channels per worker, each projecting them into a partial output that a third pass summed
-// (MobileNetV2 at batch 1, 2 threads, Zen 3; README, How the CPU kernel works): blocks 7-9 and
-// 11-16 0.98-1.06x faster, block 6 1.04-1.06x slower, the forward 1.01-1.04x faster.
+// hidden channels per worker, each projecting them into a partial output that a third pass summed,
+// no slower (MobileNetV2 at batch 1, 2 threads, Zen 3; README, How the CPU kernel works: blocks
+// 6-16 mostly 0.99-1.02x the time, the forward 0.99-1.01x), and the outputs no longer follow the threads.
 void run_kept(BlockArgs a, const TilePlan& plan, int64_t batch, const at::Tensor& x, int64_t threads) {
   const Isa& isa = cpu_isa();
   const int64_t pixels = batch * a.oh * a.ow;

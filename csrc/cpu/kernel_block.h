@@ -217,8 +217,9 @@ void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c
 }
 
 template <int K>
-void depthwise_act(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
-                   float* dw, int64_t ld) {
+__attribute__((always_inline)) inline void depthwise_act(const BlockArgs& a, const TilePlan& p, const Band& b,
+                                                         int64_t c0, int64_t hc, const float* ring, float* dw,
+                                                         int64_t ld) {
   const float* gate = a.gate ? a.gate + b.n * a.hidden + c0 : nullptr;
   switch (a.act) {
     case Act::kReLU6: depthwise_k<K, Act::kReLU6>(a, p, b, c0, hc, ring, gate, dw, ld); break;
@@ -231,9 +232,11 @@ void depthwise_act(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t
   }
 }
 
-// The band's depthwise output, ld floats per pixel (its rows back to back).
-void depthwise(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
-               float* dw, int64_t ld) {
+// The band's depthwise output, ld floats per pixel (its rows back to back). Inlined into both
+// callers (run_tiles, expand_depthwise): out of line, MobileNetV2's 112x112-28x28 blocks, which run
+// bands, took 1.01-1.05x longer at batch 1 (AVX2, 2 threads; benchmarks/ab_builds.py, 3 runs).
+__attribute__((always_inline)) inline void depthwise(const BlockArgs& a, const TilePlan& p, const Band& b,
+                                                     int64_t c0, int64_t hc, const float* ring, float* dw, int64_t ld) {
   switch (a.k) {
     case 1: depthwise_act<1>(a, p, b, c0, hc, ring, dw, ld); break;
     case 3: depthwise_act<3>(a, p, b, c0, hc, ring, dw, ld); break;
