@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../op_entry_points.h"
+#include "chain_scratch.h"
 #include "isa.h"
 #include "ops_cpu.h"
 #include "plan.h"
@@ -45,23 +46,26 @@ int64_t scratch_budget_floats(const at::Tensor& x, const at::Tensor& y, int64_t 
 // hidden channels per worker, each projecting them into a partial output that a third pass summed,
 // no slower (MobileNetV2 at batch 1, 2 threads, Zen 3; README, How the CPU kernel works: blocks
 // 6-16 mostly 0.99-1.02x the time, the forward 0.99-1.01x), and the outputs no longer follow the threads.
-void run_kept(BlockArgs a, const TilePlan& plan, int64_t batch, const at::Tensor& x, int64_t threads) {
+void run_kept(BlockArgs a, const TilePlan& plan, int64_t batch, const at::Tensor& x, int64_t threads,
+              int64_t most_scratch) {
   const Isa& isa = cpu_isa();
   const int64_t pixels = batch * a.oh * a.ow;
   a.dw_store_ld = kept_ld(a, isa.lanes);
-  const at::Tensor kept = at::empty({pixels * a.dw_store_ld}, x.options());
-  a.dw_store = kept.data_ptr<float>();
-  const at::Tensor scratch = at::empty({threads * plan.floats}, x.options());
+  // The kept output, then each worker's slab (from a whole cache line on).
+  const int64_t kept_floats = round_up(pixels * a.dw_store_ld, 16);
+  at::Tensor own;
+  a.dw_store = scratch_floats(kept_floats + threads * plan.floats, most_scratch, x.options(), own);
+  float* const slabs = a.dw_store + kept_floats;
   // The ring's lanes past the last channel are read (and discarded): see run_plan.
   const bool ragged = a.hidden % isa.lanes != 0;
   TileShares channels(ceil_div(a.hidden, isa.lanes), threads);  // in vectors
   team_parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     const int64_t rank = at::get_thread_num();
     for (int64_t w = begin; w < end; ++w) {
-      float* own = scratch.data_ptr<float>() + w * plan.floats;
-      if (ragged) std::fill_n(own, plan.floats, 0.f);
+      float* slab = slabs + w * plan.floats;
+      if (ragged) std::fill_n(slab, plan.floats, 0.f);
       for (int64_t v0, v1; channels.claim(rank, v0, v1, plan.chunk / isa.lanes);)
-        isa.expand_depthwise(a, plan, batch, v0 * isa.lanes, std::min(a.hidden, v1 * isa.lanes), own);
+        isa.expand_depthwise(a, plan, batch, v0 * isa.lanes, std::min(a.hidden, v1 * isa.lanes), slab);
     }
   });
   // The projection in blocks of a GEMM panel's columns by four of its micro-tiles' rows. A share is
@@ -85,7 +89,7 @@ void run_kept(BlockArgs a, const TilePlan& plan, int64_t batch, const at::Tensor
 }
 
 // Runs the plan's tiles on PyTorch's threads, each worker with its own scratch slab from the
-// framework's allocator (so memory tools see it). With channel_sums ((N, hidden): the
+// framework's allocator (so memory tools see it; chain_scratch.h). With channel_sums ((N, hidden): the
 // squeeze-and-excite's first pass) the depthwise output is added up per run of tiles (or per
 // hidden group), each in a copy of its own, and the copies are summed into channel_sums in a
 // fixed order at the end; no output is written. Per run, not per worker: which worker claims
@@ -101,8 +105,9 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   // workers claim from a shared counter, each run computing its halo rows afresh; the plan is costed
   // for the claiming it gets.
   const Claiming claiming = summing ? Claiming::kRuns : Claiming::kShares;
-  const TilePlan plan = choose_plan(a, batch, threads, isa, scratch_budget_floats(x, y, threads), claiming);
-  if (plan.kept) return run_kept(a, plan, batch, x, threads);
+  const int64_t budget = scratch_budget_floats(x, y, threads);
+  const TilePlan plan = choose_plan(a, batch, threads, isa, budget, claiming);
+  if (plan.kept) return run_kept(a, plan, batch, x, threads, threads * budget);
   const int64_t tiles = batch * plan.strips * plan.bands;
   const int64_t workers = plan.groups > 1 ? plan.groups : std::min(threads, tiles);
   // The ring's lanes past the last channel are read (and discarded) by whole-vector loads: zero
@@ -118,8 +123,8 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   // first tiles, on its own thread, and each copy's images before its tiles (clearing them all
   // here took a framework fill and a sum per call: 2-4% of a batch-1 forward of
   // MobileNetV3-Large).
-  at::Tensor scratch = at::empty({workers * plan.floats + copies * sums_floats}, x.options());
-  float* base = scratch.data_ptr<float>();
+  at::Tensor own;
+  float* const base = scratch_floats(workers * plan.floats + copies * sums_floats, threads * budget, x.options(), own);
   auto scratch_of = [&](int64_t w) { return base + w * plan.floats; };
   auto sums_copy = [&](int64_t i) { return summing ? base + workers * plan.floats + i * sums_floats : nullptr; };
   std::vector<char> cleared(workers, 0);  // one byte per worker: no two threads share an element

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "chain_scratch.h"
 #include "ops_cpu.h"
 #include "team.h"
 
@@ -45,14 +46,20 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
     y = stage([] { return "stem+block 0"; }, [&] {
       return stem_inverted_residual(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride);
     });
-    for (int64_t i = 0; i < n_blocks; ++i) {
-      auto w = [&](int64_t j) { return blocks.get(6 * i + j); };
-      TORCH_CHECK_VALUE(w(2).has_value() && w(3).has_value() && w(4).has_value() && w(5).has_value(), op,
-                        ": block ", i, " lacks a depthwise or projection weight");
-      // "block k" is torchvision's features[k + 1] (features[1], fused into the stem's stage, is block 0).
-      y = stage([&] { return "block " + std::to_string(i + 1); }, [&] {
-        return inverted_residual(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], block_residuals[i] != 0);
-      });
+    {
+      // The blocks' scratch, passed from one to the next (chain_scratch.h). Not the stem's: block 1
+      // would hold it while making its output, beside the stem's, and raise the forward's peak.
+      const ChainScratch scratch;
+      for (int64_t i = 0; i < n_blocks; ++i) {
+        auto w = [&](int64_t j) { return blocks.get(6 * i + j); };
+        TORCH_CHECK_VALUE(w(2).has_value() && w(3).has_value() && w(4).has_value() && w(5).has_value(), op,
+                          ": block ", i, " lacks a depthwise or projection weight");
+        // "block k" is torchvision's features[k + 1] (features[1], fused into the stem's stage, is block 0).
+        y = stage([&] { return "block " + std::to_string(i + 1); }, [&] {
+          return inverted_residual(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i],
+                                   block_residuals[i] != 0);
+        });
+      }
     }
     y = stage([] { return "head+pool"; }, [&] { return pointwise_relu6_mean(y, head[0], head[1]); });
     if (!classifier.empty())
