@@ -9,8 +9,8 @@ as ops of their own, each finding its weights and input where the stages before 
 in the forward, each stage's own scope inside the network's one call (what a forward spends on it:
 an op of its own also pays for entering the library and waking the threads). The whole forward is
 timed in the same rounds, and so is the check of the weights' version counters that a forward
-makes before it enters the library (right after a forward, which left them out of the caches).
-Medians over rounds; GFLOP/s of the time in the forward, from the torchvision stage's
+makes before it enters the library (right after a forward, which left them out of the caches),
+and the page faults a whole forward takes. Medians over rounds; GFLOP/s of the time in the forward, from the torchvision stage's
 convolutions and linear layer, and its share of the machine's FMA ceiling: --peak-gflops, or
 measured in every round by running --fma-peak (benchmarks/fma_peak.cpp compiled), since on a
 shared machine the ceiling moves with the machine's spells.
@@ -18,6 +18,7 @@ shared machine the ceiling moves with the machine's spells.
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import time
@@ -101,7 +102,7 @@ def main():
     calls = stage_calls(_fold_network(net.features, net.classifier))
     flops = stage_flops(ref, x.contiguous())
     hot, chain, scoped = [[] for _ in calls], [[] for _ in calls], [[] for _ in calls]
-    whole, scoped_whole, peaks, checks = [], [], [], []
+    whole, scoped_whole, peaks, checks, faults = [], [], [], [], []
     with torch.no_grad():
         net(x)  # binds the forward's call, with the snapshot of the weights' version counters
         versions = net._bound._versions
@@ -122,7 +123,9 @@ def main():
             for i, (_, f) in enumerate(calls):
                 f(inputs[i])
                 hot[i].append(timed(f, inputs[i]))
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             whole.append(timed(net, x))
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
             # What every bound forward does first, timed right after a forward as it runs then.
             checks.append(timed(lambda _: versions.unchanged(), None))
             with scope_times(SCOPE) as times:
@@ -149,6 +152,9 @@ def main():
           f"{statistics.median(scoped_whole) * 1e3:.3f} ms); whole forward {fwd * 1e3:.3f} ms "
           f"({gflops:.1f} GFLOP/s{share})")
     print(f"checking the weights' version counters right after a forward: {statistics.median(checks) * 1e6:.1f} us")
+    # Memory the allocator gave back to the system after the last forward and this one touches
+    # afresh (README, How the CPU kernel works: the stem's two speeds).
+    print(f"page faults in a forward: {statistics.median(faults):.0f}")
 
 
 if __name__ == "__main__":
