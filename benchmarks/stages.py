@@ -10,10 +10,11 @@ in the forward, each stage's own scope inside the network's one call (what a for
 an op of its own also pays for entering the library and waking the threads). The whole forward is
 timed in the same rounds, and so is the check of the weights' version counters that a forward
 makes before it enters the library (right after a forward, which left them out of the caches),
-and the page faults a whole forward takes. Medians over rounds; GFLOP/s of the time in the forward, from the torchvision stage's
-convolutions and linear layer, and its share of the machine's FMA ceiling: --peak-gflops, or
-measured in every round by running --fma-peak (benchmarks/fma_peak.cpp compiled), since on a
-shared machine the ceiling moves with the machine's spells.
+and the page faults a whole forward takes. Medians over rounds; GFLOP/s of the time in the
+forward, from the torchvision stage's convolutions and linear layer, and its share of the
+machine's FMA ceiling: --peak-gflops, or measured in every round by running --fma-peak
+(benchmarks/fma_peak.cpp compiled), since on a shared machine the ceiling moves with the
+machine's spells.
 """
 import argparse
 import os
