@@ -50,7 +50,8 @@ def run_benchmark(benchmark, provider, model, x, flops):
     with torch.no_grad():
         fn = make_runner(provider, model, x)
         fn()
-        benchmark.extra_info["peak_bytes"] = peak_cpu_bytes(fn) if PROVIDERS[provider].measures_memory else None
+        held = getattr(fn, "held_bytes", None)  # a converted network's arena (peak_cpu_bytes)
+        benchmark.extra_info["peak_bytes"] = peak_cpu_bytes(fn, held) if PROVIDERS[provider].measures_memory else None
         benchmark.extra_info["flops"] = flops
         # Idle thread pools spin for a while after their last job (torch's OpenMP workers, ONNX
         # Runtime's pool): let the previous provider's go quiet so they do not steal this one's cores.

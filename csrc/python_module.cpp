@@ -9,9 +9,11 @@
 #include <torch/extension.h>
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <vector>
 
+#include "cpu/forward_arena.h"
 #include "scope_timer.h"
 
 namespace mnv2_fused {
@@ -60,8 +62,9 @@ std::optional<at::Tensor> bound_input(pybind11::handle input, int64_t in_channel
   return x;
 }
 
-// A converted MobileNetV2's folded weights bound to mnv2_fused::mobilenet_v2_forward, and the
-// versions of the tensors they were folded from.
+// A converted MobileNetV2's folded weights bound to mnv2_fused::mobilenet_v2_forward, the
+// versions of the tensors they were folded from, and the arena its forwards lay their activations
+// in (cpu/forward_arena.h), kept between them: the model's one piece of memory beyond its weights.
 class NetworkCall {
  public:
   NetworkCall(std::shared_ptr<VersionSnapshot> versions, int64_t in_channels, std::vector<at::Tensor> stem, int64_t stem_stride,
@@ -96,7 +99,28 @@ class NetworkCall {
             .typed<at::Tensor(const at::Tensor&, at::TensorList, int64_t, int64_t,
                               const c10::List<std::optional<at::Tensor>>&, at::IntArrayRef, at::IntArrayRef,
                               at::TensorList, at::TensorList)>();
-    return op.call(x, stem_, stem_stride_, stride_, blocks_, block_strides_, block_residuals_, head_, classifier_);
+    // One forward at a time in the arena; one that finds it taken runs without it.
+    std::unique_lock<std::mutex> arena_lock(arena_mutex_, std::try_to_lock);
+    cpu::ForwardArena* const arena = arena_lock.owns_lock() ? &arena_ : nullptr;
+    at::Tensor y;
+    {
+      const cpu::ArenaScope scope(arena);
+      y = op.call(x, stem_, stem_stride_, stride_, blocks_, block_strides_, block_residuals_, head_, classifier_);
+    }
+    if (arena != nullptr) arena->fit();
+    return y;
+  }
+
+  // Bytes held between forwards: the arena.
+  int64_t workspace_bytes() const {
+    const std::lock_guard<std::mutex> lock(arena_mutex_);
+    return arena_.bytes();
+  }
+
+  // Frees the arena; the next forward runs without one and sizes it again.
+  void release_workspace() const {
+    const std::lock_guard<std::mutex> lock(arena_mutex_);
+    arena_.release();
   }
 
  private:
@@ -107,6 +131,8 @@ class NetworkCall {
   c10::List<std::optional<at::Tensor>> blocks_;
   std::vector<int64_t> block_strides_, block_residuals_;
   std::vector<at::Tensor> head_, classifier_;
+  mutable std::mutex arena_mutex_;
+  mutable cpu::ForwardArena arena_;
 };
 
 // A fused module's folded weights and settings bound to its op (a block's inverted_residual or
@@ -163,7 +189,9 @@ PYBIND11_MODULE(_C, m) {
       .def(pybind11::init<std::shared_ptr<VersionSnapshot>, int64_t, std::vector<at::Tensor>, int64_t, int64_t,
                           std::vector<std::optional<at::Tensor>>, std::vector<int64_t>, std::vector<int64_t>,
                           std::vector<at::Tensor>, std::vector<at::Tensor>>())
-      .def("__call__", &NetworkCall::operator());
+      .def("__call__", &NetworkCall::operator())
+      .def("workspace_bytes", &NetworkCall::workspace_bytes)
+      .def("release_workspace", &NetworkCall::release_workspace);
   pybind11::class_<mnv2_fused::OpCall>(m, "OpCall")
       .def(pybind11::init<std::shared_ptr<VersionSnapshot>, const std::string&, int64_t, const pybind11::list&,
                           int64_t>(),

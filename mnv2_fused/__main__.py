@@ -101,8 +101,9 @@ def main(argv=None) -> int:
             out = run()
             if provider.name == "fused":
                 err = rel_err(out, ref)
-            results[provider.label] = {"ms": median_ms(run, repeat=args.repeat),
-                                       "peak_bytes": peak_cpu_bytes(run) if provider.measures_memory else None}
+            ms = median_ms(run, repeat=args.repeat)
+            peak = peak_cpu_bytes(run, getattr(run, "held_bytes", None)) if provider.measures_memory else None
+            results[provider.label] = {"ms": ms, "peak_bytes": peak}
     _progress(steps, steps, "done")
 
     summary = {"batch": args.batch, "resolution": args.resolution, "threads": threads,

@@ -114,6 +114,10 @@ class Bound:
             return None
         return call(x)
 
+    def call(self) -> Any:
+        """The bound C++ call (valid or not for the current generation), or None."""
+        return self._call[0]
+
     def bind(self, make_call: Callable[[Any, Any], Any], generation: int) -> None:
         """Binds ``make_call(folded weights, their C++ version snapshot)``, read together, for
         forwards while the generation still reads ``generation`` (read before the checks that made

@@ -15,7 +15,7 @@ from helpers import make_input, randomize_bn, rel_err
 from torchvision.models.mobilenetv2 import MobileNetV2
 
 from mnv2_fused import FusedMobileNetV2, convert
-from mnv2_fused.bench.measure import peak_cpu_bytes, scope_times
+from mnv2_fused.bench.measure import held_bytes, peak_cpu_bytes, scope_times
 from mnv2_fused.layout import as_matrix, kernel_layout, pack_columns
 from mnv2_fused.stem_head import StemWeights, head_reference, stem_reference
 
@@ -260,12 +260,15 @@ def test_whole_network_peak_memory_within_paper_bound(reference_net):
     net = convert(copy.deepcopy(reference_net))
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        net(x)  # folds the weights outside the measured call
-        peak = peak_cpu_bytes(lambda: net(x))
+        net(x)  # folds the weights outside the measured calls
+        # The first bound forward allocates its activations and then the arena the later ones keep
+        # them in (test_forward_arena.py), which counts as memory they hold.
+        peaks = [peak_cpu_bytes(lambda: net(x), lambda: held_bytes(net)) for _ in range(3)]
         eager = peak_cpu_bytes(lambda: reference_net(x))
     stem_block_out = 16 * 112 * 112 * 4  # the one tensor the bound is made of, with the next block's output
-    assert stem_block_out <= peak <= 1.25 * 2 ** 20
-    assert eager > 8 * peak
+    for peak in peaks:
+        assert stem_block_out <= peak <= 1.25 * 2 ** 20
+        assert eager > 8 * peak
 
 
 # The scopes of a converted MobileNetV2's stages inside its one network call (csrc/cpu/network.cpp).

@@ -18,6 +18,8 @@ float* scratch_floats(int64_t floats, int64_t most, const at::TensorOptions& opt
     own = at::empty({floats}, options);
     return own.data_ptr<float>();
   }
+  chain->most_requested_ = std::max(chain->most_requested_, floats);
+  if (chain->region_ != nullptr && floats <= chain->region_floats_) return chain->region_;
   if (!chain->block_.defined() || chain->block_.numel() < floats || chain->block_.numel() > std::max(floats, most)) {
     chain->block_.reset();
     chain->block_ = at::empty({floats}, options);

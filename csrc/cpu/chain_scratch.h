@@ -25,10 +25,23 @@ class ChainScratch {
   ChainScratch(const ChainScratch&) = delete;
   ChainScratch& operator=(const ChainScratch&) = delete;
 
+  // Serves requests of up to `floats` from `region` (memory the caller holds for the stage to come,
+  // as a forward's arena) instead of the chain's own block; larger ones as before.
+  void lend(float* region, int64_t floats) { region_ = region, region_floats_ = floats; }
+
+  // The most floats requested since the last call.
+  int64_t take_most_requested() {
+    const int64_t most = most_requested_;
+    most_requested_ = 0;
+    return most;
+  }
+
  private:
   friend float* scratch_floats(int64_t floats, int64_t most, const at::TensorOptions& options, at::Tensor& own);
   ChainScratch* outer_;
   at::Tensor block_;
+  float* region_ = nullptr;
+  int64_t region_floats_ = 0, most_requested_ = 0;
 };
 
 // `floats` of scratch for one call (float32, CPU): from the chain open on this thread, valid until

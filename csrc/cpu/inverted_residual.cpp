@@ -250,15 +250,22 @@ at::Tensor inverted_residual(const at::Tensor& x, const std::optional<at::Tensor
   return inverted_residual_functional<run_block>(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
 }
 
-at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
-                                  int64_t stem_stride, const at::Tensor& w_dw, const at::Tensor& b_dw,
-                                  const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride) {
+void inverted_residual_into(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
+                            const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                            const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride, bool residual,
+                            at::Tensor y) {
+  inverted_residual_out<run_block>(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual, y);
+}
+
+void stem_inverted_residual_into(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
+                                 int64_t stem_stride, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                                 const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride, at::Tensor y) {
   const StemShape st = check_stem(x, w_stem, b_stem, stem_stride, w_dw, b_dw, w_proj, b_proj, stride);
   const BlockShape& s = st.block;
   check_cpu_float(x, "mnv2_fused.stem_inverted_residual");
-  // channels_last always: the blocks after the stem read it in place.
-  at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  if (y.numel() == 0) return y;
+  check_out(y, x, s);
+  at::assert_no_overlap(y, x);
+  if (y.numel() == 0) return;
   BlockArgs a;
   KernelWeights kw;
   set_io(a, x, y);
@@ -270,6 +277,16 @@ at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem,
   a.stride = s.stride;
   a.residual = false;
   run_plan(a, s.n, x, y);
+}
+
+at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
+                                  int64_t stem_stride, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                                  const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride) {
+  const StemShape st = check_stem(x, w_stem, b_stem, stem_stride, w_dw, b_dw, w_proj, b_proj, stride);
+  const BlockShape& s = st.block;
+  // channels_last always: the blocks after the stem read it in place.
+  at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  stem_inverted_residual_into(x, w_stem, b_stem, stem_stride, w_dw, b_dw, w_proj, b_proj, stride, y);
   return y;
 }
 

@@ -6,11 +6,14 @@
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "../checks.h"
 #include "chain_scratch.h"
+#include "forward_arena.h"
 #include "ops_cpu.h"
 #include "team.h"
 
@@ -29,6 +32,55 @@ at::Tensor stage(const Name& name, F&& f) {
   return std::forward<F>(f)();
 }
 
+// Where a forward's activations and scratch go. With an arena open on the thread (forward_arena.h):
+// each stage's output at the end of the arena its input does not hold, its scratch (lent to the
+// chain) between the two; where the arena is too small, or there is none, in new tensors. Each
+// stage's need (input, output and scratch, in cache lines) is recorded for the arena's next size.
+class Activations {
+ public:
+  explicit Activations(ForwardArena* arena) : arena_(arena) {
+    if (arena_ != nullptr) arena_->begin();
+  }
+
+  // The channels_last output (n, c, h, w) of the stage about to run, whose input is the last
+  // output() made (none for the first stage): in the arena, or new; `chain` (if any) is lent the
+  // arena's space between the two.
+  at::Tensor output(at::IntArrayRef nchw, const at::TensorOptions& options, ChainScratch* chain) {
+    const End in_end = end_;
+    in_floats_ = out_floats_;
+    out_floats_ = round_up(c10::multiply_integers(nchw), kLine);
+    if (chain != nullptr) chain->take_most_requested();
+    const int64_t floats = arena_ == nullptr ? 0 : arena_->floats() / kLine * kLine;
+    const int64_t held = (in_end == kNone ? 0 : in_floats_) + out_floats_;
+    if (floats < held || out_floats_ == 0) {
+      end_ = kNone;
+      if (chain != nullptr) chain->lend(nullptr, 0);
+      return at::empty(nchw, options.memory_format(at::MemoryFormat::ChannelsLast));
+    }
+    end_ = in_end == kLow ? kHigh : kLow;
+    float* const base = arena_->data();
+    const int64_t low = end_ == kLow ? out_floats_ : in_end == kLow ? in_floats_ : 0;
+    if (chain != nullptr) chain->lend(base + low, floats - held);
+    const int64_t c = nchw[1], w = nchw[3];
+    return at::from_blob(end_ == kLow ? base : base + floats - out_floats_, nchw, {nchw[2] * w * c, 1, w * c, c},
+                         options);
+  }
+
+  // The stage output() was last called for has run: records what it needed.
+  void stage_done(ChainScratch* chain) {
+    if (arena_ == nullptr) return;
+    const int64_t scratch = chain != nullptr ? chain->take_most_requested() : 0;
+    arena_->need(round_up(in_floats_ + out_floats_ + scratch, kLine));
+  }
+
+ private:
+  static constexpr int64_t kLine = 16;  // floats: activations start on cache lines
+  enum End { kNone, kLow, kHigh };
+  ForwardArena* arena_;
+  int64_t in_floats_ = 0, out_floats_ = 0;
+  End end_ = kNone;
+};
+
 at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_t stem_stride, int64_t stride,
                                 const c10::List<std::optional<at::Tensor>>& blocks, at::IntArrayRef block_strides,
                                 at::IntArrayRef block_residuals, at::TensorList head, at::TensorList classifier) {
@@ -43,24 +95,37 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
                     " weights, ", n_blocks, " strides and ", block_residuals.size(), " flags");
   at::Tensor y;
   run_as_team(at::get_num_threads(), x.numel(), [&] {
+    // The stages' scratch passes from one to the next (chain_scratch.h). Without an arena the stem's
+    // stays out of the chain: block 1 would hold it while making its output, beside the stem's,
+    // and raise the forward's peak; in the arena it goes where block 1's output does.
+    ForwardArena* const arena = open_arena();
+    Activations activations(arena);
+    std::optional<ChainScratch> chain;
+    if (arena != nullptr) chain.emplace();
     y = stage([] { return "stem+block 0"; }, [&] {
-      return stem_inverted_residual(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride);
+      const BlockShape s =
+          check_stem(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride).block;
+      at::Tensor out = activations.output({s.n, s.cout, s.oh, s.ow}, x.options(), chain ? &*chain : nullptr);
+      stem_inverted_residual_into(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride, out);
+      activations.stage_done(chain ? &*chain : nullptr);
+      return out;
     });
-    {
-      // The blocks' scratch, passed from one to the next (chain_scratch.h). Not the stem's: block 1
-      // would hold it while making its output, beside the stem's, and raise the forward's peak.
-      const ChainScratch scratch;
-      for (int64_t i = 0; i < n_blocks; ++i) {
-        auto w = [&](int64_t j) { return blocks.get(6 * i + j); };
-        TORCH_CHECK_VALUE(w(2).has_value() && w(3).has_value() && w(4).has_value() && w(5).has_value(), op,
-                          ": block ", i, " lacks a depthwise or projection weight");
-        // "block k" is torchvision's features[k + 1] (features[1], fused into the stem's stage, is block 0).
-        y = stage([&] { return "block " + std::to_string(i + 1); }, [&] {
-          return inverted_residual(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i],
-                                   block_residuals[i] != 0);
-        });
-      }
+    if (!chain) chain.emplace();
+    for (int64_t i = 0; i < n_blocks; ++i) {
+      auto w = [&](int64_t j) { return blocks.get(6 * i + j); };
+      TORCH_CHECK_VALUE(w(2).has_value() && w(3).has_value() && w(4).has_value() && w(5).has_value(), op,
+                        ": block ", i, " lacks a depthwise or projection weight");
+      // "block k" is torchvision's features[k + 1] (features[1], fused into the stem's stage, is block 0).
+      y = stage([&] { return "block " + std::to_string(i + 1); }, [&] {
+        const bool residual = block_residuals[i] != 0;
+        const BlockShape s = check_block(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], residual);
+        at::Tensor out = activations.output({s.n, s.cout, s.oh, s.ow}, y.options(), &*chain);
+        inverted_residual_into(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], residual, out);
+        activations.stage_done(&*chain);
+        return out;
+      });
     }
+    chain.reset();  // before the head, whose output is the forward's
     y = stage([] { return "head+pool"; }, [&] { return pointwise_relu6_mean(y, head[0], head[1]); });
     if (!classifier.empty())
       y = stage([] { return "classifier"; }, [&] { return linear(y, classifier[0], classifier[1], "none"); });

@@ -6,9 +6,10 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
+from torch import nn
 
 
 @contextlib.contextmanager
@@ -53,20 +54,30 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / denom if denom > 0 else diff
 
 
-def peak_cpu_bytes(fn: Callable[[], object]) -> int:
+def held_bytes(model: nn.Module) -> int:
+    """Bytes the converted networks in ``model`` keep between forwards for their activations and
+    scratch (``FusedMobileNetV2.workspace_bytes``)."""
+    return sum(m.workspace_bytes() for m in model.modules() if hasattr(m, "workspace_bytes"))
+
+
+def peak_cpu_bytes(fn: Callable[[], object], held: Optional[Callable[[], int]] = None) -> int:
     """Most bytes allocated during fn() and live at once on the CPU: every allocation and free that
     torch.profiler records, replayed in time order. Tensors that exist before the call (inputs,
-    weights) are not counted; anything fn allocates is, workspaces included."""
+    weights) are not counted; anything fn allocates is, workspaces included. ``held()``, read before
+    the call, adds the memory that fn's model keeps between calls and fn uses without allocating it
+    (``held_bytes``: a converted MobileNetV2's forwards lay their activations in such an arena; the
+    call that first sizes it allocates it, and is counted that way)."""
+    kept = held() if held is not None else 0
     with native_stderr_silenced(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                                           profile_memory=True) as prof:
         fn()
     events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
               if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    held = peak = 0
+    live = peak = 0
     for _, delta in sorted(events):
-        held += delta
-        peak = max(peak, held)
-    return peak
+        live += delta
+        peak = max(peak, live)
+    return kept + peak
 
 
 def run_times(fn: Callable[[], object], warmup: int = 3, repeat: int = 20) -> list[float]:

@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .measure import held_bytes
 from .onnx_runtime import onnxruntime_missing, ort_runner
 from .runtimes import (
     executorch_missing,
@@ -26,7 +27,12 @@ def _fused(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     # channels_last weights too: the layers that stay PyTorch's (a stem or head it does not fuse)
     # then run its fast channels_last convolutions, and hand channels_last tensors to the blocks.
     fused = convert(copy.deepcopy(model)).to(memory_format=torch.channels_last)
-    return lambda: fused(x)
+
+    def run() -> torch.Tensor:
+        return fused(x)
+
+    run.held_bytes = lambda: held_bytes(fused)  # its arena: see peak_cpu_bytes
+    return run
 
 
 def _eager(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:

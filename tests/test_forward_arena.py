@@ -1,0 +1,96 @@
+"""A converted MobileNetV2's arena (csrc/cpu/forward_arena.h): the memory its one-call forwards lay
+their activations and scratch in, kept between them. Forwards in it give the outputs of forwards
+without it, to the bit, whatever its size and however often it is resized; it is sized to one
+forward's peak, counted as the model's memory, and freed on request."""
+import copy
+import threading
+
+import pytest
+import torch
+import torchvision
+from helpers import make_input, randomize_bn, rel_err
+
+from mnv2_fused import convert
+from mnv2_fused.bench.measure import held_bytes, peak_cpu_bytes
+
+STEM_BLOCK_OUT = 16 * 112 * 112 * 4  # bytes of the stem stage's output at 224x224, batch 1
+
+
+@pytest.fixture(scope="module")
+def reference_net():
+    return randomize_bn(torchvision.models.mobilenet_v2(), seed=7).eval()
+
+
+def without_arena(net, x):
+    """The network op called directly: no arena is open, every activation is a new tensor."""
+    w = net._bound.weights(net.features, net.classifier)
+    return torch.ops.mnv2_fused.mobilenet_v2_forward(x, *w.op_arguments())
+
+
+# Shapes in turn on one model: the arena is sized by the first forward of each and used by the
+# next; after a smaller shape it is too small for some stages only (their outputs are then new
+# tensors, the others' stay in it); it is reallocated smaller when a forward needs less than half.
+SHAPES = [(1, 160, 160), (1, 160, 160), (3, 160, 160), (3, 160, 160), (1, 97, 75), (1, 97, 75), (2, 33, 41),
+          (1, 160, 160), (1, 160, 160)]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_forwards_in_the_arena_equal_forwards_without(reference_net, layout):
+    net = convert(copy.deepcopy(reference_net))
+    sizes = []
+    with torch.no_grad():
+        for i, (n, h, w) in enumerate(SHAPES):
+            x = make_input((n, 3, h, w), layout, seed=i)
+            out = net(x)
+            assert torch.equal(out, without_arena(net, x)), (i, n, h, w)
+            assert rel_err(out, reference_net(x)) <= 1e-4
+            sizes.append(net.workspace_bytes())
+    assert sizes[0] == 0 < sizes[1]  # the first forward bound the call, the second sized its arena
+    assert sizes[2] > sizes[1]  # three images need more
+    assert sizes[4] < sizes[3] / 2  # a smaller image less than half of that
+    assert sizes[-1] == sizes[1]
+
+
+def test_arena_holds_the_forwards_activations(reference_net):
+    """At 224x224 the arena is the forward's peak (the paper's bound, section 5.1), and a forward in
+    it allocates only its output; after release_workspace() the next forward allocates them again."""
+    net = convert(copy.deepcopy(reference_net))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        for _ in range(3):
+            net(x)
+        arena = net.workspace_bytes()
+        assert STEM_BLOCK_OUT <= arena <= 1.25 * 2**20
+        assert peak_cpu_bytes(lambda: net(x)) < 64 * 1024
+        net.release_workspace()
+        assert net.workspace_bytes() == 0
+        assert STEM_BLOCK_OUT <= peak_cpu_bytes(lambda: net(x), lambda: held_bytes(net)) <= 1.25 * 2**20
+        assert net.workspace_bytes() == arena
+    net.refresh()  # drops the bound call, and with it the arena
+    assert net.workspace_bytes() == 0
+
+
+def test_forwards_from_two_threads_share_one_model(reference_net):
+    """One forward at a time uses the arena; another running meanwhile goes without it."""
+    net = convert(copy.deepcopy(reference_net))
+    inputs = [make_input((1 + i % 2, 3, 64, 64), seed=i) for i in range(4)]
+    with torch.no_grad():
+        expected = [reference_net(x) for x in inputs]
+        net(inputs[0])
+        errors = []
+
+        @torch.no_grad()  # grad mode is per thread
+        def work(k):
+            for j in range(12):
+                i = (k + j) % len(inputs)
+                if not torch.equal(net(inputs[i]), without_arena(net, inputs[i])):
+                    errors.append((k, j))
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for x, ref in zip(inputs, expected):
+            assert rel_err(net(x), ref) <= 1e-4
