@@ -205,19 +205,6 @@ void set_shape(BlockArgs& a, const BlockShape& s) {
   a.residual = s.residual;
 }
 
-// Writes the block's output into y (any strides; y must not overlap x).
-void run_block(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
-               const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
-               const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
-  check_cpu_float(x, "mnv2_fused.inverted_residual");
-  if (y.numel() == 0) return;
-  BlockArgs a;
-  KernelWeights kw;
-  set_io(a, x, y);
-  kw.set_block(a, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj);
-  set_shape(a, s);
-  run_plan(a, s.n, x, y);
-}
 
 }  // namespace
 
@@ -247,24 +234,28 @@ Act parse_act(c10::string_view name, const char* op, const char* what, bool none
 at::Tensor inverted_residual(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
                              const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
                              const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride, bool residual) {
-  return inverted_residual_functional<run_block>(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual);
+  return inverted_residual_functional<run_inverted_residual>(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride,
+                                                             residual);
 }
 
-void inverted_residual_into(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
-                            const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
-                            const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride, bool residual,
-                            at::Tensor y) {
-  inverted_residual_out<run_block>(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, stride, residual, y);
+void run_inverted_residual(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
+                           const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                           const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
+  check_cpu_float(x, "mnv2_fused.inverted_residual");
+  if (y.numel() == 0) return;
+  BlockArgs a;
+  KernelWeights kw;
+  set_io(a, x, y);
+  kw.set_block(a, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj);
+  set_shape(a, s);
+  run_plan(a, s.n, x, y);
 }
 
-void stem_inverted_residual_into(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
-                                 int64_t stem_stride, const at::Tensor& w_dw, const at::Tensor& b_dw,
-                                 const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride, at::Tensor y) {
-  const StemShape st = check_stem(x, w_stem, b_stem, stem_stride, w_dw, b_dw, w_proj, b_proj, stride);
+void run_stem_inverted_residual(const at::Tensor& x, const StemShape& st, const at::Tensor& w_stem,
+                                const at::Tensor& b_stem, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                                const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
   const BlockShape& s = st.block;
   check_cpu_float(x, "mnv2_fused.stem_inverted_residual");
-  check_out(y, x, s);
-  at::assert_no_overlap(y, x);
   if (y.numel() == 0) return;
   BlockArgs a;
   KernelWeights kw;
@@ -286,7 +277,7 @@ at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem,
   const BlockShape& s = st.block;
   // channels_last always: the blocks after the stem read it in place.
   at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  stem_inverted_residual_into(x, w_stem, b_stem, stem_stride, w_dw, b_dw, w_proj, b_proj, stride, y);
+  run_stem_inverted_residual(x, st, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj, y);
   return y;
 }
 
@@ -439,7 +430,7 @@ at::Tensor mbconv(const at::Tensor& x, const std::optional<at::Tensor>& w_expand
 TORCH_LIBRARY_IMPL(mnv2_fused, CPU, m) {
   m.impl("mbconv", &mbconv);
   m.impl("inverted_residual", &inverted_residual);
-  m.impl("inverted_residual_out", &inverted_residual_out<run_block>);
+  m.impl("inverted_residual_out", &inverted_residual_out<run_inverted_residual>);
   m.impl("stem_inverted_residual", &stem_inverted_residual);
 }
 

@@ -11,7 +11,6 @@
 #include <utility>
 #include <vector>
 
-#include "../checks.h"
 #include "chain_scratch.h"
 #include "forward_arena.h"
 #include "ops_cpu.h"
@@ -49,7 +48,6 @@ class Activations {
     const End in_end = end_;
     in_floats_ = out_floats_;
     out_floats_ = round_up(c10::multiply_integers(nchw), kLine);
-    if (chain != nullptr) chain->take_most_requested();
     const int64_t floats = arena_ == nullptr ? 0 : arena_->floats() / kLine * kLine;
     const int64_t held = (in_end == kNone ? 0 : in_floats_) + out_floats_;
     if (floats < held || out_floats_ == 0) {
@@ -103,10 +101,10 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
     std::optional<ChainScratch> chain;
     if (arena != nullptr) chain.emplace();
     y = stage([] { return "stem+block 0"; }, [&] {
-      const BlockShape s =
-          check_stem(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride).block;
+      const StemShape st = check_stem(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride);
+      const BlockShape& s = st.block;
       at::Tensor out = activations.output({s.n, s.cout, s.oh, s.ow}, x.options(), chain ? &*chain : nullptr);
-      stem_inverted_residual_into(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride, out);
+      run_stem_inverted_residual(x, st, stem[0], stem[1], stem[2], stem[3], stem[4], stem[5], out);
       activations.stage_done(chain ? &*chain : nullptr);
       return out;
     });
@@ -120,7 +118,7 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
         const bool residual = block_residuals[i] != 0;
         const BlockShape s = check_block(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], residual);
         at::Tensor out = activations.output({s.n, s.cout, s.oh, s.ow}, y.options(), &*chain);
-        inverted_residual_into(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], residual, out);
+        run_inverted_residual(y, s, w(0), w(1), *w(2), *w(3), *w(4), *w(5), out);
         activations.stage_done(&*chain);
         return out;
       });

@@ -5,6 +5,7 @@
 
 #include <optional>
 
+#include "../checks.h"
 #include "tile_kernel.h"
 
 namespace mnv2_fused {
@@ -16,15 +17,15 @@ at::Tensor inverted_residual(const at::Tensor& x, const std::optional<at::Tensor
 at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
                                   int64_t stem_stride, const at::Tensor& w_dw, const at::Tensor& b_dw,
                                   const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride);
-// As the two above, into y (the output's shape; it must not overlap x): for callers that place the
-// activations themselves (a network's forward in its arena, forward_arena.h).
-void inverted_residual_into(const at::Tensor& x, const std::optional<at::Tensor>& w_expand,
-                            const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
-                            const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride, bool residual,
-                            at::Tensor y);
-void stem_inverted_residual_into(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,
-                                 int64_t stem_stride, const at::Tensor& w_dw, const at::Tensor& b_dw,
-                                 const at::Tensor& w_proj, const at::Tensor& b_proj, int64_t stride, at::Tensor y);
+// The two above on arguments already checked (check_block's or check_stem's shape), into y: the
+// output's shape, any strides, not overlapping x. For callers that place the outputs themselves
+// (a network's forward in its arena, forward_arena.h).
+void run_inverted_residual(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
+                           const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                           const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y);
+void run_stem_inverted_residual(const at::Tensor& x, const StemShape& st, const at::Tensor& w_stem,
+                                const at::Tensor& b_stem, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                                const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y);
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation);
 at::Tensor pointwise(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation);
