@@ -68,22 +68,35 @@ void run_kept(BlockArgs a, const TilePlan& plan, int64_t batch, const at::Tensor
         isa.expand_depthwise(a, plan, batch, v0 * isa.lanes, std::min(a.hidden, v1 * isa.lanes), slab);
     }
   });
-  // The projection in blocks of a GEMM panel's columns by four of its micro-tiles' rows. A share is
-  // whole panels (its worker reads all the kept rows and its part of the weight) or whole blocks
-  // of rows (its part of the rows, all the weight): whichever of the two is the larger is split.
-  const int64_t columns = 4 * isa.lanes, rows = 4 * tile_rows(4, isa.max_acc);
-  const int64_t row_blocks = ceil_div(pixels, rows), panels = ceil_div(a.cout, columns);
+  // The projection in blocks of a GEMM panel's columns by about four of its micro-tiles' rows. A
+  // share is whole panels (its worker reads all the kept rows and its part of the weight) or whole
+  // blocks of rows (its part of the rows, all the weight): whichever of the two is the larger is
+  // split. Panels as even as the GEMM's own (for_each_panel), row blocks of whole micro-tiles as
+  // even as the rows allow (the last one takes what is left), and shares of equal weight (rows
+  // times columns). With panels of 4 vectors, 24 rows per block and shares of equal counts, 7x7
+  // blocks at batch 1 (49 rows as 24 + 24 + 1, 160 columns as 64 + 64 + 32) left one worker idle
+  // for a fifth of the pass.
+  const int64_t vectors = ceil_div(a.cout, isa.lanes), panels = ceil_div(vectors, 4);
+  const int64_t tile = tile_rows(4, isa.max_acc);
+  const int64_t block_rows = round_up(ceil_div(pixels, ceil_div(pixels, 4 * tile)), tile);
+  const int64_t row_blocks = ceil_div(pixels, block_rows);
+  auto block_row = [&](int64_t b) { return std::min(pixels, b * block_rows); };
+  auto panel_vector = [&](int64_t p) { return vectors * p / panels; };
   const bool by_rows = pixels * a.dw_store_ld > a.hidden * a.cout;
-  TileShares blocks(panels * row_blocks, threads);
+  auto panel_of = [&](int64_t i) { return by_rows ? i % panels : i / row_blocks; };
+  auto block_of = [&](int64_t i) { return by_rows ? i / panels : i % row_blocks; };
+  TileShares blocks(panels * row_blocks, threads, [&](int64_t i) {
+    const int64_t p = panel_of(i), b = block_of(i);
+    return (block_row(b + 1) - block_row(b)) * (panel_vector(p + 1) - panel_vector(p));
+  });
   team_parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     const int64_t rank = at::get_thread_num();
     for (int64_t w = begin; w < end; ++w)
       for (int64_t i0, i1; blocks.claim(rank, i0, i1);)
         for (int64_t i = i0; i < i1; ++i) {
-          const int64_t panel = by_rows ? i % panels : i / row_blocks, block = by_rows ? i / panels : i % row_blocks;
-          const int64_t j0 = panel * columns, p0 = block * rows;
-          isa.project_kept(a, p0, std::min(pixels, p0 + rows), j0, std::min(a.cout, j0 + columns), GateInto::kNone,
-                           nullptr);
+          const int64_t p = panel_of(i), b = block_of(i);
+          isa.project_kept(a, block_row(b), block_row(b + 1), panel_vector(p) * isa.lanes,
+                           std::min(a.cout, panel_vector(p + 1) * isa.lanes), GateInto::kNone, nullptr);
         }
   });
 }

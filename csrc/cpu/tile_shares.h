@@ -36,6 +36,23 @@ class TileShares {
       shares_[s].bounds.store(pack(share_begin(s, tiles, workers), share_begin(s + 1, tiles, workers)));
   }
 
+  // Shares of about equal weight, for tiles that weigh unlike (weight(t) > 0): the shares split
+  // the tiles' total weight evenly, and each tile goes to the share its middle falls in.
+  template <class Weight>
+  TileShares(int64_t tiles, int64_t workers, const Weight& weight) : shares_(static_cast<size_t>(workers)) {
+    TORCH_CHECK(tiles < (int64_t(1) << 32), "mnv2_fused: too many tiles in one call: ", tiles);
+    int64_t total = 0;
+    for (int64_t t = 0; t < tiles; ++t) total += weight(t);
+    int64_t t = 0, before = 0, begin = 0;
+    for (int64_t s = 0; s < workers; ++s) {
+      const int64_t end_weight = (s + 1) * total / workers;
+      const int64_t first = begin;
+      while (t < tiles && (s + 1 == workers || 2 * before + weight(t) <= 2 * end_weight)) before += weight(t++);
+      begin = t;
+      shares_[s].bounds.store(pack(first, begin));
+    }
+  }
+
   // The next tiles [t0, t1) for the worker of rank `rank`: up to `run` from its own share's front
   // when rank < workers, else half of the largest share left; false when every share is done.
   bool claim(int64_t rank, int64_t& t0, int64_t& t1, int64_t run = 1) {
