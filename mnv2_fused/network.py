@@ -116,7 +116,9 @@ class FusedMobileNetV2(MobileNetV2):
     def workspace_bytes(self) -> int:
         """Bytes the model keeps between forwards for their activations and scratch: sized after the
         first forward of a shape (the second one-call forward) to the most any of its stages holds,
-        resized when a forward needs more or less than half of it; 0 when none is held."""
+        resized when a forward needs more or less than half of it; 0 when none is held. It counts
+        the weight copies the stages made ready for that shape hold too (the stem's packed 3x3
+        weight: 3.4 KiB)."""
         call = self._bound.call()
         return call.workspace_bytes() if call is not None else 0
 

@@ -51,6 +51,24 @@ def test_forwards_in_the_arena_equal_forwards_without(reference_net, layout):
     assert sizes[-1] == sizes[1]
 
 
+def test_prepared_stages_follow_the_input_and_the_thread_count(reference_net):
+    """The arena also keeps the stages' kernel calls made ready for the input's shape (their tile
+    plans made for the threads there were); a forward whose input size or thread count differs
+    makes them again, and every forward equals the op called directly under the same settings."""
+    net = convert(copy.deepcopy(reference_net))
+    threads = torch.get_num_threads()
+    steps = [(2, (1, 96, 96)), (2, (1, 96, 96)), (1, (1, 96, 96)), (1, (1, 96, 96)), (3, (1, 96, 96)),
+             (3, (2, 64, 80)), (3, (2, 64, 80)), (2, (1, 96, 96))]
+    try:
+        with torch.no_grad():
+            for i, (n_threads, (n, h, w)) in enumerate(steps):
+                torch.set_num_threads(n_threads)
+                x = make_input((n, 3, h, w), "channels_last", seed=i)
+                assert torch.equal(net(x), without_arena(net, x)), (i, n_threads, n, h, w)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_arena_holds_the_forwards_activations(reference_net):
     """At 224x224 the arena is the forward's peak (the paper's bound, section 5.1), and a forward in
     it allocates only its output; after release_workspace() the next forward allocates them again."""

@@ -10,11 +10,14 @@
 // The arena is laid out as the forward goes (network.cpp): each stage's output at the end its
 // input does not hold, the stage's scratch between the two, so its size is the most any one stage
 // holds at once, which is the forward's peak without it. A forward records what it needed; the
-// caller resizes the arena after it (fit), so the first forward of a shape runs without one.
+// caller resizes the arena after it (fit), so the first forward of a shape runs without one. The
+// arena also keeps what the forward made ready for its input's shape (network.cpp).
 #pragma once
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <memory>
+#include <utility>
 
 namespace mnv2_fused {
 namespace cpu {
@@ -23,7 +26,8 @@ class ForwardArena {
  public:
   float* data() const { return block_.defined() ? block_.data_ptr<float>() : nullptr; }
   int64_t floats() const { return block_.defined() ? block_.numel() : 0; }
-  int64_t bytes() const { return floats() * static_cast<int64_t>(sizeof(float)); }
+  // The memory and the prepared stages' weight copies (kept_bytes).
+  int64_t bytes() const { return floats() * static_cast<int64_t>(sizeof(float)) + kept_bytes_; }
 
   // A forward starts: nothing needed yet.
   void begin() { need_ = 0; }
@@ -35,12 +39,26 @@ class ForwardArena {
   // half (a smaller batch for good), so it never holds more than twice the last forward's peak.
   void fit();
 
-  // Frees the memory.
-  void release() { block_.reset(); }
+  // Frees the memory, and the prepared stages.
+  void release() {
+    block_.reset();
+    keep(nullptr, 0);
+  }
+
+  // What the network's forward made ready for its input's shape (network.cpp: its stages' kernel
+  // calls, weights laid out, plans), kept from one forward to the next with the memory, and the
+  // bytes of weight copies it holds.
+  const std::shared_ptr<void>& prepared() const { return prepared_; }
+  void keep(std::shared_ptr<void> prepared, int64_t bytes) {
+    prepared_ = std::move(prepared);
+    kept_bytes_ = bytes;
+  }
 
  private:
   at::Tensor block_;
   int64_t need_ = 0;
+  std::shared_ptr<void> prepared_;
+  int64_t kept_bytes_ = 0;
 };
 
 // Opens an arena on the calling thread for its lifetime: the network forward run on this thread

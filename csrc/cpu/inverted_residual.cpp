@@ -30,9 +30,9 @@ namespace {
 constexpr int64_t kWorkingSetBytes = 1024 * 1024;
 constexpr int64_t kMinScratchBytes = 16 * 1024, kMaxScratchBytes = 512 * 1024;
 
-int64_t scratch_budget_floats(const at::Tensor& x, const at::Tensor& y, int64_t workers) {
-  const int64_t batch = std::max<int64_t>(1, x.size(0));
-  const int64_t image_bytes = (x.numel() + y.numel()) / batch * static_cast<int64_t>(sizeof(float));
+int64_t scratch_budget_floats(int64_t images, int64_t x_floats, int64_t y_floats, int64_t workers) {
+  const int64_t batch = std::max<int64_t>(1, images);
+  const int64_t image_bytes = (x_floats + y_floats) / batch * static_cast<int64_t>(sizeof(float));
   const int64_t per_image = std::max(image_bytes / 8, kWorkingSetBytes - image_bytes);
   const int64_t per_worker = per_image * std::min(batch, workers) / std::max<int64_t>(1, workers);
   return std::clamp(per_worker, kMinScratchBytes, kMaxScratchBytes) / static_cast<int64_t>(sizeof(float));
@@ -108,18 +108,10 @@ void run_kept(BlockArgs a, const TilePlan& plan, int64_t batch, const at::Tensor
 // fixed order at the end; no output is written. Per run, not per worker: which worker claims
 // which runs varies from call to call, and sums grouped by worker changed the gate, and so the
 // output, in its last bits from one call to the next.
-void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::Tensor& y,
-              at::Tensor channel_sums = at::Tensor()) {
+void run_planned(const BlockArgs& a, int64_t batch, const at::Tensor& x, const TilePlan& plan, int64_t threads,
+                 int64_t budget, at::Tensor channel_sums) {
   const Isa& isa = cpu_isa();
-  const int64_t threads = at::get_num_threads();
   const bool summing = channel_sums.defined();
-  // Workers take their tiles from contiguous shares (TileShares), carrying the ring from tile to
-  // tile. The squeeze-and-excite's sums are grouped by fixed runs of tiles instead (see above), which
-  // workers claim from a shared counter, each run computing its halo rows afresh; the plan is costed
-  // for the claiming it gets.
-  const Claiming claiming = summing ? Claiming::kRuns : Claiming::kShares;
-  const int64_t budget = scratch_budget_floats(x, y, threads);
-  const TilePlan plan = choose_plan(a, batch, threads, isa, budget, claiming);
   if (plan.kept) return run_kept(a, plan, batch, x, threads, threads * budget);
   const int64_t tiles = batch * plan.strips * plan.bands;
   const int64_t workers = plan.groups > 1 ? plan.groups : std::min(threads, tiles);
@@ -208,6 +200,30 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   }
 }
 
+// Workers take their tiles from contiguous shares (TileShares), carrying the ring from tile to
+// tile. The squeeze-and-excite's sums are grouped by fixed runs of tiles instead (see above), which
+// workers claim from a shared counter, each run computing its halo rows afresh; the plan is costed
+// for the claiming it gets.
+TilePlan plan_for(const BlockArgs& a, int64_t batch, int64_t threads, int64_t budget, bool summing) {
+  return choose_plan(a, batch, threads, cpu_isa(), budget, summing ? Claiming::kRuns : Claiming::kShares);
+}
+
+void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::Tensor& y,
+              at::Tensor channel_sums = at::Tensor()) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t budget = scratch_budget_floats(x.size(0), x.numel(), y.numel(), threads);
+  const TilePlan plan = plan_for(a, batch, threads, budget, channel_sums.defined());
+  run_planned(a, batch, x, plan, threads, budget, std::move(channel_sums));
+}
+
+// The plan, for as many threads as there are now, and the scratch budget it was chosen for.
+void plan_prepared(PreparedBlock& p, const BlockShape& s) {
+  p.batch = s.n;
+  p.threads = at::get_num_threads();
+  p.budget = scratch_budget_floats(s.n, s.n * s.cin * s.h * s.w, s.n * s.cout * s.oh * s.ow, p.threads);
+  p.plan = plan_for(p.args, s.n, p.threads, p.budget, false);
+}
+
 void set_shape(BlockArgs& a, const BlockShape& s) {
   a.expand = s.expand ? Expand::kPointwise : Expand::kNone;
   a.expand_stride = 1;
@@ -251,36 +267,55 @@ at::Tensor inverted_residual(const at::Tensor& x, const std::optional<at::Tensor
                                                              residual);
 }
 
-void run_inverted_residual(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
-                           const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
-                           const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
-  check_cpu_float(x, "mnv2_fused.inverted_residual");
-  if (y.numel() == 0) return;
-  BlockArgs a;
-  KernelWeights kw;
-  set_io(a, x, y);
-  kw.set_block(a, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj);
-  set_shape(a, s);
-  run_plan(a, s.n, x, y);
+PreparedBlock prepare_inverted_residual(const BlockShape& s, const std::optional<at::Tensor>& w_expand,
+                                        const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
+                                        const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj) {
+  PreparedBlock p;
+  p.weights.set_block(p.args, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj);
+  set_shape(p.args, s);
+  plan_prepared(p, s);
+  return p;
 }
 
-void run_stem_inverted_residual(const at::Tensor& x, const StemShape& st, const at::Tensor& w_stem,
-                                const at::Tensor& b_stem, const at::Tensor& w_dw, const at::Tensor& b_dw,
-                                const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
+PreparedBlock prepare_stem_inverted_residual(const StemShape& st, const at::Tensor& w_stem, const at::Tensor& b_stem,
+                                             const at::Tensor& w_dw, const at::Tensor& b_dw, const at::Tensor& w_proj,
+                                             const at::Tensor& b_proj) {
   const BlockShape& s = st.block;
-  check_cpu_float(x, "mnv2_fused.stem_inverted_residual");
-  if (y.numel() == 0) return;
-  BlockArgs a;
-  KernelWeights kw;
-  set_io(a, x, y);
-  kw.set_stem(a, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj);
+  PreparedBlock p;
+  BlockArgs& a = p.args;
+  p.weights.set_stem(a, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj);
   a.expand = Expand::kConv3x3;
   a.expand_stride = st.stem_stride;
   a.cin = s.cin, a.hidden = s.hidden, a.cout = s.cout;
   a.h = s.h, a.w = s.w, a.hh = st.hh, a.hw = st.hw, a.oh = s.oh, a.ow = s.ow;
   a.stride = s.stride;
   a.residual = false;
-  run_plan(a, s.n, x, y);
+  plan_prepared(p, s);
+  return p;
+}
+
+void run_prepared(const PreparedBlock& p, const at::Tensor& x, at::Tensor& y) {
+  check_cpu_float(x, "mnv2_fused.inverted_residual");
+  if (y.numel() == 0) return;
+  BlockArgs a = p.args;
+  set_io(a, x, y);
+  run_planned(a, p.batch, x, p.plan, p.threads, p.budget, at::Tensor());
+}
+
+void run_inverted_residual(const at::Tensor& x, const BlockShape& s, const std::optional<at::Tensor>& w_expand,
+                           const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                           const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
+  check_cpu_float(x, "mnv2_fused.inverted_residual");
+  if (y.numel() == 0) return;
+  run_prepared(prepare_inverted_residual(s, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj), x, y);
+}
+
+void run_stem_inverted_residual(const at::Tensor& x, const StemShape& st, const at::Tensor& w_stem,
+                                const at::Tensor& b_stem, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                                const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y) {
+  check_cpu_float(x, "mnv2_fused.stem_inverted_residual");
+  if (y.numel() == 0) return;
+  run_prepared(prepare_stem_inverted_residual(st, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj), x, y);
 }
 
 at::Tensor stem_inverted_residual(const at::Tensor& x, const at::Tensor& w_stem, const at::Tensor& b_stem,

@@ -7,6 +7,7 @@
 
 #include "../checks.h"
 #include "tile_kernel.h"
+#include "weight_layout.h"
 
 namespace mnv2_fused {
 namespace cpu {
@@ -26,6 +27,27 @@ void run_inverted_residual(const at::Tensor& x, const BlockShape& s, const std::
 void run_stem_inverted_residual(const at::Tensor& x, const StemShape& st, const at::Tensor& w_stem,
                                 const at::Tensor& b_stem, const at::Tensor& w_dw, const at::Tensor& b_dw,
                                 const at::Tensor& w_proj, const at::Tensor& b_proj, at::Tensor& y);
+// A block's kernel call (or the stem's with its first block) made ready for one input shape and its
+// weights: the weights in the kernel's layout (copies, where they needed any, held here), the
+// shape, and the tile plan for as many threads as there were. A network's bound forward keeps its
+// stages' (network.cpp): made anew in every forward, they read each weight tensor's metadata,
+// which the stages before had pushed out of the caches, and looked the plan up.
+struct PreparedBlock {
+  BlockArgs args{};  // all but the input's and output's pointers and strides (set per call)
+  KernelWeights weights;
+  TilePlan plan;
+  int64_t batch = 0, threads = 0, budget = 0;
+};
+PreparedBlock prepare_inverted_residual(const BlockShape& s, const std::optional<at::Tensor>& w_expand,
+                                        const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
+                                        const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj);
+PreparedBlock prepare_stem_inverted_residual(const StemShape& st, const at::Tensor& w_stem, const at::Tensor& b_stem,
+                                             const at::Tensor& w_dw, const at::Tensor& b_dw, const at::Tensor& w_proj,
+                                             const at::Tensor& b_proj);
+// The prepared call on x (its shape as prepared, any strides) into y (the output's shape, any
+// strides, not overlapping x).
+void run_prepared(const PreparedBlock& p, const at::Tensor& x, at::Tensor& y);
+
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation);
 at::Tensor pointwise(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation);
