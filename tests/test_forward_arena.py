@@ -69,6 +69,17 @@ def test_prepared_stages_follow_the_input_and_the_thread_count(reference_net):
         torch.set_num_threads(threads)
 
 
+def test_network_op_on_float64_says_float32_only(reference_net):
+    """Called directly on other dtypes, the network op stops with a clear error before it lays any
+    weight out for its kernels."""
+    net = convert(copy.deepcopy(reference_net))
+    w = net._bound.weights(net.features, net.classifier)
+    args = [[t.double() if isinstance(t, torch.Tensor) else t for t in a] if isinstance(a, list) else a
+            for a in w.op_arguments()]
+    with pytest.raises(TypeError, match="mobilenet_v2_forward: the CPU kernel supports float32 only"):
+        torch.ops.mnv2_fused.mobilenet_v2_forward(torch.randn(1, 3, 32, 32, dtype=torch.float64), *args)
+
+
 def test_arena_holds_the_forwards_activations(reference_net):
     """At 224x224 the arena is the forward's peak (the paper's bound, section 5.1), and a forward in
     it allocates only its output; after release_workspace() the next forward allocates them again."""

@@ -14,7 +14,6 @@
 
 #include "chain_scratch.h"
 #include "forward_arena.h"
-#include "isa.h"
 #include "ops_cpu.h"
 #include "team.h"
 
@@ -85,12 +84,10 @@ class Activations {
 // with their shapes: kept in the arena, so the bound forwards after the first skip the checks, the
 // weights' layout and the plans' lookup, which took about 4 us a stage in a 4 ms forward at batch 1
 // and 18 us before the stem (the weights' metadata comes from memory after the stages before).
-// Made for as many threads as there were, on the kernels then chosen, for the weights the arena's
-// owner binds.
+// Made for as many threads as there were, for the weights the arena's owner binds.
 struct PreparedStages {
   std::vector<int64_t> input;  // the input's sizes
   int64_t threads = 0;
-  const Isa* isa = nullptr;
   const c10::TensorImpl* stem_weight = nullptr;
   StemShape stem_shape{};
   PreparedBlock stem;
@@ -98,7 +95,7 @@ struct PreparedStages {
   std::vector<PreparedBlock> blocks;
 
   bool serves(const at::Tensor& x, const at::Tensor& w_stem, int64_t n_blocks) const {
-    return x.sizes() == at::IntArrayRef(input) && threads == at::get_num_threads() && isa == &cpu_isa() &&
+    return x.sizes() == at::IntArrayRef(input) && x.scalar_type() == at::kFloat && threads == at::get_num_threads() &&
            stem_weight == w_stem.unsafeGetTensorImpl() && static_cast<int64_t>(blocks.size()) == n_blocks;
   }
 
@@ -144,13 +141,13 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
       made = std::make_shared<PreparedStages>();
       made->input = x.sizes().vec();
       made->threads = at::get_num_threads();
-      made->isa = &cpu_isa();
       made->stem_weight = stem[0].unsafeGetTensorImpl();
     }
     const PreparedStages& stages = kept != nullptr ? *kept : *made;
     y = stage([] { return "stem+block 0"; }, [&] {
       if (made) {
         made->stem_shape = check_stem(x, stem[0], stem[1], stem_stride, stem[2], stem[3], stem[4], stem[5], stride);
+        check_cpu_float(x, op);
         made->stem = prepare_stem_inverted_residual(made->stem_shape, stem[0], stem[1], stem[2], stem[3], stem[4],
                                                     stem[5]);
       }

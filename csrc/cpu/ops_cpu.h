@@ -44,8 +44,8 @@ PreparedBlock prepare_inverted_residual(const BlockShape& s, const std::optional
 PreparedBlock prepare_stem_inverted_residual(const StemShape& st, const at::Tensor& w_stem, const at::Tensor& b_stem,
                                              const at::Tensor& w_dw, const at::Tensor& b_dw, const at::Tensor& w_proj,
                                              const at::Tensor& b_proj);
-// The prepared call on x (its shape as prepared, any strides) into y (the output's shape, any
-// strides, not overlapping x).
+// The prepared call on x (float32, its shape as prepared, any strides) into y (the output's shape,
+// any strides, not overlapping x).
 void run_prepared(const PreparedBlock& p, const at::Tensor& x, at::Tensor& y);
 
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
