@@ -69,6 +69,20 @@ def test_prepared_stages_follow_the_input_and_the_thread_count(reference_net):
         torch.set_num_threads(threads)
 
 
+def test_empty_batches_between_full_ones(reference_net):
+    """Empty batches run through the bound forward and its arena, before and after full ones, and
+    through the op called directly."""
+    net = convert(copy.deepcopy(reference_net))
+    with torch.no_grad():
+        for i, n in enumerate([0, 0, 0, 2, 2, 0, 2]):
+            x = make_input((n, 3, 64, 48), "channels_last", seed=i)
+            out = net(x)
+            assert out.shape == (n, 1000)
+            assert torch.equal(out, without_arena(net, x))
+            if n:
+                assert rel_err(out, reference_net(x)) <= 1e-4
+
+
 def test_network_op_on_float64_says_float32_only(reference_net):
     """Called directly on other dtypes, the network op stops with a clear error before it lays any
     weight out for its kernels."""

@@ -216,10 +216,12 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   run_planned(a, batch, x, plan, threads, budget, std::move(channel_sums));
 }
 
-// The plan, for as many threads as there are now, and the scratch budget it was chosen for.
+// The plan, for as many threads as there are now, and the scratch budget it was chosen for; none
+// for an empty output (run_prepared runs nothing).
 void plan_prepared(PreparedBlock& p, const BlockShape& s) {
   p.batch = s.n;
   p.threads = at::get_num_threads();
+  if (s.n * s.cout * s.oh * s.ow == 0) return;
   p.budget = scratch_budget_floats(s.n, s.n * s.cin * s.h * s.w, s.n * s.cout * s.oh * s.ow, p.threads);
   p.plan = plan_for(p.args, s.n, p.threads, p.budget, false);
 }
