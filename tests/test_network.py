@@ -179,6 +179,26 @@ def test_converted_network_matches_torchvision(reference_net, size, layout):
         assert rel_err(net(x), reference_net(x)) <= 1e-4
 
 
+@pytest.mark.parametrize("n,size", [(1, 224), (3, 160), (2, 32)])
+def test_network_op_equals_its_head_then_its_classifier(reference_net, n, size):
+    """The head prefetches the classifier's weight while it runs (csrc/cpu/kernel_gemm.h, Gemm::warm):
+    the output is still, bit for bit, the head's followed by the classifier op's, for classifiers of
+    any size and weights in any layout (packed; nn.Linear's; strided; a weight smaller than what
+    one micro-tile prefetches)."""
+    net = convert(copy.deepcopy(reference_net))
+    x = make_input((n, 3, size, size), "channels_last")
+    g = torch.Generator().manual_seed(n)
+    with torch.no_grad():
+        net(x)
+        args = list(net._bound.weights(net.features, net.classifier).op_arguments())
+        pooled = torch.ops.mnv2_fused.mobilenet_v2_forward(x, *args[:-1], [])
+        for o in (1000, 10, 1):
+            w, b = torch.randn(o, 1280, generator=g) * 0.03, torch.randn(o, generator=g)
+            for weight in (pack_columns(w), w, w.t().contiguous().t(), torch.randn(o, 2560, generator=g)[:, ::2]):
+                out = torch.ops.mnv2_fused.mobilenet_v2_forward(x, *args[:-1], [weight, b])
+                assert torch.equal(out, torch.ops.mnv2_fused.linear(pooled, weight, b)), (o, weight.stride())
+
+
 def test_converted_network_keeps_state_dict_keys_and_loads_checkpoints(reference_net):
     net = convert(torchvision.models.mobilenet_v2().eval())
     assert list(net.state_dict()) == list(reference_net.state_dict())

@@ -23,6 +23,8 @@ void MNV2_CAT(pointwise_pool_, MNV2_ISA)(const PoolArgs& a, int64_t n0, int64_t 
       g.bias = a.b + j0;
       g.store = Store::kPool;
       g.pool = y + j0;
+      g.warm = a.warm;
+      g.warm_bytes = a.warm_bytes;
       gemm(g, m, j1 - j0);
     }
     const float scale = 1.f / static_cast<float>(pixels);

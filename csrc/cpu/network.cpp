@@ -180,7 +180,9 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
     }
     if (made && arena != nullptr) arena->keep(made, made->kept_bytes());
     chain.reset();  // before the head, whose output is the forward's
-    y = stage([] { return "head+pool"; }, [&] { return pointwise_relu6_mean(y, head[0], head[1]); });
+    y = stage([] { return "head+pool"; }, [&] {
+      return pointwise_relu6_mean_then(y, head[0], head[1], classifier.empty() ? nullptr : &classifier[0]);
+    });
     if (!classifier.empty())
       y = stage([] { return "classifier"; }, [&] { return linear(y, classifier[0], classifier[1], "none"); });
   });

@@ -15,6 +15,11 @@ namespace mnv2_fused {
 namespace cpu {
 
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return pointwise_relu6_mean_then(x, w, b, nullptr);
+}
+
+at::Tensor pointwise_relu6_mean_then(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                                     const at::Tensor* next) {
   check_pointwise_pool(x, w, b);
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat,
                    "mnv2_fused.pointwise_relu6_mean: the CPU kernel supports float32 only, got ", x.scalar_type());
@@ -26,12 +31,22 @@ at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const 
   const float* w_ptr = matrix_columns(w, keep_w, packed);
   PoolArgs a{x.data_ptr<float>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3), w_ptr, packed,
              contiguous_ptr(b, keep_b), y.data_ptr<float>(), cin, cout, x.size(2), x.size(3)};
+  const bool warm = next != nullptr && next->is_contiguous() && next->nbytes() > 0;
+  const char* const next_bytes = warm ? static_cast<const char*>(next->data_ptr()) : nullptr;
+  const int64_t next_size = warm ? static_cast<int64_t>(next->nbytes()) : 0;
   const Isa& isa = cpu_isa();
-  const int64_t block = 4 * isa.lanes, blocks = (cout + block - 1) / block;
-  team_parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t block = 4 * isa.lanes, blocks = (cout + block - 1) / block, items = n * blocks;
+  team_parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    PoolArgs call = a;
     for (int64_t item = begin; item < end; ++item) {
+      // The items' slices of `next` tile it in order: each thread warms the share of it that the
+      // classifier's column blocks give the same thread (the first threads, the first columns).
+      if (warm) {
+        call.warm = next_bytes + item * next_size / items;
+        call.warm_bytes = (item + 1) * next_size / items - item * next_size / items;
+      }
       const int64_t j0 = item % blocks * block;
-      isa.pointwise_pool(a, item / blocks, item / blocks + 1, j0, std::min(cout, j0 + block));
+      isa.pointwise_pool(call, item / blocks, item / blocks + 1, j0, std::min(cout, j0 + block));
     }
   });
   return y;
