@@ -75,12 +75,13 @@ struct Gemm {
   // the GEMM's column j is B's column b_col0 + j.
   int64_t group_stride = 0;
   int64_t b_col0 = 0;
-  // kPool: bytes [warm, warm + warm_bytes) that the caller reads next, prefetched kWarmLines cache
-  // lines per k-step, each micro-tile its own K * kWarmLines lines in turn (warm_lines). The head
-  // is compute-bound, and the classifier after it read its 5 MB weight from memory (MobileNetV2);
-  // prefetched, the classifier ran 0.53-0.66x the time and the head 1.04-1.09x (Zen 4, batch 1).
-  const char* warm = nullptr;
-  int64_t warm_bytes = 0;
+  // kPool: memory the caller reads next, bytes [warm[r], warm[r] + warm_bytes[r]) of regions r = 0
+  // and 1 in turn (null: none), prefetched kWarmLines cache lines per k-step, each micro-tile its
+  // own K * kWarmLines lines. The head is compute-bound, but its first tiles of each column block
+  // read the block's weight from memory, and the classifier after it its 5 MB weight (MobileNetV2);
+  // the head's calls prefetch their next block's weight and a slice of the classifier's.
+  const char* warm[2] = {nullptr, nullptr};
+  int64_t warm_bytes[2] = {0, 0};
 
   // B: rows [k0, k0 + k) and the columns from j0 on of a (k_total, o) weight matrix w, row-major
   // or packed (see kPackedColumns).
@@ -95,16 +96,21 @@ struct Gemm {
 
 constexpr int64_t kWarmLines = 2;
 
-// Where the micro-tile `tile` of a kPool GEMM prefetches (its lines of g.warm, the last ones again
-// past its end) and how far it moves per k-step; without g.warm, B's column `b` (already cached).
+// Where the micro-tile `tile` of a kPool GEMM prefetches (its window of g.warm's regions laid end
+// to end, kept inside the region it starts in) and how far it moves per k-step; past the regions,
+// or without any, B's column `b` (already cached) over and over.
 inline const char* warm_lines(const Gemm& g, int64_t tile, const float* b, int64_t& step) {
   const int64_t bytes = g.K * kWarmLines * 64;
-  if (!g.warm || g.warm_bytes < bytes) {
-    step = 0;
-    return g.warm ? g.warm : reinterpret_cast<const char*>(b);
+  int64_t offset = tile * bytes;
+  for (int r = 0; r < 2; ++r) {
+    if (offset < g.warm_bytes[r]) {
+      step = g.warm_bytes[r] >= bytes ? kWarmLines * 64 : 0;
+      return g.warm[r] + (step ? std::min(offset, g.warm_bytes[r] - bytes) : 0);
+    }
+    offset -= g.warm_bytes[r];
   }
-  step = kWarmLines * 64;
-  return g.warm + std::min(tile * bytes, g.warm_bytes - bytes);
+  step = 0;
+  return reinterpret_cast<const char*>(b);
 }
 
 // Where column `col` of B starts (row 0); rows follow every g.ldb floats.

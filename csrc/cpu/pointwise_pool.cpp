@@ -39,11 +39,17 @@ at::Tensor pointwise_relu6_mean_then(const at::Tensor& x, const at::Tensor& w, c
   team_parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     PoolArgs call = a;
     for (int64_t item = begin; item < end; ++item) {
-      // The items' slices of `next` tile it in order: each thread warms the share of it that the
+      // Each call warms the column block of the thread's next call, then its own slice of `next`:
+      // the items' slices tile it in order, so each thread warms the share of it that the
       // classifier's column blocks give the same thread (the first threads, the first columns).
+      // (A packed weight's column block is one run of memory: its groups of cin x kPackedColumns.)
+      const int64_t next_j0 = (item + 1) % blocks * block;
+      const int64_t next_cols = round_up(std::min(cout - next_j0, block), kPackedColumns);
+      call.warm[0] = item + 1 < end && packed ? reinterpret_cast<const char*>(w_ptr + next_j0 * cin) : nullptr;
+      call.warm_bytes[0] = call.warm[0] ? next_cols * cin * static_cast<int64_t>(sizeof(float)) : 0;
       if (warm) {
-        call.warm = next_bytes + item * next_size / items;
-        call.warm_bytes = (item + 1) * next_size / items - item * next_size / items;
+        call.warm[1] = next_bytes + item * next_size / items;
+        call.warm_bytes[1] = (item + 1) * next_size / items - item * next_size / items;
       }
       const int64_t j0 = item % blocks * block;
       isa.pointwise_pool(call, item / blocks, item / blocks + 1, j0, std::min(cout, j0 + block));

@@ -199,10 +199,10 @@ struct PoolArgs {
   const float* b;
   float* y;
   int64_t cin, cout, h, wd;
-  // Bytes [warm, warm + warm_bytes): what the caller reads next (the classifier's weight), which the
-  // micro-tiles prefetch as they run (Gemm::warm); null: nothing.
-  const char* warm = nullptr;
-  int64_t warm_bytes = 0;
+  // What the caller reads next (the next column block's weight, the classifier's), which the
+  // micro-tiles prefetch as they run (Gemm::warm).
+  const char* warm[2] = {nullptr, nullptr};
+  int64_t warm_bytes[2] = {0, 0};
 };
 // Images [n0, n1), output channels [j0, j1).
 using PoolFn = void (*)(const PoolArgs&, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
