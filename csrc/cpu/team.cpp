@@ -44,11 +44,55 @@ void pause() {
 #endif
 }
 
+// Ranges of memory a team's waiting threads prefetch (warm_while_waiting), claimed kLinesPerStep
+// cache lines at a time from one counter. The leader replaces the ranges while helpers may be
+// reading them: every field is atomic, and a torn read only prefetches lines nobody needs (a
+// prefetch never faults).
+class WarmQueue {
+ public:
+  static constexpr int64_t kLinesPerStep = 8;
+
+  void set(const MemoryRange (&ranges)[kWarmRanges]) {
+    total_.store(0);
+    int64_t lines = 0;
+    for (int r = 0; r < kWarmRanges; ++r) {
+      base_[r].store(static_cast<const char*>(ranges[r].begin), std::memory_order_relaxed);
+      lines += ranges[r].begin ? (ranges[r].bytes + 63) / 64 : 0;
+      end_[r].store(lines, std::memory_order_relaxed);
+    }
+    next_.store(0);
+    total_.store(lines);
+  }
+
+  // Prefetches the next few lines; false when none are left.
+  bool step() {
+    const int64_t total = total_.load();
+    if (next_.load(std::memory_order_relaxed) >= total) return false;
+    int64_t line = next_.fetch_add(kLinesPerStep);
+    if (line >= total) return false;
+    const int64_t last = std::min(total, line + kLinesPerStep);
+    int r = 0;
+    for (; line < last; ++line) {
+      while (r + 1 < kWarmRanges && line >= end_[r].load(std::memory_order_relaxed)) ++r;
+      const int64_t first = r == 0 ? 0 : end_[r - 1].load(std::memory_order_relaxed);
+      __builtin_prefetch(base_[r].load(std::memory_order_relaxed) + (line - first) * 64, 0, 2);
+    }
+    return true;
+  }
+
+ private:
+  std::atomic<const char*> base_[kWarmRanges] = {};
+  std::atomic<int64_t> end_[kWarmRanges] = {};  // lines of ranges [0, r], added up
+  std::atomic<int64_t> next_{0}, total_{0};
+};
+
 // Spins until ready() for up to kSpin, then sleeps on `cv` until it holds. `sleepers` is
 // raised before the check under the lock: whoever makes ready() true and then reads `sleepers`
-// either sees the sleeper and notifies under the lock, or made it true before that check.
+// either sees the sleeper and notifies under the lock, or made it true before that check. While it
+// spins, it prefetches what `warm` (when not null) still holds.
 template <class Ready>
-void wait_until(const Ready& ready, std::mutex& mutex, std::condition_variable& cv, std::atomic<int>& sleepers) {
+void wait_until(const Ready& ready, std::mutex& mutex, std::condition_variable& cv, std::atomic<int>& sleepers,
+                WarmQueue* warm = nullptr) {
   const auto until = std::chrono::steady_clock::now() + kSpin;
   while (!ready()) {
     if (std::chrono::steady_clock::now() >= until) {
@@ -60,7 +104,8 @@ void wait_until(const Ready& ready, std::mutex& mutex, std::condition_variable& 
       sleepers.fetch_sub(1);
       return;
     }
-    for (int i = 0; i < 32; ++i) pause();
+    if (warm == nullptr || !warm->step())
+      for (int i = 0; i < 32; ++i) pause();
   }
 }
 
@@ -95,7 +140,7 @@ class Team {
     ticket_.store(ticket);
     wake(mutex_, helpers_cv_, helpers_asleep_);
     claim(gen);
-    wait_until([&] { return done_.load() == chunks; }, mutex_, leader_cv_, leader_asleep_);
+    wait_until([&] { return done_.load() == chunks; }, mutex_, leader_cv_, leader_asleep_, &warm_);
     if (error_) {
       std::exception_ptr e = error_;
       error_ = nullptr;
@@ -108,7 +153,7 @@ class Team {
     uint64_t seen = 0;
     for (;;) {
       wait_until([&] { return stopped_.load() || generation(ticket_.load()) != seen; }, mutex_, helpers_cv_,
-                 helpers_asleep_);
+                 helpers_asleep_, &warm_);
       if (stopped_.load()) return;
       seen = generation(ticket_.load());
       claim(seen);
@@ -119,6 +164,8 @@ class Team {
     stopped_.store(true);
     wake(mutex_, helpers_cv_, helpers_asleep_);
   }
+
+  WarmQueue& warm() { return warm_; }
 
  private:
   void claim(uint64_t gen) {
@@ -148,6 +195,7 @@ class Team {
   std::mutex mutex_;
   std::condition_variable helpers_cv_, leader_cv_;
   std::atomic<int> helpers_asleep_{0}, leader_asleep_{0};
+  WarmQueue warm_;
 };
 
 thread_local Team* led_team = nullptr;  // the team this thread leads, inside run_as_team
@@ -341,6 +389,10 @@ void run_as_team(int64_t threads, int64_t work, const std::function<void()>& bod
     body();
   }
   if (mode == ChainMode::kAuto) contention().record_reduced(threads, work, std::chrono::steady_clock::now() - wall0);
+}
+
+void warm_while_waiting(const MemoryRange (&ranges)[kWarmRanges]) {
+  if (led_team != nullptr && !in_chunk) led_team->warm().set(ranges);
 }
 
 void team_parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {

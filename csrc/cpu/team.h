@@ -24,5 +24,18 @@ void run_as_team(int64_t threads, int64_t work, const std::function<void()>& bod
 // the team when called by a team's leader, on at::parallel_for otherwise.
 void team_parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f);
 
+// A range of memory [begin, begin + bytes).
+struct MemoryRange {
+  const void* begin = nullptr;
+  int64_t bytes = 0;
+};
+constexpr int kWarmRanges = 4;
+
+// Memory the team's threads prefetch, a few cache lines at a time, while they wait (for a job, or
+// for the rest of one): the next stages' weights, which a forward otherwise reads from memory when
+// it gets to them. Replaces the ranges set before; outside a team's leader, nothing. Up to
+// kWarmRanges ranges, in order.
+void warm_while_waiting(const MemoryRange (&ranges)[kWarmRanges]);
+
 }  // namespace cpu
 }  // namespace mnv2_fused
