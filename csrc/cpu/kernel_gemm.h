@@ -344,14 +344,15 @@ void micro_full(const Gemm& g, const float* const* bcols, int64_t i0, int64_t j0
   }
 }
 
-// Rows [0, MR * (M / MR)) of a panel with micro_full, the activation dispatched once for all of
-// them; returns the first row left, 0 where micro_full does not apply.
+// Rows [first, first + MR * ((M - first) / MR)) of a panel with micro_full, the activation
+// dispatched once for all of them; returns the first row left, `first` where micro_full does not
+// apply.
 template <int NV, int MR>
-int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
+int64_t full_tiles(const Gemm& g, int64_t first, int64_t M, int64_t j0, int ncols) {
   // Each loop over the tiles counts in a local and sets `done` after it: counting in `done`, which
   // the lambdas take by reference, GCC stored the count after every tile.
-  const int64_t end = M / MR * MR;
-  int64_t done = 0;
+  const int64_t end = first + (M - first) / MR * MR;
+  int64_t done = first;
   // Where each of the panel's column vectors starts in B, worked out once for all its tiles.
   const float* bcols[NV];
   for (int j = 0; j < NV; ++j) bcols[j] = b_column(g, j0 + j * kLanes);
@@ -367,9 +368,9 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
     auto tiles = [&](auto tail) {
       constexpr Tail T = decltype(tail)::value;
       if (g.init)
-        for (int64_t i = 0; i < end; i += MR) micro_full<NV, MR, R, A, true, false, false, T>(g, bcols, i, j0, ncols);
+        for (int64_t i = first; i < end; i += MR) micro_full<NV, MR, R, A, true, false, false, T>(g, bcols, i, j0, ncols);
       else
-        for (int64_t i = 0; i < end; i += MR) micro_full<NV, MR, R, A, false, false, false, T>(g, bcols, i, j0, ncols);
+        for (int64_t i = first; i < end; i += MR) micro_full<NV, MR, R, A, false, false, false, T>(g, bcols, i, j0, ncols);
       done = end;
     };
     if constexpr (kHalfVectors && (A == Act::kNone || A == Act::kReLU6))
@@ -380,7 +381,7 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   };
   using None = std::integral_constant<Act, Act::kNone>;
   if (g.store == Store::kPool) {  // the head: from the bias (panel()'s full_ok)
-    for (int64_t i = 0; i < end; i += MR)
+    for (int64_t i = first; i < end; i += MR)
       micro_full<NV, MR, false, Act::kNone, false, true>(g, bcols, i, j0, ncols);
     return end;
   }
@@ -390,7 +391,7 @@ int64_t full_tiles(const Gemm& g, int64_t M, int64_t j0, int ncols) {
       constexpr Act A = decltype(a)::value;
       auto tiles = [&](auto tail) {
         constexpr Tail T = decltype(tail)::value;
-        for (int64_t i = 0; i < end; i += MR)
+        for (int64_t i = first; i < end; i += MR)
           micro_full<NV, MR, false, A, false, false, true, T>(g, bcols, i, j0, ncols);
         done = end;
       };
@@ -430,8 +431,15 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   const int64_t masked = std::min<int64_t>(g.K, (NV * kLanes + g.ldb - 1) / std::max<int64_t>(g.ldb, 1));
   const bool full_ok = kPacked && g.K > 0 && g.ak == 1 &&
                        (g.store == Store::kPool ? !g.init && !g.res : g.ck == 1 && (!g.res || g.rk == 1));
-  int64_t i = full_ok && M >= MR1 ? full_tiles<NV, MR1>(g, M, j0, ncols) : 0;
+  int64_t i = full_ok && M >= MR1 ? full_tiles<NV, MR1>(g, 0, M, j0, ncols) : 0;
   if (g.a_seg) return;  // whole micro-tiles only (segmented_rows)
+  // The rows past whole micro-tiles in shorter ones of the same kernel: micro() below computes
+  // MR rows for fewer (repeating the last) with its accumulators spilled around its branches.
+  if (full_ok && i < M) {
+    if constexpr (MR2 < MR1) i = full_tiles<NV, MR2>(g, i, M, j0, ncols);
+    if constexpr (MR3 < MR2) i = full_tiles<NV, MR3>(g, i, M, j0, ncols);
+    if constexpr (1 < MR3) i = full_tiles<NV, 1>(g, i, M, j0, ncols);
+  }
   while (i < M) {
     const int64_t rem = M - i;
     if (rem > MR2) {
