@@ -6,6 +6,7 @@
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
+#include <array>
 #include <memory>
 #include <optional>
 #include <string>
@@ -93,6 +94,9 @@ struct PreparedStages {
   PreparedBlock stem;
   std::vector<BlockShape> shapes;
   std::vector<PreparedBlock> blocks;
+  // What the threads prefetch while they wait (team.h: warm_while_waiting): entry i during the stage
+  // before block i, block i's weights; the last, the head's weight.
+  std::vector<std::array<MemoryRange, kWarmRanges>> warm;
 
   bool serves(const at::Tensor& x, const at::Tensor& w_stem, int64_t n_blocks) const {
     return x.sizes() == at::IntArrayRef(input) && x.scalar_type() == at::kFloat && threads == at::get_num_threads() &&
@@ -142,22 +146,25 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
       made->input = x.sizes().vec();
       made->threads = at::get_num_threads();
       made->stem_weight = stem[0].unsafeGetTensorImpl();
+      // While a stage runs, its threads prefetch the next stage's weights whenever they wait: the
+      // later stages' weights (0.3-1.6 MB each at MobileNetV2's width) are read from memory otherwise.
+      made->warm.resize(n_blocks + 1);
+      for (int64_t i = 0; i <= n_blocks; ++i) {
+        int r = 0;
+        auto add = [&](const at::Tensor& t) {
+          if (t.has_storage() && t.is_contiguous()) made->warm[i][r++] = {t.data_ptr(), int64_t(t.nbytes())};
+        };
+        if (i == n_blocks) {
+          add(head[0]);
+        } else {
+          for (int64_t j : {0, 2, 4})  // expand (none in t = 1 blocks), depthwise, projection
+            if (const std::optional<at::Tensor> w = blocks.get(6 * i + j)) add(*w);
+        }
+      }
     }
     const PreparedStages& stages = kept != nullptr ? *kept : *made;
-    // While a stage runs, its threads prefetch the next stage's weights whenever they wait: the
-    // later stages' weights (0.3-1.6 MB each at MobileNetV2's width) are read from memory otherwise.
-    auto warm_stage = [&](int64_t i) {  // block i's weights (0-based), the head's after the last
-      MemoryRange ranges[kWarmRanges];
-      auto add = [&, r = 0](const at::Tensor& t) mutable {
-        if (t.defined() && t.is_contiguous()) ranges[r++] = {t.data_ptr(), static_cast<int64_t>(t.nbytes())};
-      };
-      if (i < n_blocks) {
-        for (int64_t j : {0, 2, 4})
-          if (const std::optional<at::Tensor> w = blocks.get(6 * i + j)) add(*w);
-      } else {
-        add(head[0]);
-      }
-      warm_while_waiting(ranges);
+    auto warm_stage = [&](int64_t i) {
+      if (static_cast<size_t>(i) < stages.warm.size()) warm_while_waiting(stages.warm[i]);
     };
     warm_stage(0);
     y = stage([] { return "stem+block 0"; }, [&] {

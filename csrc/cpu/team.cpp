@@ -52,7 +52,7 @@ class WarmQueue {
  public:
   static constexpr int64_t kLinesPerStep = 8;
 
-  void set(const MemoryRange (&ranges)[kWarmRanges]) {
+  void set(const std::array<MemoryRange, kWarmRanges>& ranges) {
     total_.store(0);
     int64_t lines = 0;
     for (int r = 0; r < kWarmRanges; ++r) {
@@ -391,7 +391,7 @@ void run_as_team(int64_t threads, int64_t work, const std::function<void()>& bod
   if (mode == ChainMode::kAuto) contention().record_reduced(threads, work, std::chrono::steady_clock::now() - wall0);
 }
 
-void warm_while_waiting(const MemoryRange (&ranges)[kWarmRanges]) {
+void warm_while_waiting(const std::array<MemoryRange, kWarmRanges>& ranges) {
   if (led_team != nullptr && !in_chunk) led_team->warm().set(ranges);
 }
 

@@ -8,6 +8,7 @@
 // follow each other that closely) and then sleeps, so the scheduler can move the other thread onto
 // its core; and the leader waits only for work a helper has claimed, never for a helper to start.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <functional>
 
@@ -35,7 +36,7 @@ constexpr int kWarmRanges = 4;
 // for the rest of one): the next stages' weights, which a forward otherwise reads from memory when
 // it gets to them. Replaces the ranges set before; outside a team's leader, nothing. Up to
 // kWarmRanges ranges, in order.
-void warm_while_waiting(const MemoryRange (&ranges)[kWarmRanges]);
+void warm_while_waiting(const std::array<MemoryRange, kWarmRanges>& ranges);
 
 }  // namespace cpu
 }  // namespace mnv2_fused
