@@ -368,9 +368,11 @@ int64_t full_tiles(const Gemm& g, int64_t first, int64_t M, int64_t j0, int ncol
     auto tiles = [&](auto tail) {
       constexpr Tail T = decltype(tail)::value;
       if (g.init)
-        for (int64_t i = first; i < end; i += MR) micro_full<NV, MR, R, A, true, false, false, T>(g, bcols, i, j0, ncols);
+        for (int64_t i = first; i < end; i += MR)
+          micro_full<NV, MR, R, A, true, false, false, T>(g, bcols, i, j0, ncols);
       else
-        for (int64_t i = first; i < end; i += MR) micro_full<NV, MR, R, A, false, false, false, T>(g, bcols, i, j0, ncols);
+        for (int64_t i = first; i < end; i += MR)
+          micro_full<NV, MR, R, A, false, false, false, T>(g, bcols, i, j0, ncols);
       done = end;
     };
     if constexpr (kHalfVectors && (A == Act::kNone || A == Act::kReLU6))
