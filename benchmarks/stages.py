@@ -14,7 +14,11 @@ and the page faults a whole forward takes. Medians over rounds; GFLOP/s of the t
 forward, from the torchvision stage's convolutions and linear layer, and its share of the
 machine's FMA ceiling: --peak-gflops, or measured in every round by running --fma-peak
 (benchmarks/fma_peak.cpp compiled), since on a shared machine the ceiling moves with the
-machine's spells.
+machine's spells. In the forward, each stage's team work too (csrc/cpu/team.h): the jobs it hands
+its threads, how long the leading thread waited in them for the other threads' chunks, and how
+much of the stage ran outside any job (the leader's own serial work, while the other threads wait
+for the next job); then the whole forward's time outside its stages (entering the library from
+Python, checking the weights' versions, starting and ending the team).
 """
 import argparse
 import os
@@ -103,6 +107,7 @@ def main():
     calls = stage_calls(_fold_network(net.features, net.classifier))
     flops = stage_flops(ref, x.contiguous())
     hot, chain, scoped = [[] for _ in calls], [[] for _ in calls], [[] for _ in calls]
+    jobs, waiting, outside = [[] for _ in calls], [[] for _ in calls], [[] for _ in calls]
     whole, scoped_whole, peaks, checks, faults = [], [], [], [], []
     with torch.no_grad():
         net(x)  # binds the forward's call, with the snapshot of the weights' version counters
@@ -131,20 +136,26 @@ def main():
             checks.append(timed(lambda _: versions.unchanged(), None))
             with scope_times(SCOPE) as times:
                 scoped_whole.append(timed(net, x))
-            names = [name.removeprefix(SCOPE) for name, _ in times]
+            names = [name.removeprefix(SCOPE) for name, *_ in times]
             if names != [name for name, _ in calls]:
                 raise RuntimeError(f"the forward's stage scopes were {names}, not the stages timed here")
-            for i, (_, seconds) in enumerate(times):
+            for i, (_, seconds, n_jobs, waited, serial) in enumerate(times):
                 scoped[i].append(seconds)
+                jobs[i].append(n_jobs)
+                waiting[i].append(waited)
+                outside[i].append(serial)
     print(f"batch {args.batch}, {torch.get_num_threads()} threads, medians of {args.rounds} rounds")
     peak = statistics.median(peaks) if peaks else args.peak_gflops
     if peaks:
         print(f"FMA ceiling {peak:.0f} GFLOP/s (fma_peak in every round: {min(peaks):.0f}-{max(peaks):.0f})")
-    print(f"{'stage':<14}{'hot us':>9}{'chain us':>10}{'forward us':>12}{'GFLOP/s':>9}{'of peak':>9}")
-    for (name, _), h, c, f, fl in zip(calls, hot, chain, scoped, flops):
+    print(f"{'':<14}{'':>9}{'':>10}{'':>12}{'':>9}{'':>9}{'team jobs in the forward':>31}")
+    print(f"{'stage':<14}{'hot us':>9}{'chain us':>10}{'forward us':>12}{'GFLOP/s':>9}{'of peak':>9}"
+          f"{'jobs':>6}{'waiting us':>12}{'outside us':>12}")
+    for (name, _), h, c, f, fl, nj, wt, ou in zip(calls, hot, chain, scoped, flops, jobs, waiting, outside):
         h, c, f = statistics.median(h), statistics.median(c), statistics.median(f)
         share = f"{fl / f / 1e9 / peak:>9.0%}" if peak else f"{'-':>9}"
-        print(f"{name:<14}{h * 1e6:>9.1f}{c * 1e6:>10.1f}{f * 1e6:>12.1f}{fl / f / 1e9:>9.1f}{share}")
+        print(f"{name:<14}{h * 1e6:>9.1f}{c * 1e6:>10.1f}{f * 1e6:>12.1f}{fl / f / 1e9:>9.1f}{share}"
+              f"{statistics.median(nj):>6.0f}{statistics.median(wt) * 1e6:>12.1f}{statistics.median(ou) * 1e6:>12.1f}")
     sums = [sum(statistics.median(t) for t in ts) * 1e3 for ts in (hot, chain, scoped)]
     fwd = statistics.median(whole)
     gflops = sum(flops) / fwd / 1e9
@@ -152,6 +163,12 @@ def main():
     print(f"stages hot {sums[0]:.3f} ms, in a chain {sums[1]:.3f} ms, in the forward {sums[2]:.3f} ms (of its "
           f"{statistics.median(scoped_whole) * 1e3:.3f} ms); whole forward {fwd * 1e3:.3f} ms "
           f"({gflops:.1f} GFLOP/s{share})")
+    # Per round, so that the parts add up within one forward.
+    waits = statistics.median(sum(w[r] for w in waiting) for r in range(args.rounds))
+    serial = statistics.median(sum(o[r] for o in outside) for r in range(args.rounds))
+    between = statistics.median(scoped_whole[r] - sum(s[r] for s in scoped) for r in range(args.rounds))
+    print(f"the team in the forward: waiting {waits * 1e6:.1f} us, the stages outside their jobs "
+          f"{serial * 1e6:.1f} us, the forward outside its stages {between * 1e6:.1f} us")
     print(f"checking the weights' version counters right after a forward: {statistics.median(checks) * 1e6:.1f} us")
     # Memory the allocator gave back to the system after the last forward and this one touches
     # afresh (README, How the CPU kernel works: the stem's two speeds).

@@ -316,8 +316,10 @@ def test_profiler_shows_each_stage_of_a_whole_network_forward(reference_net):
         assert op.time_range.start <= e.time_range.start <= e.time_range.end <= op.time_range.end
 
 
-def test_scope_times_times_the_stages_of_one_forward(reference_net):
+def test_scope_times_times_the_stages_of_one_forward(reference_net, monkeypatch):
     from mnv2_fused import _C
+
+    monkeypatch.setenv("MNV2_FUSED_CHAIN", "full")  # a team, whatever else the machine runs
 
     net = convert(copy.deepcopy(reference_net))
     x = make_input((1, 3, 64, 64), "channels_last")
@@ -330,8 +332,15 @@ def test_scope_times_times_the_stages_of_one_forward(reference_net):
         net(x)  # after the block: not timed
         with scope_times("a prefix no scope has") as none:
             net(x)
-    assert [name[len(STAGE_SCOPE):] for name, _ in times] == STAGES
-    assert all(seconds > 0 for _, seconds in times) and sum(seconds for _, seconds in times) <= wall
+    assert [name[len(STAGE_SCOPE):] for name, *_ in times] == STAGES
+    assert all(seconds > 0 for _, seconds, *_ in times) and sum(seconds for _, seconds, *_ in times) <= wall
+    # The team's jobs, where there is a team: each stage hands its threads one or more; what the
+    # leader waited in them and what ran outside them are parts of the stage's time.
+    for _, seconds, jobs, waiting, outside in times:
+        assert jobs >= 0 and 0 <= waiting <= seconds and 0 <= outside <= seconds
+        assert jobs > 0 or waiting == 0
+    if torch.get_num_threads() > 1:
+        assert sum(jobs for _, _, jobs, _, _ in times) > 0
     assert none == []
     with scope_times(STAGE_SCOPE), pytest.raises(RuntimeError, match="already running"):
         with scope_times(STAGE_SCOPE):

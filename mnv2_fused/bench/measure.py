@@ -33,8 +33,10 @@ def scope_times(prefix: str) -> Iterator[list]:
     """Times, on this thread, the profiler scopes opened in the block whose names start with
     `prefix` (such as the stages of a converted MobileNetV2's one network call, "mnv2_fused.
     mobilenet_v2_forward: block 3"), without torch.profiler, whose own work slowed what it measured
-    on a 2-core machine. The list it yields holds, after the block, (name, seconds) of each scope in
-    the order they closed."""
+    on a 2-core machine. The list it yields holds, after the block, (name, seconds, jobs, waiting,
+    outside_jobs) of each scope in the order they closed: its wall time, and the team jobs its
+    thread led meanwhile (csrc/cpu/team.h), how many, the seconds it waited in them for the other
+    threads' chunks, and the scope's seconds outside any job."""
     from .. import _C
 
     times: list = []
