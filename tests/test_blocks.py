@@ -14,7 +14,7 @@ from helpers import (
     table2_blocks,
     within_tolerance,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import mnv2_fused
@@ -100,8 +100,15 @@ def run_case(backend, case):
     check_block(backend, torch.float32, make_block(cin, cout, stride, t, seed), make_input(shape, layout, seed=seed))
 
 
+# One output pixel summing 664 hidden channels to 1/700 of their size: the kernel's float32 error
+# 1.5e-5 to 1.8e-5 of it (PyTorch's 3.4e-6), 2.1e-8 to 2.5e-8 of the terms' size
+# (helpers.projection_terms).
+CANCELLING = (166, 1, 1, 4, (1, 166, 1, 1), "nchw", 12298)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(block_cases(max_channels=200, max_side=40, max_batch=5))
+@example(CANCELLING)
 def test_property_cpu(case):
     run_case("cpu", case)
 
