@@ -334,7 +334,7 @@ def test_scope_times_times_the_stages_of_one_forward(reference_net, monkeypatch)
             net(x)
     assert [name[len(STAGE_SCOPE):] for name, *_ in times] == STAGES
     assert all(seconds > 0 for _, seconds, *_ in times) and sum(seconds for _, seconds, *_ in times) <= wall
-    # The team's jobs, where there is a team: each stage hands its threads one or more; what the
+    # The team's jobs, where there is a team (a stage too small to share hands out none): what the
     # leader waited in them and what ran outside them are parts of the stage's time.
     for _, seconds, jobs, waiting, outside in times:
         assert jobs >= 0 and 0 <= waiting <= seconds and 0 <= outside <= seconds
