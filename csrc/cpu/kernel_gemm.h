@@ -75,13 +75,13 @@ struct Gemm {
   // the GEMM's column j is B's column b_col0 + j.
   int64_t group_stride = 0;
   int64_t b_col0 = 0;
-  // kPool: memory the caller reads next, bytes [warm[r], warm[r] + warm_bytes[r]) of regions r = 0
-  // and 1 in turn (null: none), prefetched kWarmLines cache lines per k-step, each micro-tile its
+  // kPool: memory the caller reads next, bytes [warm[r], warm[r] + warm_bytes[r]) of the regions r
+  // in turn (null: none), prefetched kWarmLines cache lines per k-step, each micro-tile its
   // own K * kWarmLines lines. The head is compute-bound, but its first tiles of each column block
   // read the block's weight from memory, and the classifier after it its 5 MB weight (MobileNetV2);
   // the head's calls prefetch their next block's weight and a slice of the classifier's.
-  const char* warm[2] = {nullptr, nullptr};
-  int64_t warm_bytes[2] = {0, 0};
+  const char* warm[kWarmRegions] = {};
+  int64_t warm_bytes[kWarmRegions] = {};
 
   // B: rows [k0, k0 + k) and the columns from j0 on of a (k_total, o) weight matrix w, row-major
   // or packed (see kPackedColumns).
@@ -102,7 +102,7 @@ constexpr int64_t kWarmLines = 2;
 inline const char* warm_lines(const Gemm& g, int64_t tile, const float* b, int64_t& step) {
   const int64_t bytes = g.K * kWarmLines * 64;
   int64_t offset = tile * bytes;
-  for (int r = 0; r < 2; ++r) {
+  for (int r = 0; r < kWarmRegions; ++r) {
     if (offset < g.warm_bytes[r]) {
       step = g.warm_bytes[r] >= bytes ? kWarmLines * 64 : 0;
       return g.warm[r] + (step ? std::min(offset, g.warm_bytes[r] - bytes) : 0);

@@ -23,7 +23,7 @@ void MNV2_CAT(pointwise_pool_, MNV2_ISA)(const PoolArgs& a, int64_t n0, int64_t 
       g.bias = a.b + j0;
       g.store = Store::kPool;
       g.pool = y + j0;
-      for (int r = 0; r < 2; ++r) g.warm[r] = a.warm[r], g.warm_bytes[r] = a.warm_bytes[r];
+      for (int r = 0; r < kWarmRegions; ++r) g.warm[r] = a.warm[r], g.warm_bytes[r] = a.warm_bytes[r];
       gemm(g, m, j1 - j0);
     }
     const float scale = 1.f / static_cast<float>(pixels);

@@ -145,20 +145,16 @@ inline TilePlan make_plan(const BlockArgs& a, int64_t rows, int64_t cols, int64_
   p.off_dw = p.ring_rows * p.ring_cols * p.ld;
   p.off_acc = p.off_dw + (kept ? 0 : rows * cols * p.ld);  // kept: the depthwise writes a.dw_store
   p.off_im2col = p.off_acc + (p.carry ? 0 : rows * cols * p.acc_ld);
-  p.off_input_rows = p.off_im2col + (p.im2col_k ? round_up(std::min(kRowBlock, p.ring_rows * p.ring_cols) *
-                                                                  p.im2col_k + kPatchSlack,
-                                                              kLineFloats)
-                                                : 0);
-  // Whole cache lines, so that every worker's scratch (one after another) starts on one: off a
-  // line, each of the ring's and the depthwise output's vectors spans two lines (the depthwise in
-  // a loop of its own, 16 bytes off: 1.5x as long). The stem's patch buffers (27 floats a pixel)
-  // had put the second worker's scratch off a line: MobileNetV2's stem with its first block took
-  // 0.96-0.97x the time at batch 1 with this (Zen 4, 2 threads).
-  p.floats = p.off_input_rows + round_up(p.im2col_k ? ((p.ring_rows - 1) * a.expand_stride + 3) *
-                                                              ((p.ring_cols - 1) * a.expand_stride + 3) * a.cin +
-                                                          kPatchSlack
-                                                    : 0,
-                                         kLineFloats);
+  // A 3x3 expand's patches and input rows, each in whole cache lines, so that every worker's
+  // scratch (one after another) starts on one: off a line, each of the ring's and the depthwise
+  // output's vectors spans two lines (the depthwise in a loop of its own, 16 bytes off: 1.5x as
+  // long). The patches (27 floats a pixel in a stem) had put the second worker's scratch off a line:
+  // MobileNetV2's stem with its first block took 0.96-0.97x the time at batch 1 with this (Zen 4).
+  const int64_t patches = std::min(kRowBlock, p.ring_rows * p.ring_cols) * p.im2col_k + kPatchSlack;
+  const int64_t input_rows =
+      ((p.ring_rows - 1) * a.expand_stride + 3) * ((p.ring_cols - 1) * a.expand_stride + 3) * a.cin + kPatchSlack;
+  p.off_input_rows = p.off_im2col + (p.im2col_k ? round_up(patches, kLineFloats) : 0);
+  p.floats = p.off_input_rows + (p.im2col_k ? round_up(input_rows, kLineFloats) : 0);
   return p;
 }
 
@@ -200,6 +196,9 @@ using ProjectKeptFn = void (*)(const BlockArgs&, int64_t p0, int64_t p1, int64_t
 // tensor between them never exists. w is (cin, cout) row-major, or packed (w_packed: groups of
 // kPackedColumns output channels, each (cin, kPackedColumns) contiguous, one after another); x has
 // any strides; y is (N, cout) contiguous.
+// Regions of memory a head call prefetches as it runs (PoolArgs::warm, Gemm::warm).
+constexpr int kWarmRegions = 2;
+
 struct PoolArgs {
   const float* x;
   int64_t sxn, sxc, sxh, sxw;
@@ -210,8 +209,8 @@ struct PoolArgs {
   int64_t cin, cout, h, wd;
   // What the caller reads next (the next column block's weight, the classifier's), which the
   // micro-tiles prefetch as they run (Gemm::warm).
-  const char* warm[2] = {nullptr, nullptr};
-  int64_t warm_bytes[2] = {0, 0};
+  const char* warm[kWarmRegions] = {};
+  int64_t warm_bytes[kWarmRegions] = {};
 };
 // Images [n0, n1), output channels [j0, j1).
 using PoolFn = void (*)(const PoolArgs&, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
