@@ -276,18 +276,20 @@ void micro_full(const Gemm& g, const float* const* bcols, int64_t i0, int64_t j0
   // them): one version of the loop, entered unconditionally.
   if constexpr (kSeg) {  // A's three runs (Gemm::a_seg), B's rows in order
     const int64_t run = K / 3, seg = g.a_seg;
-    for (int s = 0; s < 3; ++s) {
-      const int64_t k0 = s * run;
-      int64_t t = 0;
+    int64_t at = 0;  // where tap k sits in every row: one offset, not MR pointers moved per run
+    int64_t k = 0;
+#pragma GCC unroll 1
+    for (int s = 0; s < 3; ++s, at += seg - run) {
+      const int64_t k_end = k + run;
       do {
         vec b[NV];
-        for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + (k0 + t) * kPackedColumns);
+        for (int j = 0; j < NV; ++j) b[j] = load(bp[j] + k * kPackedColumns);
         for (int i = 0; i < MR; ++i) {
-          const vec av = splat(ap[i][t]);
+          const vec av = splat(ap[i][at]);
           for (int j = 0; j < NV; ++j) acc[i][j] += av * b[j];
         }
-      } while (++t < run);
-      for (int i = 0; i < MR; ++i) ap[i] += seg;
+        ++at;
+      } while (++k < k_end);
     }
   } else {
     int64_t warm_step = 0;
