@@ -131,7 +131,7 @@ class Team {
 
   // The leader: hands out [begin, end) in chunks, runs what it claims, and returns when every
   // chunk is done (rethrowing the first exception a chunk threw).
-  void run(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
+  void run(int64_t begin, int64_t end, int64_t grain, c10::function_ref<void(int64_t, int64_t)> f) {
     int64_t chunks = size_;
     if (grain > 0) chunks = std::min(chunks, (end - begin + grain - 1) / grain);
     job_begin_ = begin, job_end_ = end, chunk_ = (end - begin + chunks - 1) / chunks, f_ = &f;
@@ -201,7 +201,7 @@ class Team {
   std::atomic<int64_t> done_{0};
   std::atomic<bool> stopped_{false};
   int64_t job_begin_ = 0, job_end_ = 0, chunk_ = 1;
-  const std::function<void(int64_t, int64_t)>* f_ = nullptr;
+  const c10::function_ref<void(int64_t, int64_t)>* f_ = nullptr;
   std::exception_ptr error_;
   std::mutex mutex_;
   std::condition_variable helpers_cv_, leader_cv_;
@@ -353,7 +353,7 @@ Contention& contention() {
 }
 
 // Leads a team of `size` threads (at least 2) for body's stages, planned for `threads`.
-void lead(int64_t size, int64_t threads, int64_t work, const std::function<void()>& body, bool measure) {
+void lead(int64_t size, int64_t threads, int64_t work, c10::function_ref<void()> body, bool measure) {
   Team team(threads);
   at::parallel_for(0, size, 1, [&](int64_t begin, int64_t end) {
     if (begin != 0) {  // a helper: the team's other threads
@@ -381,7 +381,7 @@ void lead(int64_t size, int64_t threads, int64_t work, const std::function<void(
 
 }  // namespace
 
-void run_as_team(int64_t threads, int64_t work, const std::function<void()>& body) {
+void run_as_team(int64_t threads, int64_t work, c10::function_ref<void()> body) {
   if (led_team != nullptr || alone || threads <= 1 || at::in_parallel_region() || at::get_num_threads() <= 1) {
     body();
     return;
@@ -406,7 +406,7 @@ void warm_while_waiting(const std::array<MemoryRange, kWarmRanges>& ranges) {
   if (led_team != nullptr && !in_chunk) led_team->warm().set(ranges);
 }
 
-void team_parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
+void team_parallel_for(int64_t begin, int64_t end, int64_t grain, c10::function_ref<void(int64_t, int64_t)> f) {
   if (begin >= end) return;
   if (alone) {
     f(begin, end);

@@ -8,9 +8,10 @@
 // follow each other that closely) and then sleeps, so the scheduler can move the other thread onto
 // its core; and the leader waits only for work a helper has claimed, never for a helper to start.
 #pragma once
+#include <c10/util/FunctionRef.h>
+
 #include <array>
 #include <cstdint>
-#include <functional>
 
 namespace mnv2_fused {
 namespace cpu {
@@ -19,11 +20,13 @@ namespace cpu {
 // team_parallel_for calls body makes; of one thread fewer while another process keeps a core busy
 // and that measurably pays (see Contention in team.cpp: `work` keys the chains that do the same
 // work, such as the input's size). Inside a team already, or with one thread, just runs body().
-void run_as_team(int64_t threads, int64_t work, const std::function<void()>& body);
+void run_as_team(int64_t threads, int64_t work, c10::function_ref<void()> body);
 
 // f(b, e) over [begin, end) in chunks, as at::parallel_for(begin, end, grain, f) divides it: on
-// the team when called by a team's leader, on at::parallel_for otherwise.
-void team_parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f);
+// the team when called by a team's leader, on at::parallel_for otherwise. f is called, not kept:
+// a reference to it, where a std::function took a heap allocation per call for a lambda capturing
+// more than two references (each a cache miss or two, 30 calls in a batch-1 forward).
+void team_parallel_for(int64_t begin, int64_t end, int64_t grain, c10::function_ref<void(int64_t, int64_t)> f);
 
 // A range of memory [begin, begin + bytes).
 struct MemoryRange {
