@@ -278,7 +278,6 @@ void micro_full(const Gemm& g, const float* const* bcols, int64_t i0, int64_t j0
     const int64_t run = K / 3, seg = g.a_seg;
     int64_t at = 0;  // where tap k sits in every row: one offset, not MR pointers moved per run
     int64_t k = 0;
-#pragma GCC unroll 1
     for (int s = 0; s < 3; ++s, at += seg - run) {
       const int64_t k_end = k + run;
       do {
