@@ -2,7 +2,6 @@
 // weights out for the tile kernel, choose the tiling, and run the tiles in parallel.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -133,8 +132,7 @@ void run_planned(const BlockArgs& a, int64_t batch, const at::Tensor& x, const T
   float* const base = scratch_floats(workers * plan.floats + copies * sums_floats, threads * budget, x.options(), own);
   auto scratch_of = [&](int64_t w) { return base + w * plan.floats; };
   auto sums_copy = [&](int64_t i) { return summing ? base + workers * plan.floats + i * sums_floats : nullptr; };
-  // One byte per worker (no two threads share an element), in the frame for the usual few workers.
-  c10::SmallVector<char, 16> cleared(static_cast<size_t>(workers), 0);
+  std::vector<char> cleared(workers, 0);  // one byte per worker: no two threads share an element
   auto clear = [&](int64_t w) {
     if (!ragged || cleared[w]) return;
     cleared[w] = 1;

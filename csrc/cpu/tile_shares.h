@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <memory>
+#include <vector>
 
 #include "tile_kernel.h"
 
@@ -30,7 +30,7 @@ inline int64_t share_begin(int64_t s, int64_t tiles, int64_t workers) { return s
 // cores level (1.004x and 0.996x at batch 8).
 class TileShares {
  public:
-  TileShares(int64_t tiles, int64_t workers) : shares_(make_shares(workers)), count_(workers) {
+  TileShares(int64_t tiles, int64_t workers) : shares_(static_cast<size_t>(workers)) {
     TORCH_CHECK(tiles < (int64_t(1) << 32), "mnv2_fused: too many tiles in one call: ", tiles);
     for (int64_t s = 0; s < workers; ++s)
       shares_[s].bounds.store(pack(share_begin(s, tiles, workers), share_begin(s + 1, tiles, workers)));
@@ -39,7 +39,7 @@ class TileShares {
   // Shares of about equal weight, for tiles that weigh unlike (weight(t) > 0): the shares split
   // the tiles' total weight evenly, and each tile goes to the share its middle falls in.
   template <class Weight>
-  TileShares(int64_t tiles, int64_t workers, const Weight& weight) : shares_(make_shares(workers)), count_(workers) {
+  TileShares(int64_t tiles, int64_t workers, const Weight& weight) : shares_(static_cast<size_t>(workers)) {
     TORCH_CHECK(tiles < (int64_t(1) << 32), "mnv2_fused: too many tiles in one call: ", tiles);
     int64_t total = 0;
     for (int64_t t = 0; t < tiles; ++t) total += weight(t);
@@ -56,7 +56,7 @@ class TileShares {
   // The next tiles [t0, t1) for the worker of rank `rank`: up to `run` from its own share's front
   // when rank < workers, else half of the largest share left; false when every share is done.
   bool claim(int64_t rank, int64_t& t0, int64_t& t1, int64_t run = 1) {
-    if (rank >= 0 && rank < count_) {
+    if (rank >= 0 && rank < static_cast<int64_t>(shares_.size())) {
       std::atomic<uint64_t>& own = shares_[rank].bounds;
       for (uint64_t v = own.load(); front(v) < back(v);) {
         const int64_t take = std::min(run, back(v) - front(v));
@@ -69,9 +69,9 @@ class TileShares {
     for (;;) {
       Share* largest = nullptr;
       int64_t most = 0;
-      for (int64_t i = 0; i < count_; ++i) {
-        const uint64_t v = shares_[i].bounds.load();
-        if (back(v) - front(v) > most) most = back(v) - front(v), largest = &shares_[i];
+      for (Share& s : shares_) {
+        const uint64_t v = s.bounds.load();
+        if (back(v) - front(v) > most) most = back(v) - front(v), largest = &s;
       }
       if (largest == nullptr) return false;
       uint64_t v = largest->bounds.load();
@@ -94,19 +94,7 @@ class TileShares {
   static int64_t front(uint64_t v) { return static_cast<int64_t>(v >> 32); }
   static int64_t back(uint64_t v) { return static_cast<int64_t>(v & 0xffffffffu); }
 
-  // Up to kInline shares in the object itself (a block's shares are made per call: a heap
-  // allocation each was a cache miss or two after the stage before), more on the heap.
-  static constexpr int64_t kInline = 4;
-  Share* make_shares(int64_t workers) {
-    if (workers <= kInline) return inline_;
-    heap_ = std::make_unique<Share[]>(static_cast<size_t>(workers));
-    return heap_.get();
-  }
-
-  Share inline_[kInline];
-  std::unique_ptr<Share[]> heap_;
-  Share* shares_;
-  int64_t count_;
+  std::vector<Share> shares_;
 };
 
 }  // namespace cpu
