@@ -11,12 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from helpers import make_input, randomize_bn, rel_err
+from helpers import make_input, num_threads, randomize_bn, rel_err
 from torchvision.models.mobilenetv2 import MobileNetV2
 
 from mnv2_fused import FusedMobileNetV2, convert
 from mnv2_fused.bench.measure import held_bytes, peak_cpu_bytes, scope_times
 from mnv2_fused.layout import as_matrix, kernel_layout, pack_columns
+from mnv2_fused.network import _fold_network
+from mnv2_fused.ops import head_pool, linear, run_block, stem_block
 from mnv2_fused.stem_head import StemWeights, head_reference, stem_reference
 
 TOL = 1e-5
@@ -200,6 +202,23 @@ def test_network_op_equals_its_head_then_its_classifier(reference_net, n, size):
             for weight in (pack_columns(w), w, w.t().contiguous().t(), torch.randn(o, 2560, generator=g)[:, ::2]):
                 out = torch.ops.mnv2_fused.mobilenet_v2_forward(x, *args[:-1], [weight, b])
                 assert torch.equal(out, torch.ops.mnv2_fused.linear(pooled, weight, b)), (o, weight.stride())
+
+
+@pytest.mark.parametrize("n,size", [(1, 224), (1, 97), (3, 64)])
+def test_network_op_equals_its_stages_as_ops_of_their_own(reference_net, n, size):
+    """Inside the network op a block may be tiled otherwise than as an op of its own (at batch 1 a
+    block after one that shared its rows out among the threads is planned in bands of rows too,
+    csrc/cpu/plan.cpp): the output is still, bit for bit, the stages' run one after another."""
+    net = convert(copy.deepcopy(reference_net))
+    x = make_input((n, 3, size, size))
+    with num_threads(2), torch.no_grad():
+        out = net(x)
+        w = _fold_network(net.features, net.classifier)
+        t = stem_block(x, w.stem, w.stem_stride, w.stride, use_kernel=True)
+        for fw, stride, residual in w.blocks:
+            t = run_block(t, fw, stride, residual, "cpu")
+        t = linear(head_pool(t, *w.head, use_kernel=True), *w.classifier, use_kernel=True)
+    assert torch.equal(out, t)
 
 
 def test_converted_network_keeps_state_dict_keys_and_loads_checkpoints(reference_net):

@@ -204,8 +204,10 @@ void run_planned(const BlockArgs& a, int64_t batch, const at::Tensor& x, const T
 // tile. The squeeze-and-excite's sums are grouped by fixed runs of tiles instead (see above), which
 // workers claim from a shared counter, each run computing its halo rows afresh; the plan is costed
 // for the claiming it gets.
-TilePlan plan_for(const BlockArgs& a, int64_t batch, int64_t threads, int64_t budget, bool summing) {
-  return choose_plan(a, batch, threads, cpu_isa(), budget, summing ? Claiming::kRuns : Claiming::kShares);
+TilePlan plan_for(const BlockArgs& a, int64_t batch, int64_t threads, int64_t budget, bool summing,
+                  bool rows_before = false) {
+  return choose_plan(a, batch, threads, cpu_isa(), budget, summing ? Claiming::kRuns : Claiming::kShares,
+                     rows_before);
 }
 
 void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::Tensor& y,
@@ -216,14 +218,20 @@ void run_plan(const BlockArgs& a, int64_t batch, const at::Tensor& x, const at::
   run_planned(a, batch, x, plan, threads, budget, std::move(channel_sums));
 }
 
+// Whether a prepared call shares its image's rows out among the threads: bands of one strip, each
+// worker a run of them, fewer images than threads.
+bool splits_rows(const PreparedBlock& p) {
+  return p.plan.strips == 1 && !p.plan.kept && p.plan.groups == 1 && p.batch < p.threads;
+}
+
 // The plan, for as many threads as there are now, and the scratch budget it was chosen for; none
-// for an empty output (run_prepared runs nothing).
-void plan_prepared(PreparedBlock& p, const BlockShape& s) {
+// for an empty output (run_prepared runs nothing). rows_before: see choose_plan.
+void plan_prepared(PreparedBlock& p, const BlockShape& s, bool rows_before = false) {
   p.batch = s.n;
   p.threads = at::get_num_threads();
   if (s.n * s.cout * s.oh * s.ow == 0) return;
   p.budget = scratch_budget_floats(s.n, s.n * s.cin * s.h * s.w, s.n * s.cout * s.oh * s.ow, p.threads);
-  p.plan = plan_for(p.args, s.n, p.threads, p.budget, false);
+  p.plan = plan_for(p.args, s.n, p.threads, p.budget, false, rows_before);
 }
 
 void set_shape(BlockArgs& a, const BlockShape& s) {
@@ -271,11 +279,12 @@ at::Tensor inverted_residual(const at::Tensor& x, const std::optional<at::Tensor
 
 PreparedBlock prepare_inverted_residual(const BlockShape& s, const std::optional<at::Tensor>& w_expand,
                                         const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
-                                        const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj) {
+                                        const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
+                                        const PreparedBlock* before) {
   PreparedBlock p;
   p.weights.set_block(p.args, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj);
   set_shape(p.args, s);
-  plan_prepared(p, s);
+  plan_prepared(p, s, before != nullptr && splits_rows(*before));
   return p;
 }
 

@@ -192,8 +192,9 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
           const bool residual = block_residuals[i] != 0;
           made->shapes.push_back(
               check_block(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], residual));
+          const PreparedBlock& before = i == 0 ? made->stem : made->blocks.back();
           made->blocks.push_back(
-              prepare_inverted_residual(made->shapes.back(), w(0), w(1), *w(2), *w(3), *w(4), *w(5)));
+              prepare_inverted_residual(made->shapes.back(), w(0), w(1), *w(2), *w(3), *w(4), *w(5), &before));
         }
         const BlockShape& s = stages.shapes[i];
         at::Tensor out = activations.output({s.n, s.cout, s.oh, s.ow}, y.options(), &*chain);

@@ -12,9 +12,11 @@ namespace cpu {
 enum class Claiming { kShares, kRuns };
 
 // The cheapest plan (estimated vector FMAs on the busiest worker) whose scratch stays within
-// `budget_floats` per worker; the smallest plan when none does.
+// `budget_floats` per worker; the smallest plan when none does. rows_before: the stage before this
+// one shared its rows out among the threads (bands of one strip, fewer images than threads), so
+// bands of rows here read mostly what the same thread wrote, which the estimate leaves out.
 TilePlan choose_plan(const BlockArgs& a, int64_t batch, int64_t threads, const Isa& isa, int64_t budget_floats,
-                     Claiming claiming);
+                     Claiming claiming, bool rows_before = false);
 
 }  // namespace cpu
 }  // namespace mnv2_fused
