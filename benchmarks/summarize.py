@@ -1,7 +1,8 @@
 """Turn a saved pytest-benchmark run into a comparison table (and optionally a PNG chart).
 
     python benchmarks/summarize.py benchmarks/results/cpu.json [--plot chart.png] [--markdown] [--peak-gflops 150]
-    python benchmarks/summarize.py benchmarks/results/anchors.json --anchors   (benchmarks/test_anchors.py)
+    python benchmarks/summarize.py benchmarks/results/anchors.json --anchors [--plot anchors.png]
+        (the run of benchmarks/test_anchors.py)
 """
 import argparse
 import json
@@ -11,7 +12,8 @@ from collections import defaultdict
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("json_file")
-    p.add_argument("--plot", default=None, help="write a chart of fused speed-ups to this PNG")
+    p.add_argument("--plot", default=None,
+                   help="write a chart of fused speed-ups (with --anchors: of the anchors table) to this PNG")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
     p.add_argument("--peak-gflops", type=float, default=150.0, help="machine fp32 GEMM peak for the fraction column")
     p.add_argument("--anchors", action="store_true", help="the anchors and contention run (Markdown)")
@@ -19,6 +21,8 @@ def main():
     data = json.load(open(args.json_file))
     if args.anchors:
         print_anchors(data)
+        if args.plot:
+            write_anchors_plot(data, args.plot)
         return
     groups = defaultdict(dict)
     for b in data["benchmarks"]:
@@ -27,7 +31,8 @@ def main():
         provider = b["params"]["provider"]
         groups[b["group"]][provider] = b
     providers = ["fused", "eager_nchw", "eager_channels_last", "onnxruntime", "compile"]
-    header = f"{'configuration':<48}" + "".join(f"{p[:12]:>13}" for p in providers) + f"{'fused/ORT':>10}{'altern.':>8}{'GFLOP/s':>9}{'of peak':>8}{'fused MiB':>10}{'eager MiB':>10}"
+    header = (f"{'configuration':<48}" + "".join(f"{p[:12]:>13}" for p in providers)
+              + f"{'fused/ORT':>10}{'altern.':>8}{'GFLOP/s':>9}{'of peak':>8}{'fused MiB':>10}{'eager MiB':>10}")
     if args.plot:
         write_plot(groups, providers, args.plot)
     if args.markdown:
@@ -44,7 +49,8 @@ def main():
         emem = entries.get("eager_nchw", {}).get("extra_info", {}).get("peak_bytes")
         alt = fused["extra_info"].get("ort_over_fused", float("nan")) if fused else float("nan")
         line += f"{ratio:>9.2f}x{alt:>7.2f}x{gflops:>9.1f}{gflops / args.peak_gflops:>8.0%}"
-        line += f"{fmem / 2**20 if fmem is not None else float('nan'):>10.2f}{emem / 2**20 if emem is not None else float('nan'):>10.2f}"
+        mib = [m / 2**20 if m is not None else float("nan") for m in (fmem, emem)]
+        line += f"{mib[0]:>10.2f}{mib[1]:>10.2f}"
         print(line)
     print("\nmedian latency in ms; fused/ORT > 1 means the fused kernel is faster than ONNX Runtime: from the")
     print("medians above, and (altern.) from alternating blocks of fused and ONNX Runtime runs, steadier on a")
@@ -72,6 +78,35 @@ def write_plot(groups, providers, path):
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xlabel("latency relative to fused (>1: fused is faster)")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_anchors_plot(data, path):
+    """The anchors table as a chart: each runtime's time over mnv2_fused's (alternating) by batch, and
+    each provider's slowdown with one core busy, against the 2x that losing half of 2 cores costs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5), gridspec_kw={"width_ratios": [2, 1]})
+    for ax, prefix, key, line, xlabel in (
+            (left, "test_anchor", "fused_speedup", 1.0, "runtime / mnv2_fused, alternating (>1: mnv2_fused is faster)"),
+            (right, "test_contention", "slowdown", 2.0, "slowdown with one of 2 cores busy")):
+        runs = [b for b in data["benchmarks"] if b["name"].startswith(prefix)]
+        batches = sorted({b["params"]["batch"] for b in runs})
+        names = sorted({b["params"]["name"] for b in runs})
+        for i, batch in enumerate(batches):
+            by_name = {b["params"]["name"]: b["extra_info"][key] for b in runs if b["params"]["batch"] == batch}
+            ax.barh([j + 0.4 * i for j in range(len(names))], [by_name.get(n, float("nan")) for n in names],
+                    height=0.4, label=f"batch {batch}")
+        ax.set_yticks([j + 0.2 * (len(batches) - 1) for j in range(len(names))])
+        ax.set_yticklabels(names)
+        ax.axvline(line, color="k", lw=0.8)
+        ax.set_xlim(0, 1.3 * max([b["extra_info"][key] for b in runs] + [line]))
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
