@@ -186,7 +186,11 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
 // chain of FMAs: in MobileNetV2 (AVX2, batch 1), steps of 3-5 pixels sharing their input loads,
 // though 1.1-1.45x faster in a standalone loop, made the depthwise 1.1-1.25x slower here (inlined,
 // GCC spills; on its own, no faster), a partial sum per kernel row was level, and so was
-// prefetching the next weights; prefetching the ring made it slower.
+// prefetching the next weights; prefetching the ring made it slower. With AVX-512's 32 registers
+// (Zen 4, no spills) 4 pixels a step were level too (every stage 0.99-1.04x); the ring's rows
+// prefetched a row ahead, or the rows walked outermost, were level or slower. Where it is slow
+// (27-56% of a core in the 14x14 and 7x7 blocks) the ring is no longer in L1 when it is read:
+// called again at once on the same ring, those depthwise steps ran 1.4-2.3x faster.
 template <int K, Act kAct>
 void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
                  const float* gate, float* dw, int64_t ld) {
