@@ -60,13 +60,19 @@ def medians(entries, providers):
     return {p: entries[p]["stats"]["median"] * 1e3 for p in providers if p in entries}
 
 
-def write_plot(groups, providers, path):
-    """A bar chart of each provider's latency over the fused one's, per configuration."""
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_plot(groups, providers, path):
+    """A bar chart of each provider's latency over the fused one's, per configuration."""
+    plt = pyplot()
     rows = [(g, medians(entries, providers)) for g, entries in groups.items()]
     rows = [(g, m) for g, m in rows if "fused" in m]
     fig, ax = plt.subplots(figsize=(10, max(3, 0.3 * len(rows))))
@@ -85,11 +91,7 @@ def write_plot(groups, providers, path):
 def write_anchors_plot(data, path):
     """The anchors table as a chart: each runtime's time over mnv2_fused's (alternating) by batch, and
     each provider's slowdown with one core busy, against the 2x that losing half of 2 cores costs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5), gridspec_kw={"width_ratios": [2, 1]})
     for ax, prefix, key, line, xlabel in (
             (left, "test_anchor", "fused_speedup", 1.0, "runtime / mnv2_fused, alternating (>1: mnv2_fused is faster)"),
