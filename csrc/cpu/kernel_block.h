@@ -205,7 +205,8 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
 // prefetched a row ahead, or the rows walked outermost, were level or slower. Where it is slowest
 // (27-56% of a core in the 14x14 and 7x7 blocks, whose depthwise output is kept) it ran 1.4-2.3x
 // faster timed again at once on the same ring, but the whole ring prefetched before it, or its
-// output lines prefetched for writing, were level.
+// output lines prefetched for writing, were level: its taps were what waited on memory (see
+// prefetch_depthwise_weights).
 template <int K, Act kAct>
 void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, int64_t hc, const float* ring,
                  const float* gate, float* dw, int64_t ld) {
