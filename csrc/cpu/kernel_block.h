@@ -24,7 +24,6 @@ inline int64_t ring_slot(int64_t hr, int64_t ring_rows) { return ((hr % ring_row
 // 6-16 took 0.976-1.018x the time in six ab_builds runs, 60 of 66 below 1). Issued before the
 // chunk's expand, they arrive while it runs.
 inline void prefetch_depthwise_weights(const BlockArgs& a, int64_t c0, int64_t hc) {
-  constexpr int64_t kLineFloats = 64 / sizeof(float);
   for (int64_t c = c0; c < c0 + hc; c += kLineFloats) {
     for (int64_t t = 0; t < a.k * a.k; ++t) __builtin_prefetch(a.w_dw + t * a.hidden + c);
     __builtin_prefetch(a.b_dw + c);
