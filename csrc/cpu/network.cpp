@@ -33,37 +33,56 @@ at::Tensor stage(const Name& name, F&& f) {
   return std::forward<F>(f)();
 }
 
+// The tensors a forward made for its stages' outputs in the arena, kept with the prepared stages:
+// a stage's output lies at the same place in the same arena every forward, and a tensor made for it
+// anew (and released a stage later) took 1-2 us of each stage's start, the allocator's memory and
+// the tensor's cold in the caches by then, while the other threads waited for the stage's first job.
+struct OutputViews {
+  const float* arena = nullptr;  // the arena's memory and size the views lie in
+  int64_t floats = 0;
+  std::vector<at::Tensor> views;  // per stage, in order; undefined where a stage's output was not in it
+};
+
 // Where a forward's activations and scratch go. With an arena open on the thread (forward_arena.h):
 // each stage's output at the end of the arena its input does not hold, its scratch (lent to the
 // chain) between the two; where the arena is too small, or there is none, in new tensors. Each
 // stage's need (input, output and scratch, in cache lines) is recorded for the arena's next size.
 class Activations {
  public:
-  explicit Activations(ForwardArena* arena) : arena_(arena) {
+  Activations(ForwardArena* arena, OutputViews& kept) : arena_(arena), kept_(kept) {
     if (arena_ != nullptr) arena_->begin();
   }
 
-  // The channels_last output (n, c, h, w) of the stage about to run, whose input is the last
-  // output() made (none for the first stage): in the arena, or new; `chain` (if any) is lent the
-  // arena's space between the two.
-  at::Tensor output(at::IntArrayRef nchw, const at::TensorOptions& options, ChainScratch* chain) {
+  // The output of the stage about to run, whose input is the last output() made (none for the
+  // first stage): (n, c, h, w) channels_last, or (n, c); in the arena, or new. `chain` (if any) is
+  // lent the arena's space between the two.
+  at::Tensor output(at::IntArrayRef sizes, const at::TensorOptions& options, ChainScratch* chain) {
+    const size_t stage = stage_++;
     const End in_end = end_;
     in_floats_ = out_floats_;
-    out_floats_ = round_up(c10::multiply_integers(nchw), kLine);
+    out_floats_ = round_up(c10::multiply_integers(sizes), kLine);
     const int64_t floats = arena_ == nullptr ? 0 : arena_->floats() / kLine * kLine;
     const int64_t held = (in_end == kNone ? 0 : in_floats_) + out_floats_;
+    const bool image = sizes.size() == 4;
     if (floats < held || out_floats_ == 0) {
       end_ = kNone;
       if (chain != nullptr) chain->lend(nullptr, 0);
-      return at::empty(nchw, options.memory_format(at::MemoryFormat::ChannelsLast));
+      return at::empty(sizes, image ? options.memory_format(at::MemoryFormat::ChannelsLast) : options);
     }
     end_ = in_end == kLow ? kHigh : kLow;
     float* const base = arena_->data();
     const int64_t low = end_ == kLow ? out_floats_ : in_end == kLow ? in_floats_ : 0;
     if (chain != nullptr) chain->lend(base + low, floats - held);
-    const int64_t c = nchw[1], w = nchw[3];
-    return at::from_blob(end_ == kLow ? base : base + floats - out_floats_, nchw, {nchw[2] * w * c, 1, w * c, c},
-                         options);
+    if (kept_.arena != base || kept_.floats != floats) kept_ = {base, floats, {}};
+    if (kept_.views.size() <= stage) kept_.views.resize(stage + 1);
+    at::Tensor& view = kept_.views[stage];
+    if (!view.defined()) {
+      float* const data = end_ == kLow ? base : base + floats - out_floats_;
+      const int64_t c = sizes[1];
+      view = image ? at::from_blob(data, sizes, {sizes[2] * sizes[3] * c, 1, sizes[3] * c, c}, options)
+                   : at::from_blob(data, sizes, {c, 1}, options);
+    }
+    return view;
   }
 
   // The stage output() was last called for has run: records what it needed.
@@ -77,6 +96,8 @@ class Activations {
   static constexpr int64_t kLine = 16;  // floats: activations start on cache lines
   enum End { kNone, kLow, kHigh };
   ForwardArena* arena_;
+  OutputViews& kept_;
+  size_t stage_ = 0;
   int64_t in_floats_ = 0, out_floats_ = 0;
   End end_ = kNone;
 };
@@ -97,6 +118,8 @@ struct PreparedStages {
   // What the threads prefetch while they wait (team.h: warm_while_waiting): entry i during the stage
   // before block i, block i's weights; the last, the head's weight.
   std::vector<std::array<MemoryRange, kWarmRanges>> warm;
+  // Made as the forwards run (each forward using the arena they were made in).
+  mutable OutputViews outputs;
 
   bool serves(const at::Tensor& x, const at::Tensor& w_stem, int64_t n_blocks) const {
     return x.sizes() == at::IntArrayRef(input) && x.scalar_type() == at::kFloat && threads == at::get_num_threads() &&
@@ -133,13 +156,16 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
     // stays out of the chain: block 1 would hold it while making its output, beside the stem's,
     // and raise the forward's peak; in the arena it goes where block 1's output does.
     ForwardArena* const arena = open_arena();
-    Activations activations(arena);
-    std::optional<ChainScratch> chain;
-    if (arena != nullptr) chain.emplace();
     // The arena's prepared stages when they serve this input; else made here (and kept in the
     // arena, if there is one, once the stages have run).
     const auto* kept = arena != nullptr ? static_cast<const PreparedStages*>(arena->prepared().get()) : nullptr;
     if (kept != nullptr && !kept->serves(x, stem[0], n_blocks)) kept = nullptr;
+    // The forward's output, made before the stages when they are prepared (its shape known). Made
+    // by the head or the classifier, after the stages' megabytes had pushed the allocator's and the
+    // dispatcher's state out of the caches and while the classifier's weight streamed in, it took
+    // 6-25 us of the leader's time, the other threads waiting; here about 8.
+    at::Tensor result;
+    if (kept != nullptr) result = at::empty({x.size(0), (classifier.empty() ? head : classifier)[1].size(0)}, x.options());
     std::shared_ptr<PreparedStages> made;
     if (kept == nullptr) {
       made = std::make_shared<PreparedStages>();
@@ -163,6 +189,9 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
       }
     }
     const PreparedStages& stages = kept != nullptr ? *kept : *made;
+    Activations activations(arena, stages.outputs);
+    std::optional<ChainScratch> chain;
+    if (arena != nullptr) chain.emplace();
     auto warm_stage = [&](int64_t i) {
       if (static_cast<size_t>(i) < stages.warm.size()) warm_while_waiting(stages.warm[i]);
     };
@@ -204,12 +233,24 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
       });
     }
     if (made && arena != nullptr) arena->keep(made, made->kept_bytes());
-    chain.reset();  // before the head, whose output is the forward's
+    chain.reset();  // before the head, whose output may be the forward's
     y = stage([] { return "head+pool"; }, [&] {
-      return pointwise_relu6_mean_then(y, head[0], head[1], classifier.empty() ? nullptr : &classifier[0]);
+      if (made) check_pointwise_pool(y, head[0], head[1]);
+      const bool last = classifier.empty();
+      const int64_t n = y.size(0), c = head[1].size(0);
+      at::Tensor out = !last ? activations.output({n, c}, y.options(), nullptr)
+                             : result.defined() ? result : at::empty({n, c}, y.options());
+      pointwise_relu6_mean_into(y, head[0], head[1], last ? nullptr : &classifier[0], out);
+      if (!last) activations.stage_done(nullptr);
+      return out;
     });
     if (!classifier.empty())
-      y = stage([] { return "classifier"; }, [&] { return linear(y, classifier[0], classifier[1], "none"); });
+      y = stage([] { return "classifier"; }, [&] {
+        if (made) check_linear(y, classifier[0], classifier[1]);
+        at::Tensor out = result.defined() ? result : at::empty({y.size(0), classifier[1].size(0)}, y.options());
+        linear_into(y, classifier[0], classifier[1], Act::kNone, out);
+        return out;
+      });
   });
   return y;
 }

@@ -15,17 +15,18 @@ namespace mnv2_fused {
 namespace cpu {
 
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return pointwise_relu6_mean_then(x, w, b, nullptr);
+  check_pointwise_pool(x, w, b);
+  at::Tensor y = at::empty({x.size(0), b.size(0)}, x.options());
+  pointwise_relu6_mean_into(x, w, b, nullptr, y);
+  return y;
 }
 
-at::Tensor pointwise_relu6_mean_then(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
-                                     const at::Tensor* next) {
-  check_pointwise_pool(x, w, b);
+void pointwise_relu6_mean_into(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor* next,
+                               at::Tensor& y) {
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat,
                    "mnv2_fused.pointwise_relu6_mean: the CPU kernel supports float32 only, got ", x.scalar_type());
   const int64_t n = x.size(0), cin = x.size(1), cout = b.size(0);
-  at::Tensor y = at::empty({n, cout}, x.options());
-  if (y.numel() == 0) return y;
+  if (y.numel() == 0) return;
   at::Tensor keep_w, keep_b;  // no copy when cached packed or (Cin, Cout)
   bool packed = false;
   const float* w_ptr = matrix_columns(w, keep_w, packed);
@@ -55,24 +56,27 @@ at::Tensor pointwise_relu6_mean_then(const at::Tensor& x, const at::Tensor& w, c
       isa.pointwise_pool(call, item / blocks, item / blocks + 1, j0, std::min(cout, j0 + block));
     }
   });
-  return y;
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation) {
   check_linear(x, w, b);
   const Act act = parse_act(activation, "mnv2_fused.linear", "activation", /*none_allowed=*/true);
+  at::Tensor y = at::empty({x.size(0), b.size(0)}, x.options());
+  linear_into(x, w, b, act, y);
+  return y;
+}
+
+void linear_into(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, Act act, at::Tensor& y) {
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "mnv2_fused.linear: the CPU kernel supports float32 only, got ",
                    x.scalar_type());
   const int64_t n = x.size(0), o = b.size(0);
-  at::Tensor y = at::empty({n, o}, x.options());
-  if (y.numel() == 0) return y;
+  if (y.numel() == 0) return;
   at::Tensor keep_w, keep_b;
   bool packed = false;
   const float* w_ptr = matrix_columns(w, keep_w, packed);
   run_linear({x.data_ptr<float>(), x.stride(0), x.stride(1), w_ptr, packed, contiguous_ptr(b, keep_b),
               y.data_ptr<float>(), x.size(1), o, act},
              n);
-  return y;
 }
 
 at::Tensor pointwise(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation) {
