@@ -118,7 +118,8 @@ struct PreparedStages {
   // What the threads prefetch while they wait (team.h: warm_while_waiting): entry i during the stage
   // before block i, block i's weights; the last, the head's weight.
   std::vector<std::array<MemoryRange, kWarmRanges>> warm;
-  // Made as the forwards run (each forward using the arena they were made in).
+  // The stages' output tensors in the arena: made by the first forward in its memory, used by the
+  // next ones while the arena keeps that memory.
   mutable OutputViews outputs;
 
   bool serves(const at::Tensor& x, const at::Tensor& w_stem, int64_t n_blocks) const {
@@ -165,7 +166,8 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
     // dispatcher's state out of the caches and while the classifier's weight streamed in, it took
     // 6-25 us of the leader's time, the other threads waiting; here about 8.
     at::Tensor result;
-    if (kept != nullptr) result = at::empty({x.size(0), (classifier.empty() ? head : classifier)[1].size(0)}, x.options());
+    if (kept != nullptr)
+      result = at::empty({x.size(0), (classifier.empty() ? head : classifier)[1].size(0)}, x.options());
     std::shared_ptr<PreparedStages> made;
     if (kept == nullptr) {
       made = std::make_shared<PreparedStages>();
