@@ -53,8 +53,8 @@ void run_prepared(const PreparedBlock& p, const at::Tensor& x, at::Tensor& y);
 
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::string_view activation);
-// The two above on arguments already checked (check_pointwise_pool's, check_linear's), into y ((N,
-// Cout), contiguous): for a network's forward, which places its outputs itself. The head's brings
+// The two above on arguments already checked (check_pointwise_pool's, check_linear's), into y (N
+// rows of b's size, contiguous): for a network's forward, which places its outputs itself. The head's brings
 // `next` (when not null: the weight the caller reads next, a classifier's) from memory into the
 // cache as it computes.
 void pointwise_relu6_mean_into(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor* next,
