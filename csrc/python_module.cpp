@@ -8,6 +8,7 @@
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -47,6 +48,12 @@ class VersionSnapshot {
   std::vector<uint32_t> versions_;
 };
 
+// Whether a tensor's dispatch keys, less those of autograd and autocast, are the CPU kernels' alone.
+bool cpu_keys(c10::DispatchKeySet keys) {
+  return (keys - c10::autograd_dispatch_keyset_with_ADInplaceOrView - c10::autocast_dispatch_keyset) ==
+         c10::DispatchKeySet(c10::DispatchKey::CPU);
+}
+
 // The input of a bound call when the call may serve it: a float32 CPU tensor of `dim` dimensions
 // (4: images, 2: rows of features) with the bound weights' input channels in dim 1, autograd off
 // (the op records nothing for it), and none of the tensors the weights were folded from written
@@ -81,6 +88,11 @@ class NetworkCall {
         classifier_(std::move(classifier)) {
     TORCH_CHECK(versions_, "mnv2_fused: a bound call needs a version snapshot");
     for (auto& b : blocks) blocks_.push_back(std::move(b));
+    auto plain = [](const at::Tensor& t) { return cpu_keys(t.key_set()); };
+    plain_weights_ = std::all_of(stem_.begin(), stem_.end(), plain) &&
+                     std::all_of(head_.begin(), head_.end(), plain) &&
+                     std::all_of(classifier_.begin(), classifier_.end(), plain);
+    for (const std::optional<at::Tensor>& b : blocks_) plain_weights_ = plain_weights_ && (!b || plain(*b));
   }
 
   // The network's output for x, or nullopt (see bound_input).
@@ -105,7 +117,20 @@ class NetworkCall {
     at::Tensor y;
     {
       const cpu::ArenaScope scope(arena);
-      y = op.call(x, stem_, stem_stride_, stride_, blocks_, block_strides_, block_residuals_, head_, classifier_);
+      // The dispatcher would read the keys of every tensor argument (about 110, each a cache miss
+      // right after a forward: 6-10 us) to find the CPU kernel, and, while a profiler records, open
+      // the op's scope. When x and the weights are plain CPU tensors, no dispatch mode or other
+      // dispatch key is on and nothing records, it goes straight to that kernel.
+      // (BackendSelect, always on, has no kernel for the op.)
+      const c10::impl::LocalDispatchKeySet tls = c10::impl::tls_local_dispatch_key_set();
+      const c10::DispatchKeySet keys = (x.key_set() | tls.included_) - tls.excluded_ -
+                                       c10::DispatchKeySet(c10::DispatchKey::BackendSelect);
+      if (plain_weights_ && keys == c10::DispatchKeySet(c10::DispatchKey::CPU) &&
+          !at::getStepCallbacksUnlessEmpty(at::RecordScope::FUNCTION).has_value())
+        y = op.redispatch(keys, x, stem_, stem_stride_, stride_, blocks_, block_strides_, block_residuals_, head_,
+                          classifier_);
+      else
+        y = op.call(x, stem_, stem_stride_, stride_, blocks_, block_strides_, block_residuals_, head_, classifier_);
     }
     if (arena != nullptr) arena->fit();
     return y;
@@ -131,6 +156,7 @@ class NetworkCall {
   c10::List<std::optional<at::Tensor>> blocks_;
   std::vector<int64_t> block_strides_, block_residuals_;
   std::vector<at::Tensor> head_, classifier_;
+  bool plain_weights_ = false;  // every weight a CPU tensor with no dispatch key beyond autograd's
   mutable std::mutex arena_mutex_;
   mutable cpu::ForwardArena arena_;
 };

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from helpers import make_input, num_threads, randomize_bn, rel_err
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.models.mobilenetv2 import MobileNetV2
 
 from mnv2_fused import FusedMobileNetV2, convert
@@ -333,6 +334,36 @@ def test_profiler_shows_each_stage_of_a_whole_network_forward(reference_net):
     assert [e.name[len(STAGE_SCOPE):] for e in stages] == STAGES
     for e in stages:
         assert op.time_range.start <= e.time_range.start <= e.time_range.end <= op.time_range.end
+
+
+class _OpNames(TorchDispatchMode):
+    """Records the ops dispatched under it, and runs them."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_bound_forward_goes_through_the_dispatcher_for_modes_and_autocast(reference_net):
+    """The bound forward reaches the CPU kernel without the dispatcher's walk over its arguments
+    only when nothing else would see the call: a dispatch mode still gets the op (and the same
+    output), autocast its own dispatch."""
+    net = convert(copy.deepcopy(reference_net))
+    x = make_input((1, 3, 64, 64), "channels_last")
+    with torch.no_grad():
+        net(x)  # binds the forward's call
+        direct = net(x)
+        with _OpNames() as mode:
+            seen = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = net(x)
+    assert "mnv2_fused.mobilenet_v2_forward.default" in mode.names
+    assert torch.equal(seen, direct)
+    assert torch.equal(autocast, direct)  # no autocast rule for the op: it runs in float32
 
 
 def test_scope_times_times_the_stages_of_one_forward(reference_net, monkeypatch):
