@@ -349,9 +349,9 @@ class _OpNames(TorchDispatchMode):
 
 
 def test_bound_forward_goes_through_the_dispatcher_for_modes_and_autocast(reference_net):
-    """The bound forward reaches the CPU kernel without the dispatcher's walk over its arguments
-    only when nothing else would see the call: a dispatch mode still gets the op (and the same
-    output), autocast its own dispatch."""
+    """The bound forward skips the dispatcher's walk over its arguments only when nothing else
+    would see the call: under a dispatch mode the mode still gets the op, and the output is the
+    same; under autocast too (the op has no autocast rule: it runs in float32)."""
     net = convert(copy.deepcopy(reference_net))
     x = make_input((1, 3, 64, 64), "channels_last")
     with torch.no_grad():

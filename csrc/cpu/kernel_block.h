@@ -152,8 +152,9 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
   const bool rows_read_as_zeros = zero_floats(row_floats) != nullptr;
   for (int64_t hr = hr_begin; hr < hr_end; ++hr) {
     float* row = ring + ring_slot(hr, p.ring_rows) * row_floats;
-    if (hr < 0 || hr >= a.hh || jlo >= jhi) {  // the depthwise's zero padding
-      if (!rows_read_as_zeros || (hr >= 0 && hr < a.hh)) std::memset(row, 0, sizeof(float) * row_floats);
+    const bool outside = hr < 0 || hr >= a.hh;  // above or below the image
+    if (outside || jlo >= jhi) {  // the depthwise's zero padding
+      if (!outside || !rows_read_as_zeros) std::memset(row, 0, sizeof(float) * row_floats);
       continue;
     }
     if (jlo > 0) std::memset(row, 0, sizeof(float) * jlo * p.ld);
