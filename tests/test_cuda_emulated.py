@@ -63,21 +63,35 @@ def test_empty_batch(kernel):
 
 
 # The launcher's plan kinds: hidden channels split over CTAs (a small grid on 132 SMs) or not (one
-# SM), several chunks per CTA, tiles smaller than the image (little shared memory), and output
-# channels in several slices (Cout past what one CTA's accumulators hold).
+# SM), several chunks per CTA, tiles smaller than the image (little shared memory), output
+# channels in several slices (Cout past what one CTA's accumulators hold), and tiles under a
+# sixteenth of each side (an image so large that a sixteenth overflows the accumulators).
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cin,cout,stride,t,hw,sms,smem,kind", [
     (24, 24, 1, 6, (9, 10), 132, 227 * 1024, "split"),
     (24, 24, 1, 6, (9, 10), 1, 227 * 1024, "chunks"),
     (32, 48, 2, 6, (17, 15), 1, 24 * 1024, "tiles"),
     (16, 700, 1, 4, (3, 4), 1, 227 * 1024, "cout_slices"),
-], ids=["split", "chunks", "tiles", "cout_slices"])
+    (8, 320, 1, 1, (129, 131), 132, 227 * 1024, "small_tiles"),
+], ids=["split", "chunks", "tiles", "cout_slices", "small_tiles"])
 def test_plan_kinds(kernel, dtype, cin, cout, stride, t, hw, sms, smem, kind):
     plan = check(kernel, make_block(cin, cout, stride, t, seed=cout), make_input((2, cin, *hw)), dtype,
                  sm_count=sms, max_smem=smem)
     assert {"split": plan.splits > 1, "chunks": plan.splits == 1 and plan.chunks > 1,
             "tiles": plan.th * plan.tw < ((hw[0] - 1) // stride + 1) * ((hw[1] - 1) // stride + 1),
-            "cout_slices": plan.cout_parts > 1}[kind], plan
+            "cout_slices": plan.cout_parts > 1,
+            "small_tiles": plan.th * 16 < hw[0] or plan.tw * 16 < hw[1]}[kind], plan
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cin,cout,t,hw", [(8, 8, 1, (4096, 32776)), (16, 24, 6, (2048, 2048)),
+                                           (160, 320, 6, (1024, 1024)), (96, 576, 6, (3000, 17))])
+def test_large_images_have_a_plan(kernel, dtype, cin, cout, t, hw):
+    """Every image size gets a tile that fits the accumulators and shared memory (planned only)."""
+    block = make_block(cin, cout, 1, t)
+    _, plan = simt_kernel.run(kernel, torch.empty(2, cin, *hw, dtype=dtype, device="meta"), fold_block(block.conv),
+                              1, cin == cout, plan_only=True)
+    assert plan.smem_bytes > 0 and plan.th * plan.tw <= 16 * 80, plan
 
 
 @pytest.mark.parametrize("cin,vector", [(24, True), (5, False)])

@@ -116,38 +116,53 @@ inline double cta_work(const BlockDims& d, const TcPlan& p) {
          kChunkOverhead * p.chunks_per_split + partials;
 }
 
+// Tile sides tried for an output side of `o` pixels: `o` cut into 1 to 16 equal parts and, with
+// `smaller`, every side under a sixteenth up to kMaxFixedSide too (a large image, whose sixteenths
+// make tiles too large for the accumulators). Returns how many it wrote into `sides`.
+constexpr int kMaxFixedSide = 32;
+constexpr int kMaxSides = 16 + kMaxFixedSide;
+inline int tile_sides(int64_t o, bool smaller, int (&sides)[kMaxSides]) {
+  int count = 0;
+  for (int k = 1; k <= 16; ++k) {
+    const int side = static_cast<int>(ceil_div(o, k));
+    if (count == 0 || side != sides[count - 1]) sides[count++] = side;
+  }
+  const int below = std::min(kMaxFixedSide, sides[count - 1] - 1);
+  for (int side = smaller ? below : 0; side >= 1; --side) sides[count++] = side;
+  return count;
+}
+
 // The plan with the least estimated time: the larger of the whole call's work spread over every
 // SM and one CTA's own work (a grid smaller than the GPU is bound by its CTAs). Tiles range from
-// the whole image down to a sixteenth of each side; ties go to the wider chunk.
+// the whole image down to a sixteenth of each side, and below that where none of those fits
+// (tile_sides); ties go to the wider chunk.
 inline TcPlan choose_plan(const BlockDims& d, int operand, int k_step, int sm_count, int64_t max_smem) {
   const int64_t cout_tiles = ceil_div(d.cout, 16);
   const int parts = static_cast<int>(ceil_div(cout_tiles, kMaxCoutTiles));
   const int cout_part = static_cast<int>(ceil_div(cout_tiles, parts) * 16);
   TcPlan best{};
   bool found = false;
-  int prev_th = 0;
-  for (int ky = 1; ky <= 16; ++ky) {
-    const int th = static_cast<int>(ceil_div(d.oh, ky));
-    if (th == prev_th) continue;
-    prev_th = th;
-    int prev_tw = 0;
-    for (int kx = 1; kx <= 16; ++kx) {
-      const int tw = static_cast<int>(ceil_div(d.ow, kx));
-      if (tw == prev_tw) continue;
-      prev_tw = tw;
-      if (ceil_div(int64_t(th) * tw, 16) * (cout_part / 16) > kMaxAccTiles) continue;
-      for (int hc : kChunkChoices) {
-        if (hc > round_up(d.hidden, 16)) continue;  // no wider than the hidden width
-        TcPlan p = layout_plan(d, th, tw, hc, cout_part, operand, k_step);
-        if (p.smem_bytes > max_smem) continue;
-        if (p.ctas > 0 && p.ctas < sm_count && p.chunks > 1) {  // split the hidden chunks over more CTAs
-          const int want = static_cast<int>(std::min<int64_t>(p.chunks, ceil_div(sm_count, p.ctas)));
-          p.chunks_per_split = static_cast<int>(ceil_div(p.chunks, want));
-          p.splits = static_cast<int>(ceil_div(p.chunks, p.chunks_per_split));
+  int rows[kMaxSides], cols[kMaxSides];
+  for (int smaller = 0; smaller < 2 && !found; ++smaller) {  // smaller tiles only where no sixteenth fits
+    const int n_rows = tile_sides(d.oh, smaller, rows), n_cols = tile_sides(d.ow, smaller, cols);
+    for (int i = 0; i < n_rows; ++i) {
+      const int th = rows[i];
+      for (int j = 0; j < n_cols; ++j) {
+        const int tw = cols[j];
+        if (ceil_div(int64_t(th) * tw, 16) * (cout_part / 16) > kMaxAccTiles) continue;
+        for (int hc : kChunkChoices) {
+          if (hc > round_up(d.hidden, 16)) continue;  // no wider than the hidden width
+          TcPlan p = layout_plan(d, th, tw, hc, cout_part, operand, k_step);
+          if (p.smem_bytes > max_smem) continue;
+          if (p.ctas > 0 && p.ctas < sm_count && p.chunks > 1) {  // split the hidden chunks over more CTAs
+            const int want = static_cast<int>(std::min<int64_t>(p.chunks, ceil_div(sm_count, p.ctas)));
+            p.chunks_per_split = static_cast<int>(ceil_div(p.chunks, want));
+            p.splits = static_cast<int>(ceil_div(p.chunks, p.chunks_per_split));
+          }
+          const double total = double(p.ctas * p.splits) * cta_work(d, p);
+          p.cost = std::max(total / sm_count, cta_work(d, p));
+          if (!found || p.cost < best.cost) found = true, best = p;
         }
-        const double total = double(p.ctas * p.splits) * cta_work(d, p);
-        p.cost = std::max(total / sm_count, cta_work(d, p));
-        if (!found || p.cost < best.cost) found = true, best = p;
       }
     }
   }
