@@ -38,6 +38,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
+from triton.runtime.jit import JITFunction
 
 from ..reference import FoldedWeights, conv_out, output_memory_format, same_pad_before
 from ..spec import ACTIVATIONS, BlockSpec, SEWeights, op_arguments
@@ -214,8 +215,10 @@ def _launch(x, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj, spec: BlockSpec, 
 
     if x.is_cuda:
         wrap_triton(_autotuned_kernel)[grid](*args, **common)
-    else:  # Triton's interpreter
-        wrap_triton(_inverted_residual_kernel)[grid](*args, **common, BLOCK_P=32, BLOCK_H=32)
+    else:  # Triton's interpreter, whose kernels before Triton 3.8 are no JITFunction for wrap_triton to take
+        kernel = _inverted_residual_kernel
+        launch = wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
+        launch[grid](*args, **common, BLOCK_P=32, BLOCK_H=32)
     return y
 
 
