@@ -77,6 +77,16 @@ def measure_block(index, cin, cout, stride, t, res, batch, providers):
     return row
 
 
+def emit(row, jsonl=None):
+    """Prints the row as JSON (NaN as null) and appends it to the JSON-lines file ``jsonl``, as soon
+    as it is measured: a run cut off by its time limit keeps the rows it finished. Returns it."""
+    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}), flush=True)
+    if jsonl:
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
 def table(rows, batch):
     nan = float("nan")
     lines = [f"batch {batch}, fp16, channels_last; median ms (do_bench); roof = roofline floor / time",
@@ -101,13 +111,7 @@ def main():
     providers = [q for q in PROVIDERS if not (q == "compile" and args.no_compile)]
     rows = []
     for i, (cin, cout, stride, t, res) in enumerate(table2_blocks()):
-        row = measure_block(i, cin, cout, stride, t, res, args.batch, providers)
-        rows.append(row)
-        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}),
-              flush=True)
-        if args.jsonl:
-            with open(args.jsonl, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        rows.append(emit(measure_block(i, cin, cout, stride, t, res, args.batch, providers), args.jsonl))
     print()
     print(table(rows, args.batch))
 

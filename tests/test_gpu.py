@@ -1,5 +1,6 @@
 """What only a GPU can show: 64-bit offsets on huge tensors, and whole converted networks on the
-CUDA and Triton back ends, under torch.compile too. Skipped without a GPU."""
+CUDA and Triton back ends, under torch.compile too, and the other families' models (their blocks on
+Triton). Skipped without a GPU."""
 import copy
 
 import pytest
@@ -44,6 +45,29 @@ def test_whole_network_on_gpu(backend):
     x = make_input((4, 3, 224, 224), "channels_last")
     with torch.no_grad():
         assert rel_err(fused(x.cuda()).cpu(), net(x)) <= 1e-4
+
+
+# fp32 on one model only: each model's first run compiles a Triton kernel per block shape, which
+# takes two to four times as long in fp32 (its products in full precision) as in fp16.
+@pytest.mark.parametrize("name,dtype", [(name, torch.float16) for name in ("mobilenet_v3_large", "mobilenet_v3_small",
+                                                                         "efficientnet_b0", "mnasnet1_0")]
+                         + [("mobilenet_v3_small", torch.float32)])
+def test_family_model_on_gpu(name, dtype):
+    """As users run them: converted on the CPU with the default back end, then moved to the GPU."""
+    torch.manual_seed(0)
+    net = randomize_bn(getattr(torchvision.models, name)(), seed=1, conv_gain=1.0).eval()
+    fused = mnv2_fused.convert(copy.deepcopy(net)).to("cuda", dtype)
+    assert mnv2_fused.fusion_report(fused).fused_blocks
+    x = make_input((2, 3, 160, 160), "channels_last")
+    with torch.no_grad():
+        ref = net(x)
+        err = rel_err(fused(x.to("cuda", dtype)).float().cpu(), ref)
+        if dtype == torch.float32:
+            bound = 1e-4
+        else:  # within twice PyTorch's own fp16 error on the same model, and a rounding floor
+            torch_err = rel_err(net.to("cuda", dtype)(x.to("cuda", dtype)).float().cpu(), ref)
+            bound = 2 * torch_err + 1e-3
+    assert err <= bound, (err, bound)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
