@@ -225,12 +225,15 @@ bool splits_rows(const PreparedBlock& p) {
 }
 
 // The plan, for as many threads as there are now, and the scratch budget it was chosen for; none
-// for an empty output (run_prepared runs nothing). rows_before: see choose_plan.
-void plan_prepared(PreparedBlock& p, const BlockShape& s, bool rows_before = false) {
+// for an empty output (run_prepared runs nothing). rows_before: see choose_plan. allowed_floats:
+// scratch per worker the caller lets the call have when that is more than its own rule gives (at
+// most kMaxScratchBytes).
+void plan_prepared(PreparedBlock& p, const BlockShape& s, bool rows_before = false, int64_t allowed_floats = 0) {
   p.batch = s.n;
   p.threads = at::get_num_threads();
   if (s.n * s.cout * s.oh * s.ow == 0) return;
   p.budget = scratch_budget_floats(s.n, s.n * s.cin * s.h * s.w, s.n * s.cout * s.oh * s.ow, p.threads);
+  p.budget = std::max(p.budget, std::min<int64_t>(allowed_floats, kMaxScratchBytes / sizeof(float)));
   p.plan = plan_for(p.args, s.n, p.threads, p.budget, false, rows_before);
 }
 
@@ -290,7 +293,7 @@ PreparedBlock prepare_inverted_residual(const BlockShape& s, const std::optional
 
 PreparedBlock prepare_stem_inverted_residual(const StemShape& st, const at::Tensor& w_stem, const at::Tensor& b_stem,
                                              const at::Tensor& w_dw, const at::Tensor& b_dw, const at::Tensor& w_proj,
-                                             const at::Tensor& b_proj) {
+                                             const at::Tensor& b_proj, int64_t allowed_floats) {
   const BlockShape& s = st.block;
   PreparedBlock p;
   BlockArgs& a = p.args;
@@ -301,7 +304,7 @@ PreparedBlock prepare_stem_inverted_residual(const StemShape& st, const at::Tens
   a.h = s.h, a.w = s.w, a.hh = st.hh, a.hw = st.hw, a.oh = s.oh, a.ow = s.ow;
   a.stride = s.stride;
   a.residual = false;
-  plan_prepared(p, s);
+  plan_prepared(p, s, false, allowed_floats);
   return p;
 }
 

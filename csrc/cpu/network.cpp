@@ -6,6 +6,7 @@
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <memory>
 #include <optional>
@@ -89,8 +90,16 @@ class Activations {
   void stage_done(ChainScratch* chain) {
     if (arena_ == nullptr) return;
     const int64_t scratch = chain != nullptr ? chain->take_most_requested() : 0;
-    arena_->need(round_up(in_floats_ + out_floats_ + scratch, kLine));
+    const int64_t held = round_up(in_floats_ + out_floats_ + scratch, kLine);
+    most_held_ = std::max(most_held_, held);
+    arena_->need(held);
   }
+
+  // The most floats any stage so far held at once (with an arena): what the arena will hold.
+  int64_t most_held() const { return most_held_; }
+
+  // Floats a stage's output of these sizes takes in the arena.
+  static int64_t floats_of(at::IntArrayRef sizes) { return round_up(c10::multiply_integers(sizes), kLine); }
 
  private:
   static constexpr int64_t kLine = 16;  // floats: activations start on cache lines
@@ -98,7 +107,7 @@ class Activations {
   ForwardArena* arena_;
   OutputViews& kept_;
   size_t stage_ = 0;
-  int64_t in_floats_ = 0, out_floats_ = 0;
+  int64_t in_floats_ = 0, out_floats_ = 0, most_held_ = 0;
   End end_ = kNone;
 };
 
@@ -234,7 +243,18 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
         return out;
       });
     }
-    if (made && arena != nullptr) arena->keep(made, made->kept_bytes());
+    if (made && arena != nullptr) {
+      // The stem's stage holds only its output and scratch, often far less than a later stage (at
+      // 224x224, block 1 holds the stem's output, its own and its scratch), and the arena is as
+      // large as the most any stage holds: later forwards give the stem the difference as scratch,
+      // which lets it run bands of whole rows where its own budget cut the image into strips.
+      const BlockShape& s = made->stem_shape.block;
+      const int64_t spare = activations.most_held() - Activations::floats_of({s.n, s.cout, s.oh, s.ow});
+      if (spare / made->stem.threads > made->stem.budget)
+        made->stem = prepare_stem_inverted_residual(made->stem_shape, stem[0], stem[1], stem[2], stem[3], stem[4],
+                                                    stem[5], spare / made->stem.threads);
+      arena->keep(made, made->kept_bytes());
+    }
     chain.reset();  // before the head, whose output may be the forward's
     y = stage([] { return "head+pool"; }, [&] {
       if (made) check_pointwise_pool(y, head[0], head[1]);

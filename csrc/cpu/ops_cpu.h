@@ -44,9 +44,11 @@ PreparedBlock prepare_inverted_residual(const BlockShape& s, const std::optional
                                         const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
                                         const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
                                         const PreparedBlock* before = nullptr);
+// allowed_floats: scratch per worker the caller can spare beyond the budget's own rule (a network
+// forward whose later stages hold more memory than the stem's output and scratch).
 PreparedBlock prepare_stem_inverted_residual(const StemShape& st, const at::Tensor& w_stem, const at::Tensor& b_stem,
                                              const at::Tensor& w_dw, const at::Tensor& b_dw, const at::Tensor& w_proj,
-                                             const at::Tensor& b_proj);
+                                             const at::Tensor& b_proj, int64_t allowed_floats = 0);
 // The prepared call on x (float32, its shape as prepared, any strides) into y (the output's shape,
 // any strides, not overlapping x).
 void run_prepared(const PreparedBlock& p, const at::Tensor& x, at::Tensor& y);
