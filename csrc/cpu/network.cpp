@@ -61,7 +61,7 @@ class Activations {
     const size_t stage = stage_++;
     const End in_end = end_;
     in_floats_ = out_floats_;
-    out_floats_ = round_up(c10::multiply_integers(sizes), kLine);
+    out_floats_ = floats_of(sizes);
     const int64_t floats = arena_ == nullptr ? 0 : arena_->floats() / kLine * kLine;
     const int64_t held = (in_end == kNone ? 0 : in_floats_) + out_floats_;
     const bool image = sizes.size() == 4;
@@ -250,9 +250,10 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
       // which lets it run bands of whole rows where its own budget cut the image into strips.
       const BlockShape& s = made->stem_shape.block;
       const int64_t spare = activations.most_held() - Activations::floats_of({s.n, s.cout, s.oh, s.ow});
-      if (spare / made->stem.threads > made->stem.budget)
+      const int64_t per_worker = spare / made->stem.threads;
+      if (per_worker > made->stem.budget)
         made->stem = prepare_stem_inverted_residual(made->stem_shape, stem[0], stem[1], stem[2], stem[3], stem[4],
-                                                    stem[5], spare / made->stem.threads);
+                                                    stem[5], per_worker);
       arena->keep(made, made->kept_bytes());
     }
     chain.reset();  // before the head, whose output may be the forward's
