@@ -8,7 +8,9 @@ OTHER_DIR holds the other build: its `mnv2_fused` package built in place (for in
 worktree of an earlier commit, then `python setup.py build_ext --inplace` there). Each process
 imports its own package by its path, from a directory of its own. Both run with
 MNV2_FUSED_CHAIN=full: the other process's turn must not look like another process keeping a core
-busy, which would drop a thread for a while (see README, Other runtimes, and under load).
+busy, which would drop a thread for a while (see README, Other runtimes, and under load). Where the
+two builds' forwards have different stages (one stage doing the work of two), the stages only one
+build has are timed together against those only the other has.
 """
 import argparse
 import collections
@@ -67,6 +69,25 @@ def quartiles(values: list) -> str:
     return f"{statistics.median(v):.3f} (quartiles {v[len(v) // 4]:.3f}-{v[3 * len(v) // 4]:.3f})"
 
 
+def report(results: dict) -> None:
+    """Per stage and for the whole forward: each build's median and the ratios' median; the stages
+    of one build only, together, against those of the other build only."""
+    print(f"{'stage':22s} {'this us':>9s} {'other us':>9s}  this / other")
+    stages = {side: [k for k in results[side][0] if k != "forward"] for side in results}
+    rows = [([n], [n]) for n in stages["this"] if n in stages["other"]]
+    only = {side: [n for n in stages[side] if n not in stages[other]]
+            for side, other in (("this", "other"), ("other", "this"))}
+    if only["this"] or only["other"]:
+        rows.append((only["this"], only["other"]))
+    for this_names, other_names in rows + [(["forward"], ["forward"])]:
+        this = [sum(r[n] for n in this_names) for r in results["this"]]
+        other = [sum(r[n] for n in other_names) for r in results["other"]]
+        name = " + ".join(this_names) if this_names == other_names else \
+            f"{' + '.join(this_names) or '-'} / {' + '.join(other_names) or '-'}"
+        ratios = quartiles([a / b for a, b in zip(this, other)]) if this_names and other_names else "-"
+        print(f"{name:22s} {statistics.median(this) * 1e6:9.1f} {statistics.median(other) * 1e6:9.1f}  {ratios}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("other", type=Path, help="directory holding the other build's mnv2_fused package")
@@ -104,14 +125,7 @@ def main() -> None:
                 proc.wait()
     print(f"batch {args.batch}, {args.threads} threads, {args.rounds} turns each of {runs} forwards; "
           f"this build over {args.other} (below 1: this one faster)")
-    print(f"{'stage':14s} {'this us':>9s} {'other us':>9s}  this / other")
-    names = [k for k in results["this"][0] if k != "forward"] + ["forward"]
-    for name in names:
-        this = [r[name] for r in results["this"]]
-        other = [r[name] for r in results["other"]]
-        ratios = [a / b for a, b in zip(this, other)]
-        print(f"{name:14s} {statistics.median(this) * 1e6:9.1f} {statistics.median(other) * 1e6:9.1f}  "
-              f"{quartiles(ratios)}")
+    report(results)
 
 
 if __name__ == "__main__":
