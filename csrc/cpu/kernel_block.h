@@ -229,8 +229,8 @@ void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c
   const float* const zeros = zero_floats(row_floats);
   // Where each hidden row the band reads lies (hidden row b.hr0 + i at ring_rows[i]): worked out
   // once, not per channel vector and output row, where ring_slot's two divisions per row stood in
-  // front of the row's loads (stem 0.98x, block 1 0.978x, blocks 4-10 0.98-0.99x, the forward
-  // 0.994x; MobileNetV2, batch 1, 2 threads, Zen 4).
+  // front of the row's loads. MobileNetV2, batch 1, 2 threads, Zen 4, three ab_builds runs: the
+  // forward 0.994-0.997x, the stem 0.980-0.995x, block 1 0.978-1.000x, most other blocks 0.98-1.00x.
   const int64_t span = (rows - 1) * s + (K - 1) * dil + 1;
   c10::SmallVector<const float*, 64> ring_rows(static_cast<size_t>(span));
   for (int64_t i = 0; i < span; ++i) {
