@@ -231,7 +231,7 @@ void depthwise_k(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c
   // once, not per channel vector and output row, where ring_slot's two divisions per row stood in
   // front of the row's loads. MobileNetV2, batch 1, 2 threads, Zen 4, three ab_builds runs: the
   // forward 0.994-0.997x, the stem 0.980-0.995x, block 1 0.978-1.000x, most other blocks 0.98-1.00x.
-  const int64_t span = (rows - 1) * s + (K - 1) * dil + 1;
+  const int64_t span = (rows - 1) * s + dw_span(a);
   c10::SmallVector<const float*, 64> ring_rows(static_cast<size_t>(span));
   for (int64_t i = 0; i < span; ++i) {
     const int64_t h = b.hr0 + i;
