@@ -97,6 +97,21 @@ def test_linear_op_matches_torch(n, k, o):
             assert rel_err(torch.ops.mnv2_fused.linear(rows, weight, b), ref) <= TOL
 
 
+def test_every_row_count_through_the_micro_tiles():
+    # A panel's rows go in micro-tiles of 6 or 8 rows (AVX-512; 3 or 8 on AVX2), the rows past whole
+    # ones in tiles one row shorter once there are enough rows (49 = 4 x 6 + 5 x 5), else in halves
+    # and quarters of a tile: every remainder of both heights, for panels of 1 to 4 vectors.
+    g = torch.Generator().manual_seed(3)
+    for o in (16, 32, 48, 64, 80):
+        w, b = torch.randn(o, 37, generator=g) * 37 ** -0.5, torch.randn(o, generator=g)
+        for m in range(1, 74):
+            x = torch.randn(1, 37, 1, m, generator=g).contiguous(memory_format=torch.channels_last)
+            out = torch.ops.mnv2_fused.pointwise(x, pack_columns(w), b, "relu6")
+            assert rel_err(out, F.relu6(F.conv2d(x, w[:, :, None, None], b))) <= TOL, (o, m)
+            pooled = torch.ops.mnv2_fused.pointwise_relu6_mean(x, pack_columns(w), b)
+            assert rel_err(pooled, head_reference(x, w, b)) <= TOL, (o, m)
+
+
 def test_plain_weights_run_as_the_packed_ones():
     # (O, K) weights in nn.Linear's layout, or with any strides, are packed on every call: outputs
     # bitwise those of the weights packed as the modules cache them, O a multiple of 16 or not.

@@ -236,7 +236,7 @@ enum class Tail { kMasked, kWhole, kHalf };
 // of a panel (full_tiles works them out once).
 template <int NV, int MR, bool kRes, Act A, bool kInit, bool kPool = false, bool kSeg = false,
           Tail kTail = Tail::kMasked>
-void micro_full(const Gemm& g, const float* const* bcols, int64_t i0, int64_t j0, int ncols) {
+void micro_full(const Gemm& g, const float* const* bcols, int64_t i0, int64_t j0, int ncols, int64_t tile = 0) {
   constexpr bool kHalf = kTail == Tail::kHalf;
   static_assert(!kHalf || (!kPool && !kSeg && (A == Act::kNone || A == Act::kReLU6)), "half tails: see above");
   static_assert(kTail != Tail::kWhole || !kPool, "the pool's tail stays masked");
@@ -292,7 +292,7 @@ void micro_full(const Gemm& g, const float* const* bcols, int64_t i0, int64_t j0
     }
   } else {
     int64_t warm_step = 0;
-    const char* const warm = kPool ? warm_lines(g, i0 / MR, bp[0], warm_step) : nullptr;
+    const char* const warm = kPool ? warm_lines(g, tile, bp[0], warm_step) : nullptr;
     int64_t k = 0;
     do {
       if constexpr (kPool)
@@ -349,7 +349,7 @@ void micro_full(const Gemm& g, const float* const* bcols, int64_t i0, int64_t j0
 // dispatched once for all of them; returns the first row left, `first` where micro_full does not
 // apply.
 template <int NV, int MR>
-int64_t full_tiles(const Gemm& g, int64_t first, int64_t M, int64_t j0, int ncols) {
+int64_t full_tiles(const Gemm& g, int64_t first, int64_t M, int64_t j0, int ncols, int64_t tile0 = -1) {
   // Each loop over the tiles counts in a local and sets `done` after it: counting in `done`, which
   // the lambdas take by reference, GCC stored the count after every tile.
   const int64_t end = first + (M - first) / MR * MR;
@@ -384,8 +384,9 @@ int64_t full_tiles(const Gemm& g, int64_t first, int64_t M, int64_t j0, int ncol
   };
   using None = std::integral_constant<Act, Act::kNone>;
   if (g.store == Store::kPool) {  // the head: from the bias (panel()'s full_ok)
+    const int64_t t0 = tile0 < 0 ? first / MR : tile0;
     for (int64_t i = first; i < end; i += MR)
-      micro_full<NV, MR, false, Act::kNone, false, true>(g, bcols, i, j0, ncols);
+      micro_full<NV, MR, false, Act::kNone, false, true>(g, bcols, i, j0, ncols, t0 + (i - first) / MR);
     return end;
   }
   const Act act = g.store == Store::kAct ? g.act : Act::kNone;
@@ -434,7 +435,20 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   const int64_t masked = std::min<int64_t>(g.K, (NV * kLanes + g.ldb - 1) / std::max<int64_t>(g.ldb, 1));
   const bool full_ok = kPacked && g.K > 0 && g.ak == 1 &&
                        (g.store == Store::kPool ? !g.init && !g.res : g.ck == 1 && (!g.res || g.rk == 1));
-  int64_t i = full_ok && M >= MR1 ? full_tiles<NV, MR1>(g, 0, M, j0, ncols) : 0;
+  // Rows past whole tiles of MR1 are taken by tiles one row shorter where enough rows allow it (49 = 4 x 6
+  // + 5 x 5), not left to a tile of one or a few rows, whose loads of B feed as few FMAs.
+  constexpr int MR0 = MR1 - 1;
+  int64_t i = 0;
+  if (full_ok && M >= MR1) {
+    const int64_t shorter = (MR1 - M % MR1) % MR1, split = M - shorter * MR0;
+    if constexpr (MR0 >= 2) {
+      if (shorter > 0 && split >= MR1) {
+        i = full_tiles<NV, MR1>(g, 0, split, j0, ncols);
+        if (i == split) i = full_tiles<NV, MR0>(g, i, M, j0, ncols, split / MR1);
+      }
+    }
+    if (i == 0) i = full_tiles<NV, MR1>(g, 0, M, j0, ncols);
+  }
   if (g.a_seg) return;  // whole micro-tiles only (segmented_rows)
   // The rows past whole micro-tiles in shorter ones of the same kernel: micro() below computes
   // MR rows for fewer (repeating the last) with its accumulators spilled around its branches.

@@ -15,13 +15,16 @@ namespace mnv2_fused {
 namespace cpu {
 namespace {
 
-// Cost, in rows, of the micro-tiles covering M rows of a panel NV vectors wide (tails use MR/2,
-// MR/4), mirroring panel() in tile_kernel_impl.h. Short tiles cost more per row than they compute:
-// too few accumulators to hide the loads, so a tile counts as at least kMinTileRows rows.
+// Cost, in rows, of the micro-tiles covering M rows of a panel NV vectors wide (the rows past whole
+// tiles in tiles one row shorter where M allows, else tails of MR/2, MR/4), mirroring panel() in
+// kernel_gemm.h. Short tiles cost more per row than they compute: too few accumulators to hide the
+// loads, so a tile counts as at least kMinTileRows rows.
 constexpr int64_t kMinTileRows = 3;
 
 int64_t padded_rows(int64_t M, int64_t nv, const Isa& isa) {
   const int64_t mr1 = tile_rows(nv, isa.max_acc), mr2 = (mr1 + 1) / 2, mr3 = (mr1 + 3) / 4;
+  const int64_t shorter = (mr1 - M % mr1) % mr1;  // tiles of mr1 - 1 rows taking the rows past whole ones
+  if (mr1 - 1 >= 2 && shorter > 0 && M - shorter * (mr1 - 1) >= mr1) return M;
   const int64_t full = M / mr1 * mr1;
   int64_t rem = M - full, rows = full;
   while (rem > 0) {
