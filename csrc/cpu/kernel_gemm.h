@@ -483,8 +483,12 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
 // flight, or are reloaded every R rows): MobileNetV2's K = 24 and 32 expands ran 1.05-1.22x
 // faster on micro_full. The activation is a template argument: a switch on it per row cost
 // 15-25% at K = 16. kTail: the column vector is the matrix's last, partly outside it, so its
-// loads and stores are masked; whole vectors go unmasked (masked, 4-7% slower).
-template <int K, Act A, bool kRes, bool kTail>
+// loads and stores are masked; whole vectors go unmasked (masked, 4-7% slower). kUnitK: A's rows
+// are contiguous (Gemm::ak = 1, a channels-last input), known at compile time, so each tap is a
+// displacement off its row's pointer; with ak read at run time GCC computed every tap's address
+// with an lea and spilled row pointers to vector registers (MobileNetV2's block 1: 0.984x the
+// time at batch 8, 0.993-0.995x at batch 1).
+template <int K, Act A, bool kRes, bool kTail, bool kUnitK = false>
 void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   // Rows in flight, independent FMA chains that cover the FMA latency: as many as the registers
   // left beside B's hold.
@@ -492,7 +496,7 @@ void column_short_k(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   const Mask tail = make_mask(ncols);
   auto ld = [&](const float* p) { return kTail ? load_m(p, tail) : load(p); };
   const float* bcol = b_column(g, j0);
-  const int64_t ak = g.ak, ldb = g.ldb;
+  const int64_t ak = kUnitK ? 1 : g.ak, ldb = g.ldb;
   // g's pointers in locals, and each group's output rows read before its first store: the stores
   // (memcpy) may alias g and its pointer arrays, and GCC reloaded g.c for every row after the
   // previous row's store (MobileNetV2's block 1, below: 1.05x at batch 1, 1.09x at batch 8, beside
@@ -635,7 +639,8 @@ void gemm_kernels(const Gemm& g, int64_t M, int64_t N) {
           const int ncols = static_cast<int>(std::min<int64_t>(kLanes, N - j0));
           const bool whole = ncols == kLanes;
           if (g.K == 16) {
-            if (whole) column_short_k<16, A, R, false>(g, M, j0, ncols);
+            if (whole && g.ak == 1) column_short_k<16, A, R, false, true>(g, M, j0, ncols);
+            else if (whole) column_short_k<16, A, R, false>(g, M, j0, ncols);
             else column_short_k<16, A, R, true>(g, M, j0, ncols);
           } else {
             if (whole) column_short_k<27, A, R, false>(g, M, j0, ncols);
