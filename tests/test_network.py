@@ -98,9 +98,10 @@ def test_linear_op_matches_torch(n, k, o):
 
 
 def test_every_row_count_through_the_micro_tiles():
-    # A panel's rows go in micro-tiles of 6 or 8 rows (AVX-512; 3 or 8 on AVX2), the rows past whole
-    # ones in tiles one row shorter once there are enough rows (49 = 4 x 6 + 5 x 5), else in halves
-    # and quarters of a tile: every remainder of both heights, for panels of 1 to 4 vectors.
+    # A panel's rows go in micro-tiles as tall as its accumulators allow (6 or 8 rows on AVX-512, 3
+    # to 8 on AVX2), the rows past whole ones in tiles one row shorter once there are enough rows
+    # (49 = 4 x 6 + 5 x 5), else in halves and quarters of a tile: every remainder of every height,
+    # for panels of 1 to 4 vectors.
     g = torch.Generator().manual_seed(3)
     for o in (16, 32, 48, 64, 80):
         w, b = torch.randn(o, 37, generator=g) * 37 ** -0.5, torch.randn(o, generator=g)

@@ -427,7 +427,8 @@ int64_t full_tiles(const Gemm& g, int64_t first, int64_t M, int64_t j0, int ncol
   return done;
 }
 
-// Every row of one column panel, in micro-tiles of MR rows, then MR/2 and MR/4 for the remainder.
+// Every row of one column panel, in micro-tiles of MR rows (the last ones MR - 1 where
+// shorter_tiles allows), then MR/2 and MR/4 for the remainder.
 template <int NV, bool kPacked>
 void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   constexpr int MR1 = static_cast<int>(tile_rows(NV, kMaxAcc)), MR2 = (MR1 + 1) / 2, MR3 = (MR1 + 3) / 4;
@@ -435,14 +436,14 @@ void panel(const Gemm& g, int64_t M, int64_t j0, int ncols) {
   const int64_t masked = std::min<int64_t>(g.K, (NV * kLanes + g.ldb - 1) / std::max<int64_t>(g.ldb, 1));
   const bool full_ok = kPacked && g.K > 0 && g.ak == 1 &&
                        (g.store == Store::kPool ? !g.init && !g.res : g.ck == 1 && (!g.res || g.rk == 1));
-  // Rows past whole tiles of MR1 are taken by tiles one row shorter where enough rows allow it (49 = 4 x 6
-  // + 5 x 5), not left to a tile of one or a few rows, whose loads of B feed as few FMAs.
+  // The rows past whole tiles go in tiles one row shorter where there are enough rows
+  // (shorter_tiles), not in a tile of one or a few rows, whose loads of B feed as few FMAs.
   constexpr int MR0 = MR1 - 1;
   int64_t i = 0;
   if (full_ok && M >= MR1) {
-    const int64_t shorter = (MR1 - M % MR1) % MR1, split = M - shorter * MR0;
     if constexpr (MR0 >= 2) {
-      if (shorter > 0 && split >= MR1) {
+      const int64_t split = M - shorter_tiles(M, MR1) * MR0;
+      if (split < M) {
         i = full_tiles<NV, MR1>(g, 0, split, j0, ncols);
         if (i == split) i = full_tiles<NV, MR0>(g, i, M, j0, ncols, split / MR1);
       }

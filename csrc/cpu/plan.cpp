@@ -23,8 +23,7 @@ constexpr int64_t kMinTileRows = 3;
 
 int64_t padded_rows(int64_t M, int64_t nv, const Isa& isa) {
   const int64_t mr1 = tile_rows(nv, isa.max_acc), mr2 = (mr1 + 1) / 2, mr3 = (mr1 + 3) / 4;
-  const int64_t shorter = (mr1 - M % mr1) % mr1;  // tiles of mr1 - 1 rows taking the rows past whole ones
-  if (mr1 - 1 >= 2 && shorter > 0 && M - shorter * (mr1 - 1) >= mr1) return M;
+  if (shorter_tiles(M, mr1) > 0) return M;
   const int64_t full = M / mr1 * mr1;
   int64_t rem = M - full, rows = full;
   while (rem > 0) {

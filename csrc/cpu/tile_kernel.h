@@ -99,6 +99,14 @@ struct TilePlan {
 // batch 8 and 1.05-1.06x at batch 1 with 8 rows; 6 and 10 rows 1.03x).
 constexpr int64_t tile_rows(int64_t nv, int64_t max_acc) { return max_acc / nv < 8 ? max_acc / nv : 8; }
 
+// How many micro-tiles one row shorter than mr take the last of m rows, after whole tiles of mr
+// (49 = 4 x 6 + 5 x 5): 0 where mr divides m, where too few rows are left for a whole tile before
+// them (13 = 6 + 6 + 1), or where mr - 1 is under 2 rows.
+constexpr int64_t shorter_tiles(int64_t m, int64_t mr) {
+  const int64_t shorter = (mr - m % mr) % mr;
+  return mr - 1 >= 2 && m - shorter * (mr - 1) >= mr ? shorter : 0;
+}
+
 // Row pointers of a GEMM are gathered into blocks of this many rows.
 constexpr int64_t kRowBlock = 256;
 
