@@ -14,8 +14,8 @@ from mnv2_fused import FusedInvertedResidual
 from mnv2_fused.bench.measure import rel_err
 from mnv2_fused.bench.models import make_block, randomize, table2_blocks
 
-__all__ = ["BACKEND_DTYPES", "check_block", "compiled_network_error", "device_of", "make_block", "make_input",
-           "randomize_bn", "rel_err", "table2_blocks", "within_tolerance"]
+__all__ = ["BACKEND_DTYPES", "TERMS_BOUND", "check_block", "compiled_network_error", "device_of", "make_block",
+           "make_input", "randomize_bn", "rel_err", "table2_blocks", "within_tolerance"]
 
 randomize_bn = randomize
 

@@ -2,12 +2,13 @@
 gives the unconverted model's output, and runs one fused op per block; the general block op against
 its reference over the whole spec; training and gradients through the models' own layers."""
 import copy
+import dataclasses
 import warnings
 
 import pytest
 import torch
 import torchvision
-from helpers import make_input, num_threads, randomize_bn, rel_err, within_tolerance
+from helpers import TERMS_BOUND, make_input, num_threads, randomize_bn, rel_err, within_tolerance
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -220,23 +221,42 @@ def random_weights(spec, cin, hidden, cout, expand, seed):
     return w, se
 
 
+def spec_projection_terms(x64, w64, se64, spec):
+    """The size of the terms each output sums, as helpers.projection_terms gives it for torchvision
+    blocks: sum_k |w_k| |h_k| over the hidden channels, plus |bias| and |x| where the block adds its
+    input. h is the block's own output with an identity projection."""
+    hidden = w64.w_proj.shape[1]
+    identity = w64._replace(w_proj=torch.eye(hidden, dtype=torch.float64),
+                            b_proj=torch.zeros(hidden, dtype=torch.float64))
+    h = mbconv_reference(x64, identity, se64, dataclasses.replace(spec, residual=False))
+    terms = torch.nn.functional.conv2d(h.abs(), w64.w_proj.abs()[:, :, None, None], w64.b_proj.abs())
+    return terms + x64.abs() if spec.residual else terms
+
+
 def run_spec_case(backend, case, cached_layout=False):
     """Against the float64 reference, within the tolerance of helpers.within_tolerance (PyTorch's
-    own float32 error where that is larger: a lone output pixel can cancel to a thousandth of its
-    terms). cached_layout: the weights as the modules cache them for the CPU kernel (matrices packed)."""
+    own float32 error where that is larger), else within TERMS_BOUND of the size of the terms summed:
+    a lone output pixel can cancel to a thousandth of its terms, and PyTorch's own error there
+    depends on its summation order on the machine at hand. cached_layout: the weights as the modules
+    cache them for the CPU kernel (matrices packed)."""
     spec, hidden, cout, expand, shape, layout, seed = case
     w, se = random_weights(spec, shape[1], hidden, cout, expand, seed)
     x = make_input(shape, layout, seed=seed)
     out = mnv2_fused.ops.run_mbconv(x, for_kernel(w) if cached_layout else w, se, spec, backend)
-    ref = mbconv_reference(x.double(), FoldedWeights(*[None if t is None else t.double() for t in w]),
-                           None if se is None else SEWeights(*[t.double() for t in se]), spec)
+    w64 = FoldedWeights(*[None if t is None else t.double() for t in w])
+    se64 = None if se is None else SEWeights(*[t.double() for t in se])
+    ref = mbconv_reference(x.double(), w64, se64, spec)
     assert out.shape == ref.shape
-    assert within_tolerance(out, ref, lambda: mbconv_reference(x, w, se, spec)), \
-        f"relative error {rel_err(out, ref):.2e}"
+    if within_tolerance(out, ref, lambda: mbconv_reference(x, w, se, spec)):
+        return
+    err = (out.cpu().double() - ref).norm().item()
+    terms = spec_projection_terms(x.double(), w64, se64, spec).norm().item()
+    assert err <= TERMS_BOUND[out.dtype] * terms, \
+        f"relative error {rel_err(out, ref):.2e}, {err / max(terms, 1e-300):.2e} of the terms' size"
 
 
 # One output pixel summing 115 hidden channels to about 1e-3 of their size: the portable kernel's
-# error 1.4e-5, PyTorch's own in float32 1.1e-5.
+# error 1.4e-5; PyTorch's own in float32 1.1e-5 on one machine, 1.3e-6 on another.
 CANCELLING = (BlockSpec(kernel_size=7, stride=2, activation="silu", se_activation="relu", se_gate="sigmoid",
                         squeeze_excite=True), 115, 1, True, (1, 1, 1, 1), "nchw", 409)
 
