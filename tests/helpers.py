@@ -14,7 +14,7 @@ from mnv2_fused import FusedInvertedResidual
 from mnv2_fused.bench.measure import rel_err
 from mnv2_fused.bench.models import make_block, randomize, table2_blocks
 
-__all__ = ["BACKEND_DTYPES", "TERMS_BOUND", "check_block", "compiled_network_error", "device_of", "make_block",
+__all__ = ["BACKEND_DTYPES", "assert_within_terms", "check_block", "compiled_network_error", "device_of", "make_block",
            "make_input", "randomize_bn", "rel_err", "table2_blocks", "within_tolerance"]
 
 randomize_bn = randomize
@@ -101,11 +101,17 @@ def check_block(backend: str, dtype: torch.dtype, block, x: torch.Tensor) -> tor
         low = copy.deepcopy(block).to(device, dtype)
         assert out.dtype == dtype and out.shape == ref64.shape
         if not within_tolerance(out, ref64, lambda: low(xd)):
-            err = (out.cpu().double() - ref64).norm().item()
-            terms = projection_terms(copy.deepcopy(block).double(), x.double()).norm().item()
-            assert dtype in TERMS_BOUND and err <= TERMS_BOUND[dtype] * terms, (
-                f"relative error {rel_err(out.cpu(), ref64):.2e}, {err / max(terms, 1e-300):.2e} of the terms' size")
+            assert_within_terms(out, ref64, projection_terms(copy.deepcopy(block).double(), x.double()))
     return out
+
+
+def assert_within_terms(out: torch.Tensor, ref64: torch.Tensor, terms64: torch.Tensor) -> None:
+    """Where within_tolerance fails: the error within TERMS_BOUND of the size of the terms each
+    output sums (``terms64``, float64, as projection_terms gives them)."""
+    err = (out.cpu().double() - ref64).norm().item()
+    terms = terms64.norm().item()
+    assert out.dtype in TERMS_BOUND and err <= TERMS_BOUND[out.dtype] * terms, (
+        f"relative error {rel_err(out.cpu(), ref64):.2e}, {err / max(terms, 1e-300):.2e} of the terms' size")
 
 
 def make_input(shape, layout="nchw", dtype=torch.float32, seed=0):
