@@ -13,6 +13,27 @@
 
 namespace mnv2_fused {
 namespace cpu {
+namespace {
+
+// How much of each call's slice of the next weight (the classifier's) the head's micro-tiles
+// prefetch: the whole slice on AMD cores, where it took MobileNetV2's classifier at batch 1 to
+// 0.62-0.66x the time for a head 1.06-1.07x slower; its first quarter on Intel's, whose two 512-bit
+// FMA units a core run the head twice as fast per cycle, so that the prefetches' traffic weighs
+// more: on a 2-core Xeon the whole slice left the head at 190 us, the classifier at 82 (none: 157
+// and 96), a quarter 167 and 82 (benchmarks/ab_builds.py, 100 rounds).
+int64_t warm_share_divisor() {
+  static const int64_t divisor = [] {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") ? int64_t(4) : int64_t(1);
+#else
+    return int64_t(1);
+#endif
+  }();
+  return divisor;
+}
+
+}  // namespace
 
 at::Tensor pointwise_relu6_mean(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   check_pointwise_pool(x, w, b);
@@ -50,7 +71,7 @@ void pointwise_relu6_mean_into(const at::Tensor& x, const at::Tensor& w, const a
       call.warm_bytes[0] = call.warm[0] ? next_cols * cin * static_cast<int64_t>(sizeof(float)) : 0;
       if (warm) {
         call.warm[1] = next_bytes + item * next_size / items;
-        call.warm_bytes[1] = (item + 1) * next_size / items - item * next_size / items;
+        call.warm_bytes[1] = ((item + 1) * next_size / items - item * next_size / items) / warm_share_divisor();
       }
       const int64_t j0 = item % blocks * block;
       isa.pointwise_pool(call, item / blocks, item / blocks + 1, j0, std::min(cout, j0 + block));
