@@ -2,7 +2,7 @@
 live processes that take turns (short rounds, a pause between), so that both meet the machine's
 same spells; medians of the per-round ratios, this checkout's build over the other.
 
-    python benchmarks/ab_builds.py OTHER_DIR [--batch 1] [--threads 2] [--rounds 60] [--runs 20]
+    python benchmarks/ab_builds.py OTHER_DIR [--batch 1] [--threads 2] [--rounds 60] [--runs 20] [--sessions 6]
 
 OTHER_DIR holds the other build: its `mnv2_fused` package built in place (for instance a git
 worktree of an earlier commit, then `python setup.py build_ext --inplace` there). Each process
@@ -11,6 +11,12 @@ MNV2_FUSED_CHAIN=full: the other process's turn must not look like another proce
 busy, which would drop a thread for a while (see README, Other runtimes, and under load). Where the
 two builds' forwards have different stages (one stage doing the work of two), the stages only one
 build has are timed together against those only the other has.
+
+The rounds are spread over --sessions pairs of processes, started afresh, in alternating order:
+where a process happens to lay out its memory moves its whole forward. Two processes of the same
+build read 0.95-1.03x apart, session by session (six sessions of 10 rounds, batch 1, a 2-core
+Xeon), so one session cannot tell a 3% change; the per-session medians are printed, and their
+median is the figure to quote.
 """
 import argparse
 import collections
@@ -88,6 +94,11 @@ def report(results: dict) -> None:
         print(f"{name:22s} {statistics.median(this) * 1e6:9.1f} {statistics.median(other) * 1e6:9.1f}  {ratios}")
 
 
+def session_ratios(sessions: list) -> list:
+    """Each session's median ratio of this build's forward to the other's."""
+    return [statistics.median(a["forward"] / b["forward"] for a, b in zip(s["this"], s["other"])) for s in sessions]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("other", type=Path, help="directory holding the other build's mnv2_fused package")
@@ -95,37 +106,48 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=60, help="turns of each build, half in each session")
     p.add_argument("--runs", type=int, default=20, help="forwards per turn (a quarter of it at batch > 1)")
+    p.add_argument("--sessions", type=int, default=6, help="pairs of processes the rounds are spread over")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args.batch, args.threads)
     if not (args.other / "mnv2_fused").is_dir():
         sys.exit(f"{args.other} holds no mnv2_fused package")
+    if args.sessions < 1 or args.rounds < args.sessions:
+        p.error("--sessions must be at least 1 and at most --rounds")
     runs = args.runs if args.batch == 1 else max(3, args.runs // 4)
     roots = {"this": Path(__file__).resolve().parents[1], "other": args.other.resolve()}
     results = {side: [] for side in roots}
-    # Two sessions, the processes started in one order and then the other: identical builds read
+    sessions = []
+    # The processes started in one order, then the other, session by session: identical builds read
     # 1.02-1.03x apart in one session at batch 8.
-    for session, order in enumerate((("this", "other"), ("other", "this"))):
+    for session in range(args.sessions):
+        order = ("this", "other") if session % 2 == 0 else ("other", "this")
+        turns = args.rounds * (session + 1) // args.sessions - args.rounds * session // args.sessions
+        sessions.append({side: [] for side in roots})
         with tempfile.TemporaryDirectory() as cwd:
             procs = {side: start_worker(roots[side], args, cwd) for side in order}
             for side, proc in procs.items():
                 if proc.stdout.readline().strip() != "ready":
                     sys.exit(f"the {side} build's process failed to start")
-            for r in range(args.rounds // 2):
+            for r in range(turns):
                 for side in order if r % 2 == 0 else order[::-1]:
                     procs[side].stdin.write(f"{runs}\n")
                     procs[side].stdin.flush()
-                    results[side].append(json.loads(procs[side].stdout.readline()))
+                    sessions[-1][side].append(json.loads(procs[side].stdout.readline()))
                     time.sleep(0.05)  # the other process's threads go to sleep before this one's turn
-                if (r + 1) % 10 == 0:
-                    print(f"session {session + 1} of 2: round {r + 1} of {args.rounds // 2}", file=sys.stderr)
             for proc in procs.values():
                 proc.stdin.close()
                 proc.wait()
-    print(f"batch {args.batch}, {args.threads} threads, {args.rounds} turns each of {runs} forwards; "
-          f"this build over {args.other} (below 1: this one faster)")
+        for side in roots:
+            results[side] += sessions[-1][side]
+        print(f"session {session + 1} of {args.sessions}: {turns} rounds", file=sys.stderr)
+    print(f"batch {args.batch}, {args.threads} threads, {args.rounds} turns each of {runs} forwards in "
+          f"{args.sessions} sessions; this build over {args.other} (below 1: this one faster)")
     report(results)
+    per_session = session_ratios(sessions)
+    print(f"forward per session: {' '.join(f'{r:.3f}' for r in per_session)}; "
+          f"median of the sessions {statistics.median(per_session):.3f}")
 
 
 if __name__ == "__main__":
