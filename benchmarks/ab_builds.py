@@ -13,10 +13,9 @@ two builds' forwards have different stages (one stage doing the work of two), th
 build has are timed together against those only the other has.
 
 The rounds are spread over --sessions pairs of processes, started afresh, in alternating order:
-where a process happens to lay out its memory moves its whole forward. Two processes of the same
-build read 0.95-1.03x apart, session by session (six sessions of 10 rounds, batch 1, a 2-core
-Xeon), so one session cannot tell a 3% change; the per-session medians are printed, and their
-median is the figure to quote.
+two processes of the same build read 0.95-1.03x apart, session by session (six sessions of 10
+rounds, batch 1, a 2-core Xeon), so one session cannot tell a 3% change; the per-session medians
+are printed, and their median is the figure to quote.
 """
 import argparse
 import collections
