@@ -103,7 +103,7 @@ def main() -> None:
     p.add_argument("other", type=Path, help="directory holding the other build's mnv2_fused package")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=60, help="turns of each build, half in each session")
+    p.add_argument("--rounds", type=int, default=60, help="turns of each build, spread evenly over the sessions")
     p.add_argument("--runs", type=int, default=20, help="forwards per turn (a quarter of it at batch > 1)")
     p.add_argument("--sessions", type=int, default=6, help="pairs of processes the rounds are spread over")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -116,7 +116,6 @@ def main() -> None:
         p.error("--sessions must be at least 1 and at most --rounds")
     runs = args.runs if args.batch == 1 else max(3, args.runs // 4)
     roots = {"this": Path(__file__).resolve().parents[1], "other": args.other.resolve()}
-    results = {side: [] for side in roots}
     sessions = []
     # The processes started in one order, then the other, session by session: identical builds read
     # 1.02-1.03x apart in one session at batch 8.
@@ -138,12 +137,10 @@ def main() -> None:
             for proc in procs.values():
                 proc.stdin.close()
                 proc.wait()
-        for side in roots:
-            results[side] += sessions[-1][side]
         print(f"session {session + 1} of {args.sessions}: {turns} rounds", file=sys.stderr)
     print(f"batch {args.batch}, {args.threads} threads, {args.rounds} turns each of {runs} forwards in "
           f"{args.sessions} sessions; this build over {args.other} (below 1: this one faster)")
-    report(results)
+    report({side: [turn for s in sessions for turn in s[side]] for side in roots})
     per_session = session_ratios(sessions)
     print(f"forward per session: {' '.join(f'{r:.3f}' for r in per_session)}; "
           f"median of the sessions {statistics.median(per_session):.3f}")
