@@ -15,7 +15,7 @@ from mnv2_fused.bench.measure import rel_err
 from mnv2_fused.bench.models import make_block, randomize, table2_blocks
 
 __all__ = ["BACKEND_DTYPES", "assert_within_terms", "check_block", "compiled_network_error", "device_of", "make_block",
-           "make_input", "randomize_bn", "rel_err", "table2_blocks", "within_tolerance"]
+           "make_input", "randomize_bn", "rel_err", "summed_terms", "table2_blocks", "within_tolerance"]
 
 randomize_bn = randomize
 
@@ -84,9 +84,15 @@ def projection_terms(block, x64: torch.Tensor) -> torch.Tensor:
     finally:
         hook.remove()
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    terms = torch.nn.functional.conv2d(seen["h"].abs(), conv.weight.abs()) * scale.abs().view(1, -1, 1, 1)
-    terms = terms + (bn.bias - bn.running_mean * scale).abs().view(1, -1, 1, 1)
-    return terms + x64.abs() if block.use_res_connect else terms
+    return summed_terms(seen["h"], conv.weight.flatten(1) * scale.view(-1, 1), bn.bias - bn.running_mean * scale,
+                        x64 if block.use_res_connect else None)
+
+
+def summed_terms(h64: torch.Tensor, w64: torch.Tensor, b64: torch.Tensor, x64=None) -> torch.Tensor:
+    """sum_k |w_jk| |h_k| + |b_j| (+ |x_j| where the block adds its input x) at every pixel: the size
+    of the terms a 1x1 projection (w: (Cout, hidden), b: (Cout)) of hidden activations h sums."""
+    terms = torch.nn.functional.conv2d(h64.abs(), w64.abs()[:, :, None, None], b64.abs())
+    return terms + x64.abs() if x64 is not None else terms
 
 
 def check_block(backend: str, dtype: torch.dtype, block, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ import warnings
 import pytest
 import torch
 import torchvision
-from helpers import assert_within_terms, make_input, num_threads, randomize_bn, rel_err, within_tolerance
+from helpers import (assert_within_terms, make_input, num_threads, randomize_bn, rel_err, summed_terms,
+                     within_tolerance)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -229,8 +230,7 @@ def spec_projection_terms(x64, w64, se64, spec):
     identity = w64._replace(w_proj=torch.eye(hidden, dtype=torch.float64),
                             b_proj=torch.zeros(hidden, dtype=torch.float64))
     h = mbconv_reference(x64, identity, se64, dataclasses.replace(spec, residual=False))
-    terms = torch.nn.functional.conv2d(h.abs(), w64.w_proj.abs()[:, :, None, None], w64.b_proj.abs())
-    return terms + x64.abs() if spec.residual else terms
+    return summed_terms(h, w64.w_proj, w64.b_proj, x64 if spec.residual else None)
 
 
 def run_spec_case(backend, case, cached_layout=False):
