@@ -61,11 +61,13 @@ void run_kept(BlockArgs a, const TilePlan& plan, int64_t batch, const at::Tensor
   TileShares channels(ceil_div(a.hidden, isa.lanes), threads);  // in vectors
   team_parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     const int64_t rank = at::get_thread_num();
+    BlockArgs mine = a;  // with the thread's prefetches (team.h: warm_while_computing)
+    mine.warm = warm_cursor();
     for (int64_t w = begin; w < end; ++w) {
       float* slab = slabs + w * plan.floats;
       if (ragged) std::fill_n(slab, plan.floats, 0.f);
       for (int64_t v0, v1; channels.claim(rank, v0, v1, plan.chunk / isa.lanes);)
-        isa.expand_depthwise(a, plan, batch, v0 * isa.lanes, std::min(a.hidden, v1 * isa.lanes), slab);
+        isa.expand_depthwise(mine, plan, batch, v0 * isa.lanes, std::min(a.hidden, v1 * isa.lanes), slab);
     }
   });
   // The projection in blocks of a GEMM panel's columns by about four of its micro-tiles' rows. A
@@ -91,11 +93,13 @@ void run_kept(BlockArgs a, const TilePlan& plan, int64_t batch, const at::Tensor
   });
   team_parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     const int64_t rank = at::get_thread_num();
+    BlockArgs mine = a;
+    mine.warm = warm_cursor();
     for (int64_t w = begin; w < end; ++w)
       for (int64_t i0, i1; blocks.claim(rank, i0, i1);)
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t p = panel_of(i), b = block_of(i);
-          isa.project_kept(a, block_row(b), block_row(b + 1), panel_vector(p) * isa.lanes,
+          isa.project_kept(mine, block_row(b), block_row(b + 1), panel_vector(p) * isa.lanes,
                            std::min(a.cout, panel_vector(p + 1) * isa.lanes), GateInto::kNone, nullptr);
         }
   });
@@ -148,11 +152,13 @@ void run_planned(const BlockArgs& a, int64_t batch, const at::Tensor& x, const T
     TileShares shares(tiles, workers);
     team_parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
       const int64_t rank = at::get_thread_num();
+      BlockArgs mine = a;  // with the thread's prefetches (team.h: warm_while_computing)
+      mine.warm = warm_cursor();
       for (int64_t w = begin; w < end; ++w) {
         RingState ring;  // w's scratch holds it
         for (int64_t t0, t1; shares.claim(rank, t0, t1);) {
           clear(w);
-          isa.run_tiles(a, plan, t0, t1, 0, &ring, scratch_of(w), nullptr);
+          isa.run_tiles(mine, plan, t0, t1, 0, &ring, scratch_of(w), nullptr);
         }
       }
     });

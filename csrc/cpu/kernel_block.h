@@ -140,6 +140,7 @@ void fill_hidden_rows(const BlockArgs& a, const TilePlan& p, const Band& b, int6
     g.c = c_rows;
     g.store = Store::kAct;
     g.act = a.act;
+    g.cursor = a.warm;
     if (a.expand == Expand::kConv3x3) conv3x3_gemm(a, g, a_rows, c_rows, pending, hc, in_ld, im2col);
     else gemm(g, pending, hc);
     pending = 0;
@@ -366,6 +367,7 @@ void project(const BlockArgs& a, const TilePlan& p, const Band& b, int64_t c0, i
     g.ck = last ? a.syc : 1;
     g.res = last && a.residual ? res_rows : nullptr;
     g.rk = a.sxc;
+    g.cursor = a.warm;
     gemm(g, m, a.cout);
   }
 }
@@ -502,6 +504,7 @@ void project_rows(const BlockArgs& a, const float* rows, int64_t ld, int64_t p0,
     g.ck = a.syc;
     g.res = a.residual ? res_rows : nullptr;
     g.rk = a.sxc;
+    g.cursor = a.warm;
     gemm(g, m, j1 - j0);
   }
 }

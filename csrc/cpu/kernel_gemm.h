@@ -82,6 +82,9 @@ struct Gemm {
   // the head's calls prefetch their next block's weight and a slice of the classifier's.
   const char* warm[kWarmRegions] = {};
   int64_t warm_bytes[kWarmRegions] = {};
+  // Otherwise (not kPool), when not null: each micro-tile of micro_full takes K cache lines from
+  // it and prefetches one per k-step (BlockArgs::warm).
+  WarmCursor* cursor = nullptr;
 
   // B: rows [k0, k0 + k) and the columns from j0 on of a (k_total, o) weight matrix w, row-major
   // or packed (see kPackedColumns).
@@ -291,12 +294,7 @@ void micro_full(const Gemm& g, const float* const* bcols, int64_t i0, int64_t j0
       } while (++k < k_end);
     }
   } else {
-    int64_t warm_step = 0;
-    const char* const warm = kPool ? warm_lines(g, tile, bp[0], warm_step) : nullptr;
-    int64_t k = 0;
-    do {
-      if constexpr (kPool)
-        for (int l = 0; l < kWarmLines; ++l) __builtin_prefetch(warm + k * warm_step + l * 64, 0, 2);
+    auto step = [&](int64_t k) __attribute__((always_inline)) {
       vec b[NV];
       for (int j = 0; j < NF; ++j) b[j] = load(bp[j] + k * kPackedColumns);
       hvec hb{};  // kHalf: the first 8 of the last group's 16 columns
@@ -306,7 +304,26 @@ void micro_full(const Gemm& g, const float* const* bcols, int64_t i0, int64_t j0
         for (int j = 0; j < NF; ++j) acc[i][j] += av * b[j];
         if constexpr (kHalf) hacc[i] += low_half(av) * hb;
       }
-    } while (++k < K);
+    };
+    int64_t k = 0;
+    if constexpr (kPool) {
+      int64_t warm_step = 0;
+      const char* const warm = warm_lines(g, tile, bp[0], warm_step);
+      do {
+        for (int l = 0; l < kWarmLines; ++l) __builtin_prefetch(warm + k * warm_step + l * 64, 0, 2);
+        step(k);
+      } while (++k < K);
+    } else if (const char* const warm = take_warm(g.cursor, K * 64)) {
+      // One line per k-step: two per step (on a 2-core Xeon) made a batch-1 forward 1.03x slower
+      // than one, their traffic holding up the tile's own loads.
+      do {
+        __builtin_prefetch(warm + k * 64, 0, 2);
+        step(k);
+      } while (++k < K);
+    } else {
+      do step(k);
+      while (++k < K);
+    }
   }
   // Summed row by row as micro() sums them, from the first row rather than from zero (the same
   // sums): a zero constant, hoisted out of the loop over tiles, held a register through the k-loop

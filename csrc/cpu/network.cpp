@@ -125,8 +125,8 @@ struct PreparedStages {
   PreparedBlock stem;
   std::vector<BlockShape> shapes;
   std::vector<PreparedBlock> blocks;
-  // What the threads prefetch while they wait (team.h: warm_while_waiting): entry i during the stage
-  // before block i, block i's weights; the last, the head's weight.
+  // What the threads prefetch while they compute (team.h: warm_while_computing): entry i during the
+  // stage before block i, block i's weights; the last, the head's weight.
   std::vector<std::array<MemoryRange, kWarmRanges>> warm;
   // The stages' output tensors in the arena: made by the first forward in its memory, used by the
   // next ones while the arena keeps that memory.
@@ -187,8 +187,8 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
       made->input = x.sizes().vec();
       made->threads = at::get_num_threads();
       made->stem_weight = stem[0].unsafeGetTensorImpl();
-      // While a stage runs, its threads prefetch the next stage's weights whenever they wait: the
-      // later stages' weights (0.3-1.6 MB each at MobileNetV2's width) are read from memory otherwise.
+      // While a stage runs, its threads prefetch the next stage's weights: the later stages'
+      // weights (0.3-1.6 MB each at MobileNetV2's width) are read from memory otherwise.
       made->warm.resize(n_blocks + 1);
       for (int64_t i = 0; i <= n_blocks; ++i) {
         int r = 0;
@@ -208,7 +208,7 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
     std::optional<ChainScratch> chain;
     if (arena != nullptr) chain.emplace();
     auto warm_stage = [&](int64_t i) {
-      if (static_cast<size_t>(i) < stages.warm.size()) warm_while_waiting(stages.warm[i]);
+      if (static_cast<size_t>(i) < stages.warm.size()) warm_while_computing(stages.warm[i]);
     };
     warm_stage(0);
     y = stage([] { return "stem+block 0"; }, [&] {

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <time.h>
 #include <unistd.h>
@@ -46,55 +47,11 @@ void pause() {
 #endif
 }
 
-// Ranges of memory a team's waiting threads prefetch (warm_while_waiting), claimed kLinesPerStep
-// cache lines at a time from one counter. The leader replaces the ranges while helpers may be
-// reading them: every field is atomic, and a torn read only prefetches lines nobody needs (a
-// prefetch never faults).
-class WarmQueue {
- public:
-  static constexpr int64_t kLinesPerStep = 8;
-
-  void set(const std::array<MemoryRange, kWarmRanges>& ranges) {
-    total_.store(0);
-    int64_t lines = 0;
-    for (int r = 0; r < kWarmRanges; ++r) {
-      base_[r].store(static_cast<const char*>(ranges[r].begin), std::memory_order_relaxed);
-      lines += ranges[r].begin ? (ranges[r].bytes + 63) / 64 : 0;
-      end_[r].store(lines, std::memory_order_relaxed);
-    }
-    next_.store(0);
-    total_.store(lines);
-  }
-
-  // Prefetches the next few lines; false when none are left.
-  bool step() {
-    const int64_t total = total_.load();
-    if (next_.load(std::memory_order_relaxed) >= total) return false;
-    int64_t line = next_.fetch_add(kLinesPerStep);
-    if (line >= total) return false;
-    const int64_t last = std::min(total, line + kLinesPerStep);
-    int r = 0;
-    for (; line < last; ++line) {
-      while (r + 1 < kWarmRanges && line >= end_[r].load(std::memory_order_relaxed)) ++r;
-      const int64_t first = r == 0 ? 0 : end_[r - 1].load(std::memory_order_relaxed);
-      __builtin_prefetch(base_[r].load(std::memory_order_relaxed) + (line - first) * 64, 0, 2);
-    }
-    return true;
-  }
-
- private:
-  std::atomic<const char*> base_[kWarmRanges] = {};
-  std::atomic<int64_t> end_[kWarmRanges] = {};  // lines of ranges [0, r], added up
-  std::atomic<int64_t> next_{0}, total_{0};
-};
-
 // Spins until ready() for up to kSpin, then sleeps on `cv` until it holds. `sleepers` is
 // raised before the check under the lock: whoever makes ready() true and then reads `sleepers`
-// either sees the sleeper and notifies under the lock, or made it true before that check. While it
-// spins, it prefetches what `warm` (when not null) still holds.
+// either sees the sleeper and notifies under the lock, or made it true before that check.
 template <class Ready>
-void wait_until(const Ready& ready, std::mutex& mutex, std::condition_variable& cv, std::atomic<int>& sleepers,
-                WarmQueue* warm = nullptr) {
+void wait_until(const Ready& ready, std::mutex& mutex, std::condition_variable& cv, std::atomic<int>& sleepers) {
   const auto until = std::chrono::steady_clock::now() + kSpin;
   while (!ready()) {
     if (std::chrono::steady_clock::now() >= until) {
@@ -106,8 +63,7 @@ void wait_until(const Ready& ready, std::mutex& mutex, std::condition_variable& 
       sleepers.fetch_sub(1);
       return;
     }
-    if (warm == nullptr || !warm->step())
-      for (int i = 0; i < 32; ++i) pause();
+    for (int i = 0; i < 32; ++i) pause();
   }
 }
 
@@ -125,9 +81,11 @@ uint64_t generation(uint64_t t) { return t >> (2 * kIndexBits); }
 int64_t chunks_of(uint64_t t) { return static_cast<int64_t>((t >> kIndexBits) & kIndexMask); }
 int64_t next_of(uint64_t t) { return static_cast<int64_t>(t & kIndexMask); }
 
+thread_local WarmCursor* chunk_cursor = nullptr;  // the thread's prefetches while it runs a team's chunk
+
 class Team {
  public:
-  explicit Team(int64_t size) : size_(size) {}
+  explicit Team(int64_t size) : size_(size), cursors_(static_cast<size_t>(size)) {}
 
   // The leader: hands out [begin, end) in chunks, runs what it claims, and returns when every
   // chunk is done (rethrowing the first exception a chunk threw).
@@ -145,9 +103,9 @@ class Team {
     if (timed) job.start = scope_timer::Clock::now();
     ticket_.store(ticket);
     wake(mutex_, helpers_cv_, helpers_asleep_);
-    claim(gen);
+    claim(gen, 0);
     if (timed) job.own_done = scope_timer::Clock::now();
-    wait_until([&] { return done_.load() == chunks; }, mutex_, leader_cv_, leader_asleep_, &warm_);
+    wait_until([&] { return done_.load() == chunks; }, mutex_, leader_cv_, leader_asleep_);
     if (timed) {
       job.end = scope_timer::Clock::now();
       scope_timer::job_done(job);
@@ -159,15 +117,15 @@ class Team {
     }
   }
 
-  // A helper: runs the chunks it claims until the leader stops the team.
-  void serve() {
+  // A helper of rank `rank` (1 up): runs the chunks it claims until the leader stops the team.
+  void serve(int64_t rank) {
     uint64_t seen = 0;
     for (;;) {
       wait_until([&] { return stopped_.load() || generation(ticket_.load()) != seen; }, mutex_, helpers_cv_,
-                 helpers_asleep_, &warm_);
+                 helpers_asleep_);
       if (stopped_.load()) return;
       seen = generation(ticket_.load());
-      claim(seen);
+      claim(seen, rank);
     }
   }
 
@@ -176,10 +134,28 @@ class Team {
     wake(mutex_, helpers_cv_, helpers_asleep_);
   }
 
-  WarmQueue& warm() { return warm_; }
+  // Cuts the ranges into the threads' shares (warm_while_computing). Called by the leader
+  // between jobs: a helper reads its cursor only inside a chunk, and the job's ticket orders the
+  // two.
+  void set_warm(const std::array<MemoryRange, kWarmRanges>& ranges) {
+    for (int64_t r = 0; r < size_; ++r) {
+      WarmCursor& c = cursors_[r].cursor;
+      c.run = 0;
+      for (int i = 0; i < kWarmRanges; ++i) {
+        const char* begin = static_cast<const char*>(ranges[i].begin);
+        const int64_t bytes = begin != nullptr ? ranges[i].bytes : 0;
+        // Shares of whole cache lines (but for a range's end).
+        c.next[i] = begin + bytes * r / size_ / 64 * 64;
+        c.end[i] = r + 1 == size_ ? begin + bytes : begin + bytes * (r + 1) / size_ / 64 * 64;
+      }
+    }
+  }
 
  private:
-  void claim(uint64_t gen) {
+  // Claims and runs chunks of job `gen` as the thread of rank `rank`.
+  void claim(uint64_t gen, int64_t rank) {
+    WarmCursor* const cursor_before = chunk_cursor;
+    chunk_cursor = &cursors_[rank].cursor;
     uint64_t t = ticket_.load();
     while (generation(t) == gen && next_of(t) < chunks_of(t)) {
       if (!ticket_.compare_exchange_weak(t, t + 1)) continue;
@@ -194,7 +170,13 @@ class Team {
       if (done_.fetch_add(1) + 1 == chunks_of(t)) wake(mutex_, leader_cv_, leader_asleep_);
       t = ticket_.load();
     }
+    chunk_cursor = cursor_before;
   }
+
+  // Each thread's prefetches on a cache line of their own.
+  struct alignas(64) OwnCursor {
+    WarmCursor cursor;
+  };
 
   const int64_t size_;
   std::atomic<uint64_t> ticket_{0};
@@ -206,7 +188,7 @@ class Team {
   std::mutex mutex_;
   std::condition_variable helpers_cv_, leader_cv_;
   std::atomic<int> helpers_asleep_{0}, leader_asleep_{0};
-  WarmQueue warm_;
+  std::vector<OwnCursor> cursors_;  // per rank
 };
 
 thread_local Team* led_team = nullptr;  // the team this thread leads, inside run_as_team
@@ -357,7 +339,7 @@ void lead(int64_t size, int64_t threads, int64_t work, c10::function_ref<void()>
   Team team(threads);
   at::parallel_for(0, size, 1, [&](int64_t begin, int64_t end) {
     if (begin != 0) {  // a helper: the team's other threads
-      team.serve();
+      team.serve(begin);
       return;
     }
     // The leader (the calling thread, or every index at once when the region runs on one thread).
@@ -402,9 +384,11 @@ void run_as_team(int64_t threads, int64_t work, c10::function_ref<void()> body) 
   if (mode == ChainMode::kAuto) contention().record_reduced(threads, work, std::chrono::steady_clock::now() - wall0);
 }
 
-void warm_while_waiting(const std::array<MemoryRange, kWarmRanges>& ranges) {
-  if (led_team != nullptr && !in_chunk) led_team->warm().set(ranges);
+void warm_while_computing(const std::array<MemoryRange, kWarmRanges>& ranges) {
+  if (led_team != nullptr && !in_chunk) led_team->set_warm(ranges);
 }
+
+WarmCursor* warm_cursor() { return chunk_cursor; }
 
 void team_parallel_for(int64_t begin, int64_t end, int64_t grain, c10::function_ref<void(int64_t, int64_t)> f) {
   if (begin >= end) return;

@@ -13,6 +13,8 @@
 #include <array>
 #include <cstdint>
 
+#include "tile_kernel.h"
+
 namespace mnv2_fused {
 namespace cpu {
 
@@ -33,13 +35,19 @@ struct MemoryRange {
   const void* begin = nullptr;
   int64_t bytes = 0;
 };
-constexpr int kWarmRanges = 4;
+constexpr int kWarmRanges = kWarmRuns;
 
-// Memory the team's threads prefetch, a few cache lines at a time, while they wait (for a job, or
-// for the rest of one): the next stages' weights, which a forward otherwise reads from memory when
-// it gets to them. Replaces the ranges set before; outside a team's leader, nothing. Up to
-// kWarmRanges ranges, in order.
-void warm_while_waiting(const std::array<MemoryRange, kWarmRanges>& ranges);
+// Memory the team's threads prefetch while they compute the stages to come, until the next call:
+// the next stage's weights, which a forward otherwise reads from memory when it gets to them. Each
+// range is cut into one contiguous share per thread of the team, in rank order, as the kept
+// blocks share their weights out (hidden channels in the first pass, output columns in the second,
+// the first share to rank 0): each thread prefetches its own share, into its own L2 cache, a line
+// per k-step of its GEMMs' micro-tiles (warm_cursor, Gemm::cursor). Up to kWarmRanges ranges, in
+// order; outside a team's leader, nothing.
+void warm_while_computing(const std::array<MemoryRange, kWarmRanges>& ranges);
+
+// The calling thread's share of those ranges while it runs a chunk of a team's job; null otherwise.
+WarmCursor* warm_cursor();
 
 }  // namespace cpu
 }  // namespace mnv2_fused

@@ -40,6 +40,27 @@ enum class Expand : int {
 // squeeze-and-excite's reduce layer, and its gate.
 enum class Act : int { kNone = 0, kReLU = 1, kReLU6 = 2, kSiLU = 3, kHardswish = 4, kSigmoid = 5, kHardsigmoid = 6 };
 
+// Memory a thread prefetches while it computes (into its L2 cache: the next stage's weights, its
+// share of them), up to kWarmRuns runs of bytes [next, end), taken from the front in order.
+constexpr int kWarmRuns = 4;
+struct WarmCursor {
+  const char* next[kWarmRuns] = {};
+  const char* end[kWarmRuns] = {};
+  int run = kWarmRuns;  // the first run not yet all taken
+};
+
+// Where the next `bytes` of the cursor's memory start, or null when none is left or there is no
+// cursor. The last take of a run may reach past its end (by less than `bytes`): its prefetches
+// then touch whatever memory follows, which costs some traffic, never a fault.
+inline const char* take_warm(WarmCursor* c, int64_t bytes) {
+  if (c == nullptr) return nullptr;
+  while (c->run < kWarmRuns && c->next[c->run] >= c->end[c->run]) ++c->run;
+  if (c->run == kWarmRuns) return nullptr;
+  const char* p = c->next[c->run];
+  c->next[c->run] += bytes;
+  return p;
+}
+
 struct BlockArgs {
   const float* x;  // input, element strides below
   int64_t sxn, sxc, sxh, sxw;
@@ -69,6 +90,7 @@ struct BlockArgs {
   float* dw_store = nullptr;           // (N, OH * OW, dw_store_ld): the depthwise output, kept (see below)
   int64_t dw_store_ld = 0;             // floats per pixel in dw_store (hidden or more)
   bool residual;
+  WarmCursor* warm = nullptr;          // the calling thread's prefetches, made by its GEMMs' micro-tiles
 };
 
 // Hidden rows (or columns) the depthwise reads for one output row: (k - 1) * dilation + 1.
