@@ -1,9 +1,11 @@
 """A converted MobileNetV2's arena (csrc/cpu/forward_arena.h): the memory its one-call forwards lay
 their activations and scratch in, kept between them. Forwards in it give the outputs of forwards
 without it, to the bit, whatever its size and however often it is resized; it is sized to one
-forward's peak, counted as the model's memory, and freed on request."""
+forward's peak (rounded up to whole huge pages from half a huge page up, unless
+MNV2_FUSED_HUGE_PAGES=0), counted as the model's memory, and freed on request."""
 import copy
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,13 @@ from mnv2_fused import convert
 from mnv2_fused.bench.measure import held_bytes, peak_cpu_bytes
 
 STEM_BLOCK_OUT = 16 * 112 * 112 * 4  # bytes of the stem stage's output at 224x224, batch 1
+HUGE_PAGE = 2 * 2**20
+
+
+def huge_pages_offered() -> bool:
+    """Whether the system's transparent huge pages honour an madvise (Linux: always or madvise)."""
+    enabled = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return enabled.exists() and "[never]" not in enabled.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +43,10 @@ SHAPES = [(1, 160, 160), (1, 160, 160), (3, 160, 160), (3, 160, 160), (1, 97, 75
           (1, 160, 160), (1, 160, 160)]
 
 
+@pytest.mark.parametrize("huge_pages", ["0", "1"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_forwards_in_the_arena_equal_forwards_without(reference_net, layout):
+def test_forwards_in_the_arena_equal_forwards_without(reference_net, layout, huge_pages, monkeypatch):
+    monkeypatch.setenv("MNV2_FUSED_HUGE_PAGES", huge_pages)
     net = convert(copy.deepcopy(reference_net))
     sizes = []
     with torch.no_grad():
@@ -94,9 +105,10 @@ def test_network_op_on_float64_says_float32_only(reference_net):
         torch.ops.mnv2_fused.mobilenet_v2_forward(torch.randn(1, 3, 32, 32, dtype=torch.float64), *args)
 
 
-def test_arena_holds_the_forwards_activations(reference_net):
+def test_arena_holds_the_forwards_activations(reference_net, monkeypatch):
     """At 224x224 the arena is the forward's peak (the paper's bound, section 5.1), and a forward in
     it allocates only its output; after release_workspace() the next forward allocates them again."""
+    monkeypatch.setenv("MNV2_FUSED_HUGE_PAGES", "0")
     net = convert(copy.deepcopy(reference_net))
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
@@ -114,10 +126,11 @@ def test_arena_holds_the_forwards_activations(reference_net):
 
 
 @pytest.mark.parametrize("n, h, w", [(1, 224, 224), (2, 160, 160), (1, 97, 75), (3, 64, 64)])
-def test_stem_scratch_from_the_arenas_slack_adds_no_memory(reference_net, n, h, w):
+def test_stem_scratch_from_the_arenas_slack_adds_no_memory(reference_net, n, h, w, monkeypatch):
     """Once the arena is sized, the stem's stage (which holds only its output and scratch) takes as
     scratch what a later stage holds beyond that: the arena stays the peak of the forward without
     it (give or take its cache-line rounding), which plans the stem on its own budget."""
+    monkeypatch.setenv("MNV2_FUSED_HUGE_PAGES", "0")
     net = convert(copy.deepcopy(reference_net))
     x = make_input((n, 3, h, w), "channels_last")
     with torch.no_grad():
@@ -125,6 +138,45 @@ def test_stem_scratch_from_the_arenas_slack_adds_no_memory(reference_net, n, h, 
             net(x)
         without = peak_cpu_bytes(lambda: without_arena(net, x))
     assert without <= net.workspace_bytes() <= without + 1024
+
+
+@pytest.mark.parametrize("n, h, w", [(1, 224, 224), (3, 160, 160), (1, 97, 75)])
+def test_huge_page_arena_rounds_the_exact_one_up(reference_net, n, h, w, monkeypatch):
+    """By default an arena of half a huge page or more lies in whole 2 MiB huge pages, counted in
+    full (batch 1 at 224x224: 2 MiB for its 1.18); a smaller one stays at its exact size. Forwards
+    in either give the same outputs, to the bit."""
+    if not huge_pages_offered():
+        pytest.skip("the system's transparent huge pages are off or absent: arenas keep their exact size")
+    x = make_input((n, 3, h, w), "channels_last")
+    sizes, outputs = {}, {}
+    with torch.no_grad():
+        for setting in ("0", "1"):
+            monkeypatch.setenv("MNV2_FUSED_HUGE_PAGES", setting)
+            net = convert(copy.deepcopy(reference_net))
+            for _ in range(3):
+                outputs[setting] = net(x)
+            sizes[setting] = net.workspace_bytes()
+        assert torch.equal(outputs["1"], outputs["0"])
+        assert torch.equal(outputs["1"], without_arena(net, x))
+    # Both count the prepared stages' weight copies too (the stem's packed 3x3 weight, 3.4 KiB).
+    exact, kept_at_most = sizes["0"], 64 * 1024
+    if exact >= HUGE_PAGE / 2 + kept_at_most:
+        assert exact <= sizes["1"] < exact + HUGE_PAGE and sizes["1"] % HUGE_PAGE < kept_at_most
+    elif exact < HUGE_PAGE / 2:
+        assert sizes["1"] == exact
+    if (n, h, w) == (1, 224, 224):
+        assert HUGE_PAGE <= sizes["1"] < HUGE_PAGE + kept_at_most
+
+
+def test_huge_pages_switch_takes_0_or_1(reference_net, monkeypatch):
+    """Any other value of MNV2_FUSED_HUGE_PAGES stops the forward that sizes the arena with a
+    clear error."""
+    net = convert(copy.deepcopy(reference_net))
+    x = make_input((1, 3, 224, 224), "channels_last")
+    monkeypatch.setenv("MNV2_FUSED_HUGE_PAGES", "yes")
+    with torch.no_grad(), pytest.raises(ValueError, match="MNV2_FUSED_HUGE_PAGES must be 0 or 1, got 'yes'"):
+        for _ in range(2):
+            net(x)
 
 
 def test_forwards_from_two_threads_share_one_model(reference_net):

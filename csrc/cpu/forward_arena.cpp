@@ -1,5 +1,7 @@
 #include "forward_arena.h"
 
+#include "huge_pages.h"
+
 namespace mnv2_fused {
 namespace cpu {
 namespace {
@@ -10,7 +12,9 @@ void ForwardArena::fit() {
   const int64_t need = need_;
   if (need == 0 || (floats() >= need && floats() <= 2 * need)) return;
   block_.reset();  // first: never both at once
-  block_ = at::empty({need}, at::TensorOptions().dtype(at::kFloat));
+  mapped_bytes_ = 0;
+  if (use_huge_pages(need)) block_ = huge_page_floats(need, mapped_bytes_);
+  if (!block_.defined()) block_ = at::empty({need}, at::TensorOptions().dtype(at::kFloat));
 }
 
 ArenaScope::ArenaScope(ForwardArena* arena) : outer_(arena_on_thread) { arena_on_thread = arena; }

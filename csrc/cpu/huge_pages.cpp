@@ -1,0 +1,86 @@
+#include "huge_pages.h"
+
+#include <c10/core/Allocator.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace mnv2_fused {
+namespace cpu {
+namespace {
+
+// MNV2_FUSED_HUGE_PAGES=0 keeps arenas in the allocator's memory at their exact size; 1 (the
+// default) lets them round up to huge pages.
+bool huge_pages_switched_on() {
+  const char* v = std::getenv("MNV2_FUSED_HUGE_PAGES");
+  if (v == nullptr || *v == 0) return true;
+  const std::string value(v);
+  TORCH_CHECK_VALUE(value == "0" || value == "1", "mnv2_fused: MNV2_FUSED_HUGE_PAGES must be 0 or 1, got '", value,
+                    "'");
+  return value == "1";
+}
+
+// The system's transparent huge pages: "always" or "madvise" (the usual default) honour the advice.
+bool system_offers_huge_pages() {
+  static const bool offered = [] {
+#if defined(__linux__)
+    std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string line;
+    return std::getline(f, line) && line.find("[never]") == std::string::npos;
+#else
+    return false;
+#endif
+  }();
+  return offered;
+}
+
+void report_to_profiler(void* p, int64_t bytes) {
+  c10::reportMemoryUsageToProfiler(p, bytes, 0, 0, c10::Device(c10::DeviceType::CPU));
+}
+
+}  // namespace
+
+bool use_huge_pages(int64_t floats) {
+  return floats * static_cast<int64_t>(sizeof(float)) >= kHugePageBytes / 2 && huge_pages_switched_on() &&
+         system_offers_huge_pages();
+}
+
+at::Tensor huge_page_floats(int64_t floats, int64_t& mapped_bytes) {
+  mapped_bytes = 0;
+#if defined(__linux__)
+  const int64_t bytes = (floats * static_cast<int64_t>(sizeof(float)) + kHugePageBytes - 1) / kHugePageBytes *
+                        kHugePageBytes;
+  // A huge page needs a 2 MiB-aligned address: map a page more and give back the ends.
+  const size_t over = static_cast<size_t>(bytes + kHugePageBytes);
+  void* const raw = mmap(nullptr, over, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return at::Tensor();
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (begin + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  if (aligned > begin) munmap(raw, aligned - begin);
+  const uintptr_t end = begin + over, used_end = aligned + static_cast<uintptr_t>(bytes);
+  if (end > used_end) munmap(reinterpret_cast<void*>(used_end), end - used_end);
+  void* const p = reinterpret_cast<void*>(aligned);
+  madvise(p, static_cast<size_t>(bytes), MADV_HUGEPAGE);  // advice: without it, small pages
+  report_to_profiler(p, bytes);
+  mapped_bytes = bytes;
+  return at::from_blob(
+      p, {floats},
+      [bytes](void* q) {
+        report_to_profiler(q, -bytes);
+        munmap(q, static_cast<size_t>(bytes));
+      },
+      at::TensorOptions().dtype(at::kFloat));
+#else
+  (void)floats;
+  return at::Tensor();
+#endif
+}
+
+}  // namespace cpu
+}  // namespace mnv2_fused
