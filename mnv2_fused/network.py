@@ -98,8 +98,9 @@ class FusedMobileNetV2(MobileNetV2):
     ``convert``.
 
     Those one-call forwards lay their activations and scratch in an arena the model keeps between
-    forwards (``workspace_bytes()``: about the peak of one forward, 1.2 MiB at batch 1 and 224x224),
-    as inference runtimes do, so a forward allocates only its output.
+    forwards (``workspace_bytes()``: about the peak of one forward, 1.2 MiB at batch 1 and 224x224,
+    held in one 2 MiB huge page unless ``MNV2_FUSED_HUGE_PAGES=0``), as inference runtimes do, so a
+    forward allocates only its output.
     """
 
     def _init_fused(self) -> None:
@@ -116,9 +117,10 @@ class FusedMobileNetV2(MobileNetV2):
     def workspace_bytes(self) -> int:
         """Bytes the model keeps between forwards for their activations and scratch: sized after the
         first forward of a shape (the second one-call forward) to the most any of its stages holds,
-        resized when a forward needs more or less than half of it; 0 when none is held. It counts
-        the weight copies the stages made ready for that shape hold too (the stem's packed 3x3
-        weight: 3.4 KiB)."""
+        resized when a forward needs more or less than half of it; 0 when none is held. From 1 MiB
+        up it is rounded up to whole 2 MiB huge pages where Linux offers them, and counted so
+        (``MNV2_FUSED_HUGE_PAGES=0``: at its exact size). It counts the weight copies the stages
+        made ready for that shape hold too (the stem's packed 3x3 weight: 3.4 KiB)."""
         call = self._bound.call()
         return call.workspace_bytes() if call is not None else 0
 

@@ -3,8 +3,9 @@
 //
 // Why: in 4 KiB pages the arena's 1.18 MiB at batch 1 (224x224) lies wherever the system put each
 // page, and a forward's stages walk it while megabytes of weights stream past. In one 2 MiB page,
-// batch-1 MobileNetV2 forwards ran 1.02-1.05x faster (2-core Xeon, in one process, two arenas
-// alternating), the same arena aligned to 2 MiB in 4 KiB pages level; at batch 8 1.01x.
+// batch-1 MobileNetV2 forwards took 0.958-1.000x the time, median 0.975x (2-core Xeon, six runs of
+// benchmarks/arena_pages.py), batch 8 0.989x and 0.992x; the same arena on a 2 MiB boundary in
+// 4 KiB pages read level (README, How the CPU kernel works).
 #pragma once
 #include <ATen/ATen.h>
 
