@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu/forward_arena.h"
+#include "cpu/huge_pages.h"
 #include "scope_timer.h"
 
 namespace mnv2_fused {
@@ -224,6 +225,9 @@ PYBIND11_MODULE(_C, m) {
            pybind11::arg("versions"), pybind11::arg("op"), pybind11::arg("in_channels"), pybind11::arg("rest"),
            pybind11::arg("input_dim") = 4)
       .def("__call__", &mnv2_fused::OpCall::operator());
+  m.def("copies_in_huge_pages", &mnv2_fused::cpu::copies_in_huge_pages, pybind11::arg("tensors"),
+        "Copies of the dense float32 CPU tensors (strides kept) in one mapping of huge pages (where they come to 1 MiB "
+        "or more and the system offers them); the others, or all where not, as they are.");
   m.def("start_scope_timer", &mnv2_fused::scope_timer::start, pybind11::arg("prefix"));
   m.def("stop_scope_timer", &mnv2_fused::scope_timer::stop);
 }

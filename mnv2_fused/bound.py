@@ -158,6 +158,15 @@ class Bound:
                 self._value, self._watch, self._versions, self._checked = value, watch, versions, checked
             return self._value
 
+    def rehome(self, old: Any, new: Any) -> None:
+        """Holds ``new``, the same weights as the fold ``old`` in other memory, in its place while
+        ``old`` is still the fold held; the call bound to ``old``'s tensors is dropped (the next
+        forward binds ``new``'s), so that ``old``'s memory can go."""
+        with self._lock:
+            if self._value is old:
+                self._value = new
+                self._call = (None, -1)
+
     def __getstate__(self) -> dict:
         return {"_fold": self._fold}
 

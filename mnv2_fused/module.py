@@ -144,6 +144,11 @@ class FusedInvertedResidual(FusedModule, nn.Module):
         only when a parameter or buffer changed."""
         return self._fused_bound.weights(self.conv)
 
+    def rehome_folded_weights(self, old: FoldedWeights, new: FoldedWeights) -> None:
+        """Holds ``new`` (``old``'s values in other memory: a converted network's weights in huge
+        pages) as this block's folded weights while ``old`` is still its fold."""
+        self._fused_bound.rehome(old, new)
+
     def _unfused(self, x: torch.Tensor) -> torch.Tensor:
         """torchvision's InvertedResidual.forward, through this block's own layers."""
         if self.use_res_connect:

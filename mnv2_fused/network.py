@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models.mobilenetv2 import MobileNetV2
 
 from . import backends
+from ._extension import extension_loaded
 from .bound import Bound, generation, refresh_after_load
 from .layout import matrix_layout
 from .module import FusedInvertedResidual, check_input
@@ -76,8 +77,44 @@ def _fold_network(features: nn.Sequential, classifier: nn.Module) -> NetworkWeig
     blocks = tuple((m.folded_weights(), m.stride, m.use_res_connect) for m in mods[2:-1])
     linear_w = ((matrix_layout(classifier[1].weight), classifier[1].bias.detach())
                 if _plain_classifier(classifier) else None)
-    return NetworkWeights(fold_stem(stem, first.folded_weights()), stem[0].stride[0], first.stride, blocks,
-                          fold_head(mods[-1]), linear_w)
+    w = NetworkWeights(fold_stem(stem, first.folded_weights()), stem[0].stride[0], first.stride, blocks,
+                       fold_head(mods[-1]), linear_w)
+    if torch.compiler.is_compiling() or not extension_loaded():
+        return w
+    # Every forward streams the weights through: in huge pages, as the arena (README, How the CPU
+    # kernel works). The blocks' caches then hold the same copies, not a second set.
+    moved = _in_huge_pages(w)
+    for m, (old, _, _), (new, _, _) in zip(mods[2:-1], w.blocks, moved.blocks):
+        m.rehome_folded_weights(old, new)
+    return moved
+
+
+def _in_huge_pages(w: NetworkWeights) -> NetworkWeights:
+    """``w`` with its float32 CPU weights copied into one mapping of huge pages (_C.copies_in_huge_pages),
+    or as it is where they do not go there."""
+    from . import _C
+
+    tensors = []
+
+    def collect(o):
+        if isinstance(o, torch.Tensor):
+            tensors.append(o)
+        elif isinstance(o, tuple):
+            for item in o:
+                collect(item)
+
+    collect(w)
+    copies = iter(_C.copies_in_huge_pages(tensors))
+
+    def rebuild(o):
+        if isinstance(o, torch.Tensor):
+            return next(copies)
+        if isinstance(o, tuple):
+            items = [rebuild(item) for item in o]
+            return type(o)(*items) if hasattr(o, "_fields") else tuple(items)  # NamedTuples too
+        return o
+
+    return rebuild(w)
 
 
 class FusedMobileNetV2(MobileNetV2):

@@ -7,6 +7,7 @@ import copy
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 
@@ -14,12 +15,21 @@ from mnv2_fused import FusedInvertedResidual
 from mnv2_fused.bench.measure import rel_err
 from mnv2_fused.bench.models import make_block, randomize, table2_blocks
 
-__all__ = ["BACKEND_DTYPES", "assert_within_terms", "check_block", "compiled_network_error", "device_of", "make_block",
-           "make_input", "randomize_bn", "rel_err", "summed_terms", "table2_blocks", "within_tolerance"]
+__all__ = ["BACKEND_DTYPES", "HUGE_PAGE", "assert_within_terms", "check_block", "compiled_network_error", "device_of",
+           "huge_pages_offered", "make_block", "make_input", "randomize_bn", "rel_err", "summed_terms", "table2_blocks",
+           "within_tolerance"]
 
 randomize_bn = randomize
 
 GPU = torch.cuda.is_available()
+
+HUGE_PAGE = 2 * 2**20  # bytes of a transparent huge page (csrc/cpu/huge_pages.h)
+
+
+def huge_pages_offered() -> bool:
+    """Whether the system's transparent huge pages honour an madvise (Linux: always or madvise)."""
+    enabled = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return enabled.exists() and "[never]" not in enabled.read_text()
 
 
 def device_of(backend: str) -> str:

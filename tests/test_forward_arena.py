@@ -5,24 +5,16 @@ forward's peak (rounded up to whole huge pages from half a huge page up, unless
 MNV2_FUSED_HUGE_PAGES=0), counted as the model's memory, and freed on request."""
 import copy
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from helpers import make_input, randomize_bn, rel_err
+from helpers import HUGE_PAGE, huge_pages_offered, make_input, randomize_bn, rel_err
 
 from mnv2_fused import convert
 from mnv2_fused.bench.measure import held_bytes, peak_cpu_bytes
 
 STEM_BLOCK_OUT = 16 * 112 * 112 * 4  # bytes of the stem stage's output at 224x224, batch 1
-HUGE_PAGE = 2 * 2**20
-
-
-def huge_pages_offered() -> bool:
-    """Whether the system's transparent huge pages honour an madvise (Linux: always or madvise)."""
-    enabled = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    return enabled.exists() and "[never]" not in enabled.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -82,5 +82,37 @@ at::Tensor huge_page_floats(int64_t floats, int64_t& mapped_bytes) {
 #endif
 }
 
+std::vector<at::Tensor> copies_in_huge_pages(const std::vector<at::Tensor>& tensors) {
+  constexpr int64_t kLineFloats = 16;
+  auto copied = [](const at::Tensor& t) {
+    return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_non_overlapping_and_dense() &&
+           t.numel() > 0 && !t.requires_grad();
+  };
+  int64_t floats = 0;
+  for (const at::Tensor& t : tensors)
+    if (copied(t)) floats += (t.numel() + kLineFloats - 1) / kLineFloats * kLineFloats;
+  if (floats == 0 || !use_huge_pages(floats)) return tensors;
+  int64_t mapped = 0;
+  const at::Tensor block = huge_page_floats(floats, mapped);
+  if (!block.defined()) return tensors;
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  float* next = block.data_ptr<float>();
+  for (const at::Tensor& t : tensors) {
+    if (!copied(t)) {
+      out.push_back(t);
+      continue;
+    }
+    // A tensor of its own (its own version counter, not a view of the block), with t's strides
+    // (the depthwise taps are a permuted layout), which keeps the block mapped while it lives.
+    at::Tensor copy = at::from_blob(
+        next, t.sizes(), t.strides(), [keep = block](void*) {}, t.options());
+    copy.copy_(t);
+    out.push_back(std::move(copy));
+    next += (t.numel() + kLineFloats - 1) / kLineFloats * kLineFloats;
+  }
+  return out;
+}
+
 }  // namespace cpu
 }  // namespace mnv2_fused
