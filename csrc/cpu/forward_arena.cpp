@@ -12,8 +12,7 @@ void ForwardArena::fit() {
   const int64_t need = need_;
   if (need == 0 || (floats() >= need && floats() <= 2 * need)) return;
   block_.reset();  // first: never both at once
-  mapped_bytes_ = 0;
-  if (use_huge_pages(need)) block_ = huge_page_floats(need, mapped_bytes_);
+  if (use_huge_pages(need)) block_ = huge_page_floats(need);
   if (!block_.defined()) block_ = at::empty({need}, at::TensorOptions().dtype(at::kFloat));
 }
 

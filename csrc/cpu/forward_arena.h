@@ -26,11 +26,8 @@ class ForwardArena {
  public:
   float* data() const { return block_.defined() ? block_.data_ptr<float>() : nullptr; }
   int64_t floats() const { return block_.defined() ? block_.numel() : 0; }
-  // The memory (the whole mapping, when in huge pages) and the prepared stages' weight copies
-  // (kept_bytes).
-  int64_t bytes() const {
-    return (mapped_bytes_ > 0 ? mapped_bytes_ : floats() * static_cast<int64_t>(sizeof(float))) + kept_bytes_;
-  }
+  // The memory and the prepared stages' weight copies (kept_bytes).
+  int64_t bytes() const { return floats() * static_cast<int64_t>(sizeof(float)) + kept_bytes_; }
 
   // A forward starts: nothing needed yet.
   void begin() { need_ = 0; }
@@ -40,13 +37,13 @@ class ForwardArena {
 
   // After a forward: reallocated to what it needed when that is more than it holds or less than
   // half (a smaller batch for good), so it never holds more than twice the last forward's peak; in
-  // huge pages where use_huge_pages says so (huge_pages.h), which rounds it up to whole ones.
+  // huge pages where use_huge_pages says so (huge_pages.h), all of whose floats it then holds
+  // (arena_floats_for: the forward gives its stages the rest as scratch, network.cpp).
   void fit();
 
   // Frees the memory, and the prepared stages.
   void release() {
     block_.reset();
-    mapped_bytes_ = 0;
     keep(nullptr, 0);
   }
 
@@ -61,7 +58,6 @@ class ForwardArena {
 
  private:
   at::Tensor block_;
-  int64_t mapped_bytes_ = 0;  // the huge pages block_ lies in; 0 when it is the allocator's
   int64_t need_ = 0;
   std::shared_ptr<void> prepared_;
   int64_t kept_bytes_ = 0;

@@ -51,8 +51,7 @@ bool use_huge_pages(int64_t floats) {
          system_offers_huge_pages();
 }
 
-at::Tensor huge_page_floats(int64_t floats, int64_t& mapped_bytes) {
-  mapped_bytes = 0;
+at::Tensor huge_page_floats(int64_t floats) {
 #if defined(__linux__)
   const int64_t bytes = (floats * static_cast<int64_t>(sizeof(float)) + kHugePageBytes - 1) / kHugePageBytes *
                         kHugePageBytes;
@@ -68,9 +67,8 @@ at::Tensor huge_page_floats(int64_t floats, int64_t& mapped_bytes) {
   void* const p = reinterpret_cast<void*>(aligned);
   madvise(p, static_cast<size_t>(bytes), MADV_HUGEPAGE);  // advice: without it, small pages
   report_to_profiler(p, bytes);
-  mapped_bytes = bytes;
   return at::from_blob(
-      p, {floats},
+      p, {bytes / static_cast<int64_t>(sizeof(float))},
       [bytes](void* q) {
         report_to_profiler(q, -bytes);
         munmap(q, static_cast<size_t>(bytes));
@@ -80,6 +78,12 @@ at::Tensor huge_page_floats(int64_t floats, int64_t& mapped_bytes) {
   (void)floats;
   return at::Tensor();
 #endif
+}
+
+int64_t arena_floats_for(int64_t floats) {
+  if (!use_huge_pages(floats)) return floats;
+  constexpr int64_t page_floats = kHugePageBytes / static_cast<int64_t>(sizeof(float));
+  return (floats + page_floats - 1) / page_floats * page_floats;
 }
 
 std::vector<at::Tensor> copies_in_huge_pages(const std::vector<at::Tensor>& tensors) {
@@ -92,8 +96,7 @@ std::vector<at::Tensor> copies_in_huge_pages(const std::vector<at::Tensor>& tens
   for (const at::Tensor& t : tensors)
     if (copied(t)) floats += (t.numel() + kLineFloats - 1) / kLineFloats * kLineFloats;
   if (floats == 0 || !use_huge_pages(floats)) return tensors;
-  int64_t mapped = 0;
-  const at::Tensor block = huge_page_floats(floats, mapped);
+  const at::Tensor block = huge_page_floats(floats);
   if (!block.defined()) return tensors;
   std::vector<at::Tensor> out;
   out.reserve(tensors.size());

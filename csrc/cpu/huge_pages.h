@@ -23,11 +23,13 @@ constexpr int64_t kHugePageBytes = int64_t(2) << 20;
 // transparent huge pages not off ("never").
 bool use_huge_pages(int64_t floats);
 
-// `floats` floats at the start of a mapping of whole huge pages, advised as such (the system may
-// still back them with small pages), and the mapping's size in `mapped_bytes`; undefined where the
-// mapping fails. The profiler sees the mapping as an allocation of that size, as it sees the
-// allocator's.
-at::Tensor huge_page_floats(int64_t floats, int64_t& mapped_bytes);
+// The floats of a mapping of whole huge pages that holds at least `floats`, advised as such (the
+// system may still back them with small pages); undefined where the mapping fails. The profiler
+// sees the mapping as an allocation of its size, as it sees the allocator's.
+at::Tensor huge_page_floats(int64_t floats);
+
+// The floats an arena that needs `floats` holds: use_huge_pages' rounding, or `floats`.
+int64_t arena_floats_for(int64_t floats);
 
 // Copies of the dense float32 CPU tensors among `tensors` (strides kept), one after another on
 // cache lines in one mapping of huge pages (freed with the last of them); the others as they are. All as they

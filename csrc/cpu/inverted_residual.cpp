@@ -289,11 +289,11 @@ at::Tensor inverted_residual(const at::Tensor& x, const std::optional<at::Tensor
 PreparedBlock prepare_inverted_residual(const BlockShape& s, const std::optional<at::Tensor>& w_expand,
                                         const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
                                         const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
-                                        const PreparedBlock* before) {
+                                        const PreparedBlock* before, int64_t allowed_floats) {
   PreparedBlock p;
   p.weights.set_block(p.args, w_expand, b_expand, w_dw, b_dw, w_proj, b_proj);
   set_shape(p.args, s);
-  plan_prepared(p, s, before != nullptr && splits_rows(*before));
+  plan_prepared(p, s, before != nullptr && splits_rows(*before), allowed_floats);
   return p;
 }
 

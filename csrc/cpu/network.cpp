@@ -17,6 +17,7 @@
 
 #include "chain_scratch.h"
 #include "forward_arena.h"
+#include "huge_pages.h"
 #include "ops_cpu.h"
 #include "team.h"
 
@@ -102,8 +103,9 @@ class Activations {
   // Floats a stage's output of these sizes takes in the arena.
   static int64_t floats_of(at::IntArrayRef sizes) { return round_up(c10::multiply_integers(sizes), kLine); }
 
- private:
   static constexpr int64_t kLine = 16;  // floats: activations start on cache lines
+
+ private:
   enum End { kNone, kLow, kHigh };
   ForwardArena* arena_;
   OutputViews& kept_;
@@ -207,6 +209,14 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
     Activations activations(arena, stages.outputs);
     std::optional<ChainScratch> chain;
     if (arena != nullptr) chain.emplace();
+    // Block i's call, made ready for the stage before it as made already, its scratch per worker
+    // at least allowed_floats where that is more than its own rule gives.
+    auto prepare_block = [&](int64_t i, int64_t allowed_floats) {
+      auto w = [&](int64_t j) { return blocks.get(6 * i + j); };
+      const PreparedBlock& before = i == 0 ? made->stem : made->blocks[i - 1];
+      return prepare_inverted_residual(made->shapes[i], w(0), w(1), *w(2), *w(3), *w(4), *w(5), &before,
+                                       allowed_floats);
+    };
     auto warm_stage = [&](int64_t i) {
       if (static_cast<size_t>(i) < stages.warm.size()) warm_while_computing(stages.warm[i]);
     };
@@ -236,9 +246,7 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
           const bool residual = block_residuals[i] != 0;
           made->shapes.push_back(
               check_block(y, w(0), w(1), *w(2), *w(3), *w(4), *w(5), block_strides[i], residual));
-          const PreparedBlock& before = i == 0 ? made->stem : made->blocks.back();
-          made->blocks.push_back(
-              prepare_inverted_residual(made->shapes.back(), w(0), w(1), *w(2), *w(3), *w(4), *w(5), &before));
+          made->blocks.push_back(prepare_block(i, 0));
         }
         const BlockShape& s = stages.shapes[i];
         at::Tensor out = activations.output({s.n, s.cout, s.oh, s.ow}, y.options(), &*chain);
@@ -248,16 +256,30 @@ at::Tensor mobilenet_v2_forward(const at::Tensor& x, at::TensorList stem, int64_
       });
     }
     if (made && arena != nullptr) {
-      // The stem's stage holds only its output and scratch, often far less than a later stage (at
-      // 224x224, block 1 holds the stem's output, its own and its scratch), and the arena is as
-      // large as the most any stage holds: later forwards give the stem the difference as scratch,
-      // which lets it run bands of whole rows where its own budget cut the image into strips.
-      const BlockShape& s = made->stem_shape.block;
-      const int64_t spare = activations.most_held() - Activations::floats_of({s.n, s.cout, s.oh, s.ow});
-      const int64_t per_worker = spare / made->stem.threads;
+      // The arena will hold the most any stage held, rounded up to whole huge pages where it lies
+      // in them (arena_floats_for), and a stage holds its input and output there and its scratch
+      // in between: later forwards give a stage what its input and output leave of the arena as
+      // scratch where that lets it run bands of whole rows instead of strips (halo columns
+      // computed twice, short rows). The stem's stage holds only its output (at 224x224 block 1
+      // holds the stem's output, its own and its scratch); in a huge page, block 1 takes the
+      // page's rest too (0.82 MiB at batch 1). Other plans the larger budgets would pick are not
+      // taken: at batch 1 they made block 3 1.05x slower.
+      const int64_t floats = arena_floats_for(activations.most_held()) / Activations::kLine * Activations::kLine;
+      auto floats_of = [](const BlockShape& s) { return Activations::floats_of({s.n, s.cout, s.oh, s.ow}); };
+      const int64_t stem_out = floats_of(made->stem_shape.block);
+      const int64_t per_worker = (floats - stem_out) / made->stem.threads;
       if (per_worker > made->stem.budget)
         made->stem = prepare_stem_inverted_residual(made->stem_shape, stem[0], stem[1], stem[2], stem[3], stem[4],
                                                     stem[5], per_worker);
+      // Each block again, in order: a block's plan weighs how the one before split the image.
+      int64_t in = stem_out;
+      for (int64_t i = 0; i < n_blocks; ++i) {
+        const int64_t out = floats_of(made->shapes[i]);
+        PreparedBlock own = prepare_block(i, 0);
+        PreparedBlock wider = prepare_block(i, std::max<int64_t>(0, floats - in - out) / own.threads);
+        made->blocks[i] = std::move(wider.plan.strips < own.plan.strips ? wider : own);
+        in = out;
+      }
       arena->keep(made, made->kept_bytes());
     }
     chain.reset();  // before the head, whose output may be the forward's

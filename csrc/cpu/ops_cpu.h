@@ -39,11 +39,12 @@ struct PreparedBlock {
   int64_t batch = 0, threads = 0, budget = 0;
 };
 // before: the prepared call that makes this one's input, when the caller knows it (its split of
-// the image among the threads weighs in the plan: choose_plan's rows_before).
+// the image among the threads weighs in the plan: choose_plan's rows_before). allowed_floats: as
+// for the stem below.
 PreparedBlock prepare_inverted_residual(const BlockShape& s, const std::optional<at::Tensor>& w_expand,
                                         const std::optional<at::Tensor>& b_expand, const at::Tensor& w_dw,
                                         const at::Tensor& b_dw, const at::Tensor& w_proj, const at::Tensor& b_proj,
-                                        const PreparedBlock* before = nullptr);
+                                        const PreparedBlock* before = nullptr, int64_t allowed_floats = 0);
 // allowed_floats: scratch per worker the caller can spare beyond the budget's own rule (a network
 // forward whose later stages hold more memory than the stem's output and scratch).
 PreparedBlock prepare_stem_inverted_residual(const StemShape& st, const at::Tensor& w_stem, const at::Tensor& b_stem,
