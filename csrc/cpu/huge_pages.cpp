@@ -15,8 +15,8 @@ namespace mnv2_fused {
 namespace cpu {
 namespace {
 
-// MNV2_FUSED_HUGE_PAGES=0 keeps arenas in the allocator's memory at their exact size; 1 (the
-// default) lets them round up to huge pages.
+// MNV2_FUSED_HUGE_PAGES=0 keeps arenas in the allocator's memory at their exact size, and weights
+// where they are; 1 (the default) lets them round up to huge pages.
 bool huge_pages_switched_on() {
   const char* v = std::getenv("MNV2_FUSED_HUGE_PAGES");
   if (v == nullptr || *v == 0) return true;
