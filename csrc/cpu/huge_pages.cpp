@@ -40,6 +40,13 @@ bool system_offers_huge_pages() {
   return offered;
 }
 
+// `floats` rounded up to whole huge pages: what huge_page_floats maps, and so what
+// arena_floats_for predicts an arena will hold.
+int64_t whole_pages_floats(int64_t floats) {
+  constexpr int64_t page_floats = kHugePageBytes / static_cast<int64_t>(sizeof(float));
+  return (floats + page_floats - 1) / page_floats * page_floats;
+}
+
 void report_to_profiler(void* p, int64_t bytes) {
   c10::reportMemoryUsageToProfiler(p, bytes, 0, 0, c10::Device(c10::DeviceType::CPU));
 }
@@ -53,8 +60,7 @@ bool use_huge_pages(int64_t floats) {
 
 at::Tensor huge_page_floats(int64_t floats) {
 #if defined(__linux__)
-  const int64_t bytes = (floats * static_cast<int64_t>(sizeof(float)) + kHugePageBytes - 1) / kHugePageBytes *
-                        kHugePageBytes;
+  const int64_t bytes = whole_pages_floats(floats) * static_cast<int64_t>(sizeof(float));
   // A huge page needs a 2 MiB-aligned address: map a page more and give back the ends.
   const size_t over = static_cast<size_t>(bytes + kHugePageBytes);
   void* const raw = mmap(nullptr, over, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -80,11 +86,7 @@ at::Tensor huge_page_floats(int64_t floats) {
 #endif
 }
 
-int64_t arena_floats_for(int64_t floats) {
-  if (!use_huge_pages(floats)) return floats;
-  constexpr int64_t page_floats = kHugePageBytes / static_cast<int64_t>(sizeof(float));
-  return (floats + page_floats - 1) / page_floats * page_floats;
-}
+int64_t arena_floats_for(int64_t floats) { return use_huge_pages(floats) ? whole_pages_floats(floats) : floats; }
 
 std::vector<at::Tensor> copies_in_huge_pages(const std::vector<at::Tensor>& tensors) {
   constexpr int64_t kLineFloats = 16;
